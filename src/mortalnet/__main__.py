@@ -1,0 +1,5 @@
+import sys
+
+from mortalnet.cli import main
+
+sys.exit(main())

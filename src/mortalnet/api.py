@@ -1,0 +1,168 @@
+"""Running experiments: the code behind `mortalnet run` and `mortalnet eval`, usable from Python.
+
+    import mortalnet as mn
+    summary = mn.run("ff-supervised", preset="demo", seed=0)
+    print(summary["test_error"])
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mortalnet import config as cfgmod
+from mortalnet.experiments import get_experiment
+from mortalnet.experiments.base import RunContext
+from mortalnet.runs import (
+    RunDir,
+    RunError,
+    check_summary,
+    git_commit,
+    machine_info,
+    machine_label,
+    new_run_dir,
+)
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is an error."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise RunError("--device cuda was asked for but torch sees no CUDA GPU (use --device auto or cpu)")
+    if spec != "cpu" and not spec.startswith("cuda"):
+        raise RunError(f"unknown device {spec!r}; valid: auto, cpu, cuda, cuda:N")
+    return torch.device(spec)
+
+
+def preset_config(experiment: str, preset: str, overrides: Iterable[str] = ()) -> Any:
+    """The config of `experiment`'s `preset` with `key=value` overrides applied (validated)."""
+    exp = get_experiment(experiment)
+    if preset not in exp.presets:
+        raise cfgmod.ConfigError(
+            f"experiment {experiment!r} has no preset {preset!r}; valid: {', '.join(exp.presets)}"
+        )
+    return cfgmod.apply_overrides(exp.presets[preset](), overrides)
+
+
+def run(
+    experiment: str,
+    preset: str = "fast",
+    seed: int = 0,
+    overrides: Iterable[str] = (),
+    out: str | Path | None = None,
+    device: str = "auto",
+    resume: str | Path | None = None,
+    runs_root: str | Path = "runs",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run an experiment and write its record; returns the summary (also in <out>/summary.json).
+
+    Args:
+        experiment: a registered name (see `mortalnet list`).
+        preset: one of the experiment's presets (fast, paper, ...).
+        seed: seeds initialization, data order and sampling.
+        overrides: `dotted.key=value` strings changing the preset's config.
+        out: run directory; default runs/<experiment>/<preset>-s<seed>-<time>.
+        device: auto | cpu | cuda.
+        resume: an interrupted run's directory to continue (its stored config is used).
+        runs_root: parent of default run directories.
+        progress: print progress.
+    """
+    t0 = time.perf_counter()
+    overrides = list(overrides)
+    dev = resolve_device(device)
+    if resume is not None:
+        run_dir = RunDir(Path(resume))
+        stored = run_dir.read_json("config.json")
+        if experiment and stored.get("experiment") != experiment:
+            raise RunError(f"{run_dir.path} is a run of {stored.get('experiment')!r}, not {experiment!r}")
+        if overrides:
+            raise RunError("a resumed run keeps its stored config; --set is not allowed with --resume")
+        exp = get_experiment(stored["experiment"])
+        preset, seed = stored["preset"], int(stored["seed"])
+        config = cfgmod.from_dict(exp.Config, stored["config"])
+        if run_dir.exists("summary.json") and run_dir.status().get("state") == "done":
+            raise RunError(f"{run_dir.path} already finished; see its summary.json")
+        _, meta = run_dir.load_checkpoint() if run_dir.checkpoint_path.exists() else ({}, {})
+        earlier_seconds = float(meta.get("train_seconds", 0.0))
+        resuming = run_dir.checkpoint_path.exists()
+    else:
+        exp = get_experiment(experiment)
+        config = preset_config(experiment, preset, overrides)
+        path = Path(out) if out is not None else new_run_dir(Path(runs_root), experiment, preset, seed)
+        run_dir = RunDir(path)
+        if run_dir.exists("config.json"):
+            raise RunError(
+                f"{path} already holds a run; continue it with --resume {path} or choose another --out"
+            )
+        run_dir.path.mkdir(parents=True, exist_ok=True)
+        run_dir.write_json(
+            "config.json",
+            {"experiment": exp.name, "preset": preset, "seed": seed, "overrides": overrides,
+             "config": cfgmod.to_dict(config)},
+        )
+        earlier_seconds, resuming = 0.0, False
+
+    env = {"git_commit": git_commit(), "machine": machine_info(dev), "command": _command_line()}
+    if resume is not None and run_dir.exists("env.json"):
+        first = run_dir.read_json("env.json")
+        first.setdefault("resumed", []).append(env)
+        run_dir.write_json("env.json", first)
+    else:
+        run_dir.write_json("env.json", env)
+
+    torch.manual_seed(seed)
+    ctx = RunContext(exp.name, preset, seed, dev, run_dir, resume=resuming, progress=progress)
+    run_dir.set_status("running", pid=__import__("os").getpid())
+    try:
+        result = exp.run(config, ctx)
+    except KeyboardInterrupt:
+        run_dir.set_status("interrupted", resume=f"mortalnet run {exp.name} --resume {run_dir.path}")
+        raise
+    except Exception as err:
+        run_dir.set_status("failed", error=f"{type(err).__name__}: {err}",
+                          resume=f"mortalnet run {exp.name} --resume {run_dir.path}")
+        raise
+    summary = {
+        "experiment": exp.name,
+        "preset": preset,
+        "seed": seed,
+        "test_error": result["test_error"],
+        "wall_seconds": earlier_seconds + time.perf_counter() - t0,
+        "git_commit": env["git_commit"],
+        "torch_device": str(dev),
+        "machine": machine_label(env["machine"]),
+        **{k: v for k, v in result.items() if k != "test_error"},
+    }
+    check_summary(summary)
+    run_dir.write_json("summary.json", summary)
+    run_dir.set_status("done")
+    summary["run_dir"] = str(run_dir.path)
+    return summary
+
+
+def evaluate(run_path: str | Path, device: str = "auto") -> dict[str, Any]:
+    """Re-evaluate a saved run's checkpoint on the test set; writes <run>/eval.json."""
+    run_dir = RunDir(Path(run_path))
+    if not run_dir.path.is_dir():
+        raise RunError(f"{run_dir.path} is not a directory")
+    stored = run_dir.read_json("config.json")
+    exp = get_experiment(stored["experiment"])
+    config = cfgmod.from_dict(exp.Config, stored["config"])
+    dev = resolve_device(device)
+    ctx = RunContext(exp.name, stored["preset"], int(stored["seed"]), dev, run_dir, progress=False)
+    result = exp.evaluate(config, ctx)
+    result = {"experiment": exp.name, "preset": stored["preset"], "seed": stored["seed"], **result}
+    run_dir.write_json("eval.json", result)
+    return result
+
+
+def _command_line() -> str:
+    import sys
+
+    return " ".join(sys.argv)

@@ -1,0 +1,150 @@
+"""The `mortalnet` command: list | config | run | eval | report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mortalnet",
+        description="Learning without backpropagation on hardware nobody can model exactly.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="named experiments with their presets")
+
+    c = sub.add_parser("config", help="show an experiment's config keys, values and what they mean")
+    c.add_argument("experiment")
+    c.add_argument("--preset", default="paper")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+    r = sub.add_parser("run", help="run an experiment and write its record")
+    r.add_argument("experiment", nargs="?", default="", help="experiment name (optional with --resume)")
+    r.add_argument("--preset", default="fast", help="preset name (see `mortalnet list`)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seeds", default="", help="several seeds, e.g. 0,1,2: one run each (--out becomes a parent dir)")
+    r.add_argument("--out", default=None, help="run directory (default runs/<experiment>/<preset>-s<seed>-<time>)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. training.epochs=3 (see `mortalnet config EXP`)")
+    r.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    r.add_argument("--resume", default=None, metavar="DIR", help="continue an interrupted run from its checkpoint")
+    r.add_argument("--quiet", action="store_true", help="no progress output")
+
+    e = sub.add_parser("eval", help="re-evaluate a saved run on the test set")
+    e.add_argument("run_dir")
+    e.add_argument("--device", default="auto")
+
+    rep = sub.add_parser("report", help="rebuild the README results section from the records in results/")
+    rep.add_argument("--results", default="results")
+    rep.add_argument("--readme", default="README.md")
+    rep.add_argument("--check", action="store_true", help="exit 1 if the README's block is stale; change nothing")
+    return p
+
+
+def _cmd_list() -> None:
+    from mortalnet.experiments import get_experiment, list_experiments
+
+    for name in list_experiments():
+        exp = get_experiment(name)
+        print(f"{name:22s} {exp.description}")
+        presets = []
+        for preset in exp.presets:
+            ref = exp.references.get(preset)
+            presets.append(f"{preset}" + (f" (reference {ref.value:.2%})" if ref and ref.metric == "test_error" else ""))
+        print(f"{'':22s} presets: {', '.join(presets)}")
+
+
+def _cmd_config(args) -> None:
+    from mortalnet import config as cfgmod
+    from mortalnet.api import preset_config
+
+    cfg = preset_config(args.experiment, args.preset, args.set)
+    for key, value, doc in cfgmod.describe(cfg):
+        shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+        print(f"{key}={shown}")
+        if doc:
+            print(textwrap.fill(doc, width=96, initial_indent="    ", subsequent_indent="    "))
+
+
+def _cmd_run(args) -> None:
+    from pathlib import Path
+
+    from mortalnet.api import run
+
+    if args.resume is None and not args.experiment:
+        raise SystemExit("mortalnet run: name an experiment (see `mortalnet list`) or give --resume DIR")
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else [args.seed]
+    for seed in seeds:
+        out = args.out
+        if out is not None and len(seeds) > 1:
+            out = str(Path(out) / f"seed{seed}")
+        summary = run(
+            args.experiment, preset=args.preset, seed=seed, overrides=args.set, out=out,
+            device=args.device, resume=args.resume, progress=not args.quiet,
+        )
+        extra = "  ".join(f"{k[5:]} {v:.2%}" for k, v in summary.items() if k.startswith("test/"))
+        print(f"{summary['experiment']} preset={summary['preset']} seed={summary['seed']}: "
+              f"test error {summary['test_error']:.2%}  ({extra})  "
+              f"{summary['wall_seconds']:.0f} s  record: {summary['run_dir']}")
+
+
+def _cmd_eval(args) -> None:
+    from mortalnet.api import evaluate
+
+    result = evaluate(args.run_dir, device=args.device)
+    parts = "  ".join(f"{k[5:]} {v:.2%}" for k, v in result.items() if k.startswith("test/"))
+    print(f"{result['experiment']} ({args.run_dir}, epoch {result.get('epoch')}): test error "
+          f"{result['test_error']:.2%}  ({parts})")
+
+
+def _cmd_report(args) -> int:
+    from mortalnet.report.tables import update_readme
+
+    changed = update_readme(args.results, args.readme, check=args.check)
+    if args.check:
+        if changed:
+            print(f"{args.readme}: the results block is stale; run `mortalnet report`", file=sys.stderr)
+            return 1
+        print(f"{args.readme}: results block is up to date")
+        return 0
+    print(f"{args.readme}: results block {'rewritten' if changed else 'already up to date'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `mortalnet` console script."""
+    args = _parser().parse_args(argv)
+    from mortalnet.config import ConfigError
+    from mortalnet.data.mnist import DataError
+    from mortalnet.registry import UnknownNameError
+    from mortalnet.runs import RunError
+    from mortalnet.training import DivergedError
+
+    try:
+        if args.command == "list":
+            _cmd_list()
+        elif args.command == "config":
+            _cmd_config(args)
+        elif args.command == "run":
+            _cmd_run(args)
+        elif args.command == "eval":
+            _cmd_eval(args)
+        elif args.command == "report":
+            return _cmd_report(args)
+    except (ConfigError, UnknownNameError) as err:
+        print(f"mortalnet: error: {err}", file=sys.stderr)
+        return 2
+    except (RunError, DataError, DivergedError) as err:
+        print(f"mortalnet: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mortalnet: interrupted; continue with `mortalnet run --resume <run dir>`", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Named experiments, registered: `list_experiments()`, `get_experiment(name)`, `run(...)`."""
+
+from __future__ import annotations
+
+from mortalnet.registry import Registry
+
+EXPERIMENTS: Registry[type] = Registry(
+    "experiment",
+    modules=(
+        "mortalnet.experiments.ff_supervised",
+        "mortalnet.experiments.backprop_mlp",
+    ),
+)
+register_experiment = EXPERIMENTS.register
+
+
+def list_experiments() -> list[str]:
+    """Names of all registered experiments."""
+    return EXPERIMENTS.names()
+
+
+def get_experiment(name: str):
+    """An instance of experiment `name`."""
+    return EXPERIMENTS.get(name)()

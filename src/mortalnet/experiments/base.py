@@ -1,0 +1,134 @@
+"""What an experiment is: a config class, named presets, reference numbers and a run function.
+
+`SupervisedExperiment` covers "train a learner on MNIST with the shared loop, then test it";
+experiments that need more (several models, devices, processes) override `run`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from mortalnet.data.mnist import MnistData, load_mnist
+from mortalnet.rules.base import Learner
+from mortalnet.runs import RunDir
+from mortalnet.training import fit
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A published number an experiment is compared with."""
+
+    value: float
+    """The number (a fraction for error rates)."""
+    source: str
+    """Where it comes from (paper, section/table)."""
+    metric: str = "test_error"
+    """Which summary key it is compared with."""
+
+
+@dataclass
+class RunContext:
+    """Everything about one run that is not the experiment's config."""
+
+    experiment: str
+    preset: str
+    seed: int
+    device: torch.device
+    run: RunDir | None = None
+    resume: bool = False
+    progress: bool = True
+
+
+class Experiment:
+    """Base class of named experiments (registered with `@register_experiment`)."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Config: ClassVar[type]
+    presets: ClassVar[dict[str, Callable[[], Any]]] = {}
+    references: ClassVar[dict[str, Reference]] = {}
+
+    def run(self, config: Any, ctx: RunContext) -> dict[str, Any]:
+        """Run; return summary fields (must include `test_error`, a fraction)."""
+        raise NotImplementedError
+
+    def evaluate(self, config: Any, ctx: RunContext) -> dict[str, Any]:
+        """Re-evaluate a finished run (ctx.run) on the test set."""
+        raise NotImplementedError(f"{self.name} has no stand-alone evaluation")
+
+
+class SupervisedExperiment(Experiment):
+    """Train one learner on MNIST with the shared loop; test both procedures at the end.
+
+    Subclasses define `build_learner(config, ctx)` and optionally `plots(...)`. Their Config must
+    have `data` (MnistConfig) and `training` (TrainingConfig) sections.
+    """
+
+    def build_learner(self, config: Any, ctx: RunContext) -> Learner:
+        raise NotImplementedError
+
+    def train_transform(self, config: Any):
+        """Optional data augmentation applied to each training batch: fn(x, generator) -> x."""
+        return None
+
+    def plots(self, learner: Learner, data: MnistData, history: list[dict], config: Any, ctx: RunContext) -> list[str]:
+        """Write figures into ctx.run.plots; return their file names."""
+        return []
+
+    def load_data(self, config: Any) -> MnistData:
+        return load_mnist(config.data)
+
+    def run(self, config: Any, ctx: RunContext) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        data = self.load_data(config)
+        learner = self.build_learner(config, ctx)
+        train = data.train.tensors(ctx.device)
+        valid = data.valid.tensors(ctx.device) if len(data.valid) else None
+        t_data = time.perf_counter() - t0
+        training = config.training if ctx.progress else _quiet(config.training)
+        result = fit(
+            learner, train, valid, training, ctx.seed, run=ctx.run, resume=ctx.resume,
+            transform=self.train_transform(config),
+        )
+        t_eval = time.perf_counter()
+        test = learner.evaluate(*data.test.tensors(ctx.device))  # the only use of the test set
+        eval_seconds = time.perf_counter() - t_eval
+        plots = []
+        if ctx.run is not None:
+            plots = self.plots(learner, data, result.history, config, ctx)
+        last = result.history[-1] if result.history else {}
+        summary: dict[str, Any] = {
+            "test_error": test[learner.primary_metric],
+            **{f"test/{k}": v for k, v in test.items()},
+            "primary_metric": learner.primary_metric,
+            "valid_error": last.get(f"valid/{learner.primary_metric}"),
+            "epochs": config.training.epochs,
+            "train_seconds": result.train_seconds,
+            "test_eval_seconds": eval_seconds,
+            "data_seconds": t_data,
+            "data_source": data.source,
+            "n_train": len(data.train),
+            "n_test": len(data.test),
+            "plots": plots,
+        }
+        return summary
+
+    def evaluate(self, config: Any, ctx: RunContext) -> dict[str, Any]:
+        data = self.load_data(config)
+        learner = self.build_learner(config, ctx)
+        tensors, meta = ctx.run.load_checkpoint()
+        learner.load_state_tensors(tensors)
+        test = learner.evaluate(*data.test.tensors(ctx.device))
+        return {"epoch": meta.get("epoch"), "test_error": test[learner.primary_metric],
+                **{f"test/{k}": v for k, v in test.items()}}
+
+
+def _quiet(training):
+    from dataclasses import replace
+
+    return replace(training, progress=False)

@@ -1,0 +1,134 @@
+"""Forward-Forward network pieces (Hinton 2022, "The Forward-Forward Algorithm"; ffnew.m).
+
+Conventions, as in the released MATLAB code:
+  * an input row is the image with its first 10 pixels replaced by the label
+    (one-hot for positive/negative data, 0.1 each for the neutral label), section 3.3;
+  * every layer's input is normalized to mean square 1 per unit (`ffnormrows.m`), so a layer
+    sees only the *direction* of the activity below, not its goodness (section 2.1);
+  * weights are stored (fan_in, fan_out) and initialized N(0, 1/fan_in); biases start at 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NUM_LABEL_PIXELS = 10
+NORM_EPS = 1e-12  # ffnormrows.m adds exp(-100); any tiny constant that avoids 0/0 will do
+
+
+def normalize_rows(x: torch.Tensor) -> torch.Tensor:
+    """(B, D) -> (B, D) with mean(x**2) = 1 in every row (all-zero rows stay zero)."""
+    return x / (x.square().mean(dim=-1, keepdim=True).sqrt() + NORM_EPS)
+
+
+def embed_label(images: torch.Tensor, label_pixels: torch.Tensor) -> torch.Tensor:
+    """Replace the first 10 pixels of images (B, 784) by label_pixels (B, 10)."""
+    x = images.clone()
+    x[:, :NUM_LABEL_PIXELS] = label_pixels
+    return x
+
+
+def one_hot(labels: torch.Tensor, strength: float = 1.0, num_classes: int = 10) -> torch.Tensor:
+    """(B,) int -> (B, num_classes) float with `strength` at the label."""
+    return F.one_hot(labels, num_classes).to(torch.float32) * strength
+
+
+def neutral_label(batch: int, strength: float = 1.0, num_classes: int = 10, device=None) -> torch.Tensor:
+    """(B, num_classes) filled with strength / num_classes (0.1 each): 'no label'."""
+    return torch.full((batch, num_classes), strength / num_classes, device=device)
+
+
+def goodness(states: torch.Tensor) -> torch.Tensor:
+    """Sum of squared activities: (B, H) -> (B,)."""
+    return states.square().sum(dim=-1)
+
+
+class FFDense(nn.Module):
+    """A fully connected ReLU layer trained by its own local objective.
+
+    forward: (B, fan_in) normalized activities -> (B, fan_out) ReLU states.
+    """
+
+    def __init__(self, fan_in: int, fan_out: int, generator: torch.Generator | None = None, device=None):
+        super().__init__()
+        w = torch.randn(fan_in, fan_out, generator=generator, device=device) / fan_in**0.5
+        self.weight = nn.Parameter(w, requires_grad=False)  # (fan_in, fan_out)
+        self.bias = nn.Parameter(torch.zeros(fan_out, device=device), requires_grad=False)
+
+    @property
+    def fan_in(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def fan_out(self) -> int:
+        return self.weight.shape[1]
+
+    def total_input(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, fan_in) -> (B, fan_out) pre-activation h W + b."""
+        return torch.addmm(self.bias, h, self.weight)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.total_input(h))
+
+
+class FFNet(nn.Module):
+    """A stack of FF layers plus the linear softmax readout of ffnew.m.
+
+    The readout predicts the label from the normalized activities of hidden layers
+    `readout_from` .. L (0-based; ffnew.m's minlevelsup=3 is readout_from=1), with no bias.
+    `mean_states` holds each layer's running mean activity for peer normalization.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden: tuple[int, ...],
+        num_classes: int = 10,
+        readout_from: int = 1,
+        generator: torch.Generator | None = None,
+        device=None,
+    ):
+        super().__init__()
+        if not hidden:
+            raise ValueError("an FF network needs at least one hidden layer")
+        if not 0 <= readout_from < len(hidden):
+            raise ValueError(f"readout_from={readout_from} must index a hidden layer (0..{len(hidden) - 1})")
+        dims = (input_dim, *hidden)
+        self.layers = nn.ModuleList(
+            FFDense(a, b, generator=generator, device=device) for a, b in zip(dims[:-1], dims[1:])
+        )
+        self.readout_from = readout_from
+        self.num_classes = num_classes
+        # readout weights (H_l, C) for l >= readout_from; zero init as in ffnew.m
+        self.readout = nn.ParameterList(
+            nn.Parameter(torch.zeros(h, num_classes, device=device), requires_grad=False)
+            for h in hidden[readout_from:]
+        )
+        for i, h in enumerate(hidden):
+            self.register_buffer(f"mean_states_{i}", torch.full((h,), 0.5, device=device))
+
+    @property
+    def hidden(self) -> tuple[int, ...]:
+        return tuple(layer.fan_out for layer in self.layers)
+
+    def mean_states(self, i: int) -> torch.Tensor:
+        return getattr(self, f"mean_states_{i}")
+
+    def forward_states(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Plain pass (no label handling): input rows (B, D) -> every layer's states (B, H_l)."""
+        h = normalize_rows(x)
+        states = []
+        for layer in self.layers:
+            s = layer(h)
+            states.append(s)
+            h = normalize_rows(s)
+        return states
+
+    def readout_logits(self, normed: list[torch.Tensor]) -> torch.Tensor:
+        """Softmax logits (B, C) from the normalized states of every hidden layer."""
+        logits = None
+        for w, h in zip(self.readout, normed[self.readout_from :]):
+            logits = h @ w if logits is None else logits + h @ w
+        return logits

@@ -1,0 +1,298 @@
+"""Supervised Forward-Forward (Hinton 2022, sections 2-3), following the released `ffnew.m`.
+
+Per layer l with states s = relu(h W + b) (B, H) of normalized input h:
+    goodness G = sum_j s_j**2,   p(positive) = sigmoid((G - theta) / temp),   theta = H
+The layer ascends log p on positive data and log(1 - p) on negative data. Its update uses only
+its own input h and output s ("dC/dtotal-input" of ffnew.m, which is temp/2 times the exact
+derivative of the log-probability, the factor being absorbed in the learning rate):
+    positive rows: dC = (1 - p) * s + peer_norm * (mean(m) - m)    [m: running mean activity]
+    negative rows: dC = -p * s
+    dC/dW = h^T dC / B,  dC/db = sum(dC) / B
+The normalized states go on to the next layer with no derivative attached: nothing crosses a
+layer boundary. Negative data = the same image with a wrong label, sampled from the linear
+softmax's prediction on a neutral-label pass with the true label excluded (hard negatives,
+section 3.3), or uniformly among wrong labels.
+
+Two test procedures (section 3.3): the label whose input gives the largest goodness summed over
+hidden layers `goodness_from`..L, or one neutral-label pass into the linear softmax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from mortalnet.nets.ff import FFNet, embed_label, neutral_label, normalize_rows, one_hot
+from mortalnet.optim import OptimizerConfig, make_optimizer
+from mortalnet.rules import register_rule
+from mortalnet.rules.base import Learner
+
+
+@dataclass(frozen=True)
+class FFConfig:
+    """Hyper-parameters of supervised Forward-Forward (defaults: ffnew.m)."""
+
+    optimizer: OptimizerConfig = field(
+        default_factory=lambda: OptimizerConfig(name="smoothed-sgd", lr=0.01, momentum=0.9, weight_decay=0.001)
+    )
+    """Optimizer of the FF layers (ffnew.m: smoothed gradients 0.9, lr 0.01, weight cost 0.001)."""
+    readout_lr: float = 0.1
+    """Learning rate of the linear softmax readout (ffnew.m epsilonsup)."""
+    readout_weight_cost: float = 0.003
+    """Weight cost of the softmax readout (ffnew.m supwc)."""
+    threshold_per_unit: float = 1.0
+    """theta = threshold_per_unit * layer width (ffnew.m: theta = number of units)."""
+    temperature: float = 1.0
+    """Divides (G - theta) inside the logistic (ffnew.m temp)."""
+    peer_norm: float = 0.03
+    """Strength of peer normalization (ffnew.m lambdamean); 0 turns it off."""
+    peer_decay: float = 0.9
+    """Smoothing of each unit's running mean activity used by peer normalization."""
+    label_strength: float = 1.0
+    """Value of the label pixel (ffnew.m labelstrength)."""
+    negatives: Literal["hard", "random"] = "hard"
+    """hard: wrong label sampled from the neutral-pass softmax (true label excluded); random: uniform wrong label."""
+    readout_from: int = 1
+    """First hidden layer (0-based) feeding the softmax readout (ffnew.m minlevelsup=3 -> 1)."""
+    goodness_from: int = 1
+    """First hidden layer (0-based) whose goodness counts in the per-label test (ffnew.m minlevelenergy=3 -> 1)."""
+    fast: bool = True
+    """Use the fused fast path (shared image part of layer 1, pos+neg in one matmul); False = straightforward."""
+
+
+def _ff_probs(states: torch.Tensor, theta: float, temp: float) -> torch.Tensor:
+    """p(positive) = sigmoid((G - theta) / temp) for states (N, H) -> (N,)."""
+    return torch.sigmoid((states.square().sum(dim=1) - theta) / temp)
+
+
+@register_rule("forward-forward")
+class FFLearner(Learner):
+    """A supervised FF network and its training rule.
+
+    Args:
+        config: FF hyper-parameters.
+        hidden: widths of the hidden layers, e.g. (1000, 1000, 1000).
+        input_dim: pixels per image including the 10 label pixels (784).
+        num_classes: number of labels (10); the first `num_classes` pixels carry the label.
+        seed: seeds weight initialization and negative sampling.
+        device: torch device.
+    """
+
+    Config = FFConfig
+    primary_metric = "error_goodness"
+
+    def __init__(
+        self,
+        config: FFConfig = FFConfig(),
+        hidden: tuple[int, ...] = (1000, 1000, 1000),
+        input_dim: int = 784,
+        num_classes: int = 10,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        super().__init__(seed, device)
+        if config.goodness_from >= len(hidden):
+            raise ValueError(f"goodness_from={config.goodness_from} but the net has {len(hidden)} hidden layers")
+        self.cfg = config
+        self.num_classes = num_classes
+        self.net = FFNet(input_dim, tuple(hidden), num_classes, config.readout_from, self.generator, self.device_)
+        layers = self.net.layers
+        self.optimizers = [
+            make_optimizer(config.optimizer, [l.weight for l in layers], [l.bias for l in layers]),
+            make_optimizer(
+                config.optimizer, list(self.net.readout), lr=config.readout_lr, weight_decay=config.readout_weight_cost
+            ),
+        ]
+
+    # ------------------------------------------------------------------------------------------
+    # Training
+    # ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def train_batch(self, x: torch.Tensor, y: torch.Tensor) -> Mapping[str, torch.Tensor]:
+        """One FF step on images x (B, 784) with labels y (B,)."""
+        step = self._step_fast if self.cfg.fast else self._step_reference
+        grads_w, grads_b, readout_grads, metrics = step(x, y)
+        for layer, gw, gb in zip(self.net.layers, grads_w, grads_b):
+            layer.weight.grad, layer.bias.grad = gw, gb
+        for w, g in zip(self.net.readout, readout_grads):
+            w.grad = g
+        for opt in self.optimizers:
+            opt.step()
+        return metrics
+
+    def _theta(self, width: int) -> float:
+        return self.cfg.threshold_per_unit * width
+
+    def _sample_negative_labels(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """A wrong label per row: from softmax(logits) with the true label masked, or uniform."""
+        if self.cfg.negatives == "random":
+            offset = torch.randint(1, self.num_classes, y.shape, generator=self.generator, device=y.device)
+            return (y + offset) % self.num_classes
+        masked = logits - 1000.0 * F.one_hot(y, self.num_classes)  # ffnew.m: labinothers
+        probs = torch.softmax(masked, dim=1)
+        return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+
+    def _readout_step(self, normed: list[torch.Tensor], y: torch.Tensor):
+        """Softmax on the neutral pass: descent gradients for the readout, and its logits."""
+        logits = self.net.readout_logits(normed)  # (B, C)
+        probs = torch.softmax(logits, dim=1)
+        delta = (probs - F.one_hot(y, self.num_classes)) / len(y)  # d(mean CE)/d logits
+        grads = [h.T @ delta for h in normed[self.cfg.readout_from :]]  # (H_l, C)
+        metrics = {
+            "readout_loss": F.cross_entropy(logits, y),
+            "readout_error": (logits.argmax(1) != y).float().mean(),
+        }
+        return logits, grads, metrics
+
+    def _layer_signal(self, i: int, states: torch.Tensor, batch: int, metrics: dict) -> torch.Tensor:
+        """dC/d(total input) for fused [positive; negative] states (2B, H) of layer i."""
+        cfg = self.cfg
+        p = _ff_probs(states, self._theta(states.shape[1]), cfg.temperature)  # (2B,)
+        p_pos, p_neg = p[:batch], p[batch:]
+        coef = torch.cat([1.0 - p_pos, -p_neg])  # (2B,)
+        signal = coef[:, None] * states  # (2B, H)
+        if cfg.peer_norm:
+            m = self.net.mean_states(i)
+            m.mul_(cfg.peer_decay).add_(states[:batch].mean(0), alpha=1.0 - cfg.peer_decay)
+            signal[:batch] += cfg.peer_norm * (m.mean() - m)  # not gated by s > 0: revives dead units
+        eps = 1e-7
+        metrics[f"ff_loss/layer{i + 1}"] = -(torch.log(p_pos + eps).mean() + torch.log(1 - p_neg + eps).mean())
+        metrics[f"pair_error/layer{i + 1}"] = (p_neg > p_pos).float().mean()
+        return signal
+
+    def _step_fast(self, images: torch.Tensor, y: torch.Tensor):
+        """Fused step. Layer 1's image part is computed once for the neutral, positive and
+        negative inputs (they differ only in the 10 label pixels), and positive and negative
+        rows share one matmul per layer."""
+        cfg, net = self.cfg, self.net
+        B, D = images.shape
+        C, s = self.num_classes, cfg.label_strength
+        first = net.layers[0]
+        W1, b1 = first.weight, first.bias  # (D, H1), (H1,)
+        img = images.clone()
+        img[:, :C] = 0.0  # label pixels are written separately
+        shared = img @ W1  # (B, H1): image part of layer 1's total input
+        sq_img = img.square().sum(1)  # (B,)
+
+        def inv_rms(label_sq: float) -> torch.Tensor:  # 1 / rms of the full input row
+            return 1.0 / (((sq_img + label_sq) / D).sqrt() + 1e-12)
+
+        metrics: dict[str, torch.Tensor] = {}
+        # --- neutral pass -> readout update and hard negative labels ---------------------------
+        r_neu = inv_rms(C * (s / C) ** 2)[:, None]  # (B, 1)
+        z = (shared + (s / C) * W1[:C].sum(0)) * r_neu + b1
+        h = normalize_rows(torch.relu(z))
+        normed = [h]
+        for layer in net.layers[1:]:
+            h = normalize_rows(layer(h))
+            normed.append(h)
+        logits, readout_grads, m = self._readout_step(normed, y)
+        metrics.update(m)
+        y_neg = self._sample_negative_labels(logits, y)
+
+        # --- positive and negative passes, fused: rows [0, B) positive, [B, 2B) negative -------
+        r = inv_rms(s * s)[:, None]  # same for every one-hot label
+        z = torch.cat([shared + s * W1[y], shared + s * W1[y_neg]]) * r.repeat(2, 1) + b1  # (2B, H1)
+        states = torch.relu(z)
+        signal = self._layer_signal(0, states, B, metrics)  # (2B, H1)
+        scaled = signal * r.repeat(2, 1)  # d/dW of (x * r) W: the input row is x * r
+        gw1 = img.T @ (scaled[:B] + scaled[B:])  # (D, H1): image rows are the same for pos and neg
+        gw1.index_add_(0, y, s * scaled[:B])
+        gw1.index_add_(0, y_neg, s * scaled[B:])
+        grads_w = [gw1.neg_().div_(B)]
+        grads_b = [signal.sum(0).neg_().div_(B)]
+        h = normalize_rows(states)
+        for i, layer in enumerate(net.layers[1:], start=1):
+            states = layer(h)  # (2B, H)
+            signal = self._layer_signal(i, states, B, metrics)
+            grads_w.append((h.T @ signal).neg_().div_(B))
+            grads_b.append(signal.sum(0).neg_().div_(B))
+            h = normalize_rows(states)
+        return grads_w, grads_b, readout_grads, metrics
+
+    def _step_reference(self, images: torch.Tensor, y: torch.Tensor):
+        """The same step written plainly: three full passes, as ffnew.m does (for tests/benchmarks)."""
+        cfg, net = self.cfg, self.net
+        B = len(y)
+        s = cfg.label_strength
+        metrics: dict[str, torch.Tensor] = {}
+        x_neu = embed_label(images, neutral_label(B, s, self.num_classes, images.device))
+        normed = [normalize_rows(st) for st in net.forward_states(x_neu)]
+        logits, readout_grads, m = self._readout_step(normed, y)
+        metrics.update(m)
+        y_neg = self._sample_negative_labels(logits, y)
+        x = torch.cat([embed_label(images, one_hot(y, s, self.num_classes)),
+                       embed_label(images, one_hot(y_neg, s, self.num_classes))])  # (2B, D)
+        h = normalize_rows(x)
+        grads_w, grads_b = [], []
+        for i, layer in enumerate(net.layers):
+            states = layer(h)
+            signal = self._layer_signal(i, states, B, metrics)
+            grads_w.append(-(h.T @ signal) / B)
+            grads_b.append(-signal.sum(0) / B)
+            h = normalize_rows(states)
+        return grads_w, grads_b, readout_grads, metrics
+
+    # ------------------------------------------------------------------------------------------
+    # Test procedures
+    # ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def goodness_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 784) -> (B, C): goodness summed over layers goodness_from..L for each label.
+
+        Only the 10 label pixels change between the C inputs of an image, and a one-hot label
+        adds the same amount to the row's norm whatever the label, so layer 1's total input is
+        shared + W1[label] * s / rms: the image part is computed once, not C times.
+        """
+        if not self.cfg.fast:
+            return self.goodness_scores_reference(images)
+        net, C, s = self.net, self.num_classes, self.cfg.label_strength
+        B, D = images.shape
+        W1, b1 = net.layers[0].weight, net.layers[0].bias
+        img = images.clone()
+        img[:, :C] = 0.0
+        r = 1.0 / (((img.square().sum(1) + s * s) / D).sqrt() + 1e-12)  # (B,)
+        z = ((img @ W1)[:, None, :] + s * W1[:C][None]) * r[:, None, None] + b1  # (B, C, H1)
+        states = torch.relu(z).reshape(B * C, -1)  # row b*C + k: image b with label k
+        scores = torch.zeros(B * C, device=images.device)
+        for i, layer in enumerate(net.layers):
+            if i > 0:
+                states = layer(normalize_rows(states))
+            if i >= self.cfg.goodness_from:
+                scores += states.square().sum(1)
+        return scores.reshape(B, C)
+
+    @torch.no_grad()
+    def goodness_scores_reference(self, images: torch.Tensor) -> torch.Tensor:
+        """The per-label test done naively: C full passes (ffenergytest.m)."""
+        B = len(images)
+        cols = []
+        for k in range(self.num_classes):
+            labels = torch.full((B,), k, dtype=torch.long, device=images.device)
+            states = self.net.forward_states(embed_label(images, one_hot(labels, self.cfg.label_strength)))
+            cols.append(sum(st.square().sum(1) for st in states[self.cfg.goodness_from :]))
+        return torch.stack(cols, dim=1)
+
+    @torch.no_grad()
+    def softmax_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 784) -> (B, C): one neutral-label pass into the linear softmax (ffsoftmaxtest.m)."""
+        x = embed_label(images, neutral_label(len(images), self.cfg.label_strength, self.num_classes, images.device))
+        return self.net.readout_logits([normalize_rows(st) for st in self.net.forward_states(x)])
+
+    @torch.no_grad()
+    def layer_states(self, images: torch.Tensor, label_pixels: torch.Tensor) -> list[torch.Tensor]:
+        """Every layer's states for images with the given label pixels (for plots and analysis)."""
+        return self.net.forward_states(embed_label(images, label_pixels))
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        good = self.predict_batches(self.goodness_scores, x, chunk=1000)
+        soft = self.predict_batches(self.softmax_logits, x)
+        return {
+            "error_goodness": (good.argmax(1) != y).float().mean().item(),
+            "error_softmax": (soft.argmax(1) != y).float().mean().item(),
+        }

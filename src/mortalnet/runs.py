@@ -1,0 +1,284 @@
+"""Self-describing run records: config, environment, per-epoch metrics, summary, checkpoints.
+
+A run lives in one directory (default `runs/<experiment>/<preset>-s<seed>-<time>/`):
+
+    config.json        the full experiment config, plus experiment/preset/seed
+    env.json           git commit, library versions, machine (written at start and on resume)
+    metrics.jsonl      one JSON object per epoch
+    summary.json       final numbers; always has experiment, preset, seed, test_error,
+                       wall_seconds, git_commit (the contract other tools rely on)
+    status.json        running | done | failed (with the error) | interrupted
+    checkpoint.safetensors   latest state (tensors only, loaded without pickle); epoch in metadata
+    plots/*.png        figures written by the experiment
+    tb/                TensorBoard events, when the tensorboard package is installed
+
+Every file is written atomically (temp file + rename), so a kill -9 leaves either the old or the
+new version, never half a file; `resume` continues from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SUMMARY_KEYS = ("experiment", "preset", "seed", "test_error", "wall_seconds", "git_commit")
+CHECKPOINT = "checkpoint.safetensors"
+
+
+class RunError(RuntimeError):
+    """A run directory that cannot be used as asked (missing, not a run, incompatible)."""
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (torch.Tensor,)):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def _clean(obj: Any) -> Any:
+    """Replace non-finite floats by None so the JSON stays standard."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Atomically write `obj` as indented JSON."""
+    text = json.dumps(_clean(obj), indent=2, default=_json_default, allow_nan=False)
+    atomic_write_bytes(Path(path), (text + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file with an error that names the file."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path} does not exist") from None
+    except json.JSONDecodeError as err:
+        raise RunError(f"{path} is not valid JSON ({err})") from None
+
+
+def git_commit(repo: Path | None = None) -> str:
+    """The commit of the source tree this code runs from (with '-dirty' if it has changes)."""
+    repo = repo or Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10
+        )
+        if sha.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo, capture_output=True, text=True, timeout=10,
+        )
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info(torch_device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Versions and hardware: what a reader needs to compare a number with another run's."""
+    import numpy
+
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_device": str(torch_device),
+    }
+    if torch.cuda.is_available():
+        info["cuda"] = torch.version.cuda
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        import safetensors
+
+        info["safetensors"] = safetensors.__version__
+    except ImportError:  # pragma: no cover - a hard dependency
+        pass
+    return info
+
+
+def machine_label(env: Mapping[str, Any]) -> str:
+    """A short human label for a machine: 'AMD EPYC, 2 CPU threads' or the GPU name."""
+    if str(env.get("torch_device", "cpu")).startswith("cuda") and env.get("gpu"):
+        return str(env["gpu"])
+    return f"{env.get('cpu', 'CPU')}, {env.get('torch_threads', '?')} threads"
+
+
+def _now() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+@dataclass
+class RunDir:
+    """A run's directory and the operations on its files."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+
+    # -- files -------------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / CHECKPOINT
+
+    @property
+    def plots(self) -> Path:
+        p = self.path / "plots"
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def write_json(self, name: str, obj: Any) -> None:
+        atomic_write_json(self.path / name, obj)
+
+    def read_json(self, name: str) -> Any:
+        return read_json(self.path / name)
+
+    def exists(self, name: str) -> bool:
+        return (self.path / name).exists()
+
+    # -- status ------------------------------------------------------------------------------
+    def set_status(self, state: str, **extra: Any) -> None:
+        self.write_json("status.json", {"state": state, "time": _now(), **extra})
+
+    def status(self) -> dict[str, Any]:
+        return self.read_json("status.json") if self.exists("status.json") else {"state": "unknown"}
+
+    # -- metrics -----------------------------------------------------------------------------
+    def metrics(self) -> list[dict[str, Any]]:
+        """All complete per-epoch metric lines (a torn last line from a kill is ignored)."""
+        path = self.path / "metrics.jsonl"
+        if not path.exists():
+            return []
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        return rows
+
+    def append_metrics(self, row: Mapping[str, Any]) -> None:
+        """Add one epoch's metrics; the whole file is rewritten atomically (it is small)."""
+        rows = self.metrics() + [dict(row)]
+        self.write_metrics(rows)
+
+    def write_metrics(self, rows: list[Mapping[str, Any]]) -> None:
+        text = "".join(
+            json.dumps(_clean(dict(r)), default=_json_default, allow_nan=False) + "\n" for r in rows
+        )
+        atomic_write_bytes(self.path / "metrics.jsonl", text.encode())
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def save_checkpoint(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+        """Atomically save tensors (safetensors, no pickle) with JSON metadata."""
+        from safetensors.torch import save
+
+        flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        blob = save(flat, metadata={"mortalnet": json.dumps(dict(meta), default=_json_default)})
+        atomic_write_bytes(self.checkpoint_path, blob)
+
+    def load_checkpoint(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Load the latest checkpoint: (tensors, metadata). Never unpickles."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load
+
+        path = self.checkpoint_path
+        if not path.exists():
+            raise RunError(f"{self.path} has no checkpoint ({CHECKPOINT}) to resume or evaluate from")
+        data = path.read_bytes()
+        try:
+            tensors = load(data)
+            meta_text = _safetensors_metadata(data).get("mortalnet", "{}")
+        except (SafetensorError, ValueError, json.JSONDecodeError) as err:
+            raise RunError(f"{path} is not a readable mortalnet checkpoint: {err}") from None
+        return tensors, json.loads(meta_text)
+
+
+def _safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The `__metadata__` block of a safetensors byte string (its header is plain JSON)."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    return header.get("__metadata__", {}) or {}
+
+
+def new_run_dir(root: Path, experiment: str, preset: str, seed: int) -> Path:
+    """A fresh directory `root/<experiment>/<preset>-s<seed>-<timestamp>`."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / experiment / f"{preset}-s{seed}-{stamp}"
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = base.with_name(f"{base.name}-{k}")
+    return path
+
+
+def check_summary(summary: Mapping[str, Any]) -> None:
+    """Raise if a summary misses a key of the contract (SUMMARY_KEYS)."""
+    missing = [k for k in SUMMARY_KEYS if k not in summary]
+    if missing:
+        raise RunError(f"summary lacks required keys: {', '.join(missing)}")
