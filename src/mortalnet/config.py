@@ -119,7 +119,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     except ValueError as err:
         if isinstance(err, ConfigError):
             raise
-        raise ConfigError(f"{key} expects a {_type_name(tp)}, got {value!r}") from None
+        wanted = {int: "an integer", float: "a number"}.get(tp, f"a {_type_name(tp)}")
+        raise ConfigError(f"{key} expects {wanted}, got {value!r}") from None
     raise ConfigError(f"{key}: unsupported config field type {tp!r}")
 
 

@@ -30,7 +30,16 @@ def _allowed() -> dict[tuple[str, str], Any]:
         ("numpy._core.multiarray", "scalar"): scalar,
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
+        # Python 3 writes an array's bytes in protocol 2 as _codecs.encode(text, "latin1")
+        ("_codecs", "encode"): _latin1_encode,
     }
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """The one use of _codecs.encode an array pickle makes: str -> bytes, latin1."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError(f"refusing _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
 
 
 class NumpyOnlyUnpickler(pickle.Unpickler):

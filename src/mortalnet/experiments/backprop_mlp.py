@@ -33,7 +33,7 @@ class BackpropMLPConfig:
 
 def _fast() -> BackpropMLPConfig:
     return BackpropMLPConfig(
-        data=MnistConfig(train_subset=6000, valid_subset=1000, test_subset=2000),
+        data=MnistConfig(train_subset=10000, valid_subset=1000, test_subset=2000),
         hidden=(256, 256),
         training=TrainingConfig(epochs=3, schedule="cosine"),
     )

@@ -37,8 +37,9 @@ class FFSupervisedConfig:
 
 def _fast() -> FFSupervisedConfig:
     return FFSupervisedConfig(
-        data=MnistConfig(train_subset=6000, valid_subset=1000, test_subset=2000),
+        data=MnistConfig(train_subset=10000, valid_subset=1000, test_subset=2000),
         hidden=(400, 400, 400),
+        rule=FFConfig(optimizer=OptimizerConfig(name="smoothed-sgd", lr=0.03, momentum=0.9, weight_decay=0.001)),
         training=TrainingConfig(epochs=3, batch_size=100, schedule="half-then-linear"),
     )
 

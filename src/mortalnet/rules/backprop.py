@@ -24,7 +24,7 @@ class BackpropConfig:
     """Hyper-parameters of the backprop MLP."""
 
     optimizer: OptimizerConfig = field(
-        default_factory=lambda: OptimizerConfig(name="sgd", lr=0.05, momentum=0.9, weight_decay=0.0)
+        default_factory=lambda: OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=0.0005)
     )
     """Optimizer (sgd with momentum by default)."""
     dropout: float = 0.0

@@ -32,6 +32,11 @@ class Learner(nn.Module):
         self.generator.manual_seed(seed)
         self.optimizers: list[torch.optim.Optimizer] = []
 
+    @classmethod
+    def quick_config(cls):
+        """A config that learns small problems in a few epochs (tests, smoke runs); default Config()."""
+        return cls.Config()
+
     # -- to implement ------------------------------------------------------------------------
     def train_batch(self, x: torch.Tensor, y: torch.Tensor) -> Mapping[str, torch.Tensor]:
         """One update from a minibatch x (B, D), y (B,); returns 0-dim metric tensors."""

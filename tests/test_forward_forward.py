@@ -1,0 +1,173 @@
+"""Supervised Forward-Forward: local gradients, no cross-layer derivative, negatives, test procedures."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from mortalnet.nets.ff import embed_label, neutral_label, normalize_rows, one_hot
+from mortalnet.rules.forward_forward import FFConfig, FFLearner
+
+
+def tiny(seed=0, **cfg) -> FFLearner:
+    return FFLearner(replace(FFConfig(), **cfg), hidden=(12, 10, 8), input_dim=30, num_classes=10, seed=seed)
+
+
+def images(n=16, d=30, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, d, generator=g)
+
+
+def test_normalize_rows_and_label_embedding():
+    x = torch.tensor([[3.0, 4.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    n = normalize_rows(x)
+    assert torch.allclose(n[0].square().mean(), torch.tensor(1.0))
+    assert torch.equal(n[1], torch.zeros(4))  # an all-zero row stays zero, no NaN
+    imgs = torch.rand(3, 30) + 1.0
+    lab = one_hot(torch.tensor([0, 4, 9]), strength=1.0)
+    x = embed_label(imgs, lab)
+    assert torch.equal(x[:, :10], lab) and torch.equal(x[:, 10:], imgs[:, 10:])
+    assert torch.equal(x[1, :10], torch.tensor([0, 0, 0, 0, 1.0, 0, 0, 0, 0, 0]))
+    assert torch.allclose(neutral_label(2), torch.full((2, 10), 0.1))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_local_gradients_match_the_derivative_of_the_ff_objective(temperature):
+    """ffnew.m's update is temp/2 times the gradient of sum log p(pos) + sum log(1 - p(neg))."""
+    learner = tiny(peer_norm=0.0, temperature=temperature, threshold_per_unit=0.3)
+    x = images()
+    y = torch.arange(16) % 10
+    x_pos, x_neg = embed_label(x, one_hot(y)), embed_label(x, one_hot((y + 3) % 10))
+    grads_w, grads_b = learner.local_gradients(x_pos, x_neg)
+
+    B = len(x)
+    h = normalize_rows(torch.cat([x_pos, x_neg]))
+    for layer, gw, gb in zip(learner.net.layers, grads_w, grads_b):
+        W = layer.weight.detach().clone().requires_grad_(True)
+        b = layer.bias.detach().clone().requires_grad_(True)
+        s = torch.relu(h @ W + b)
+        logit = (s.square().sum(1) - 0.3 * s.shape[1]) / temperature
+        objective = torch.nn.functional.logsigmoid(logit[:B]).sum() + torch.nn.functional.logsigmoid(-logit[B:]).sum()
+        dW, db = torch.autograd.grad(objective, (W, b))
+        # descent gradient = -(temp / 2) * d objective / B
+        torch.testing.assert_close(gw, -(temperature / 2) * dW / B, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(gb, -(temperature / 2) * db / B, rtol=1e-4, atol=1e-6)
+        h = normalize_rows(s.detach())
+
+
+def test_no_gradient_reaches_a_lower_layer_from_a_higher_layer():
+    """Changing the upper layers changes nothing in layer 1's update (fast training path)."""
+    a = tiny(seed=3, negatives="random")
+    b = tiny(seed=3, negatives="random")
+    with torch.no_grad():
+        for layer in b.net.layers[1:]:
+            layer.weight.add_(torch.randn_like(layer.weight))
+    x, y = images(), torch.arange(16) % 10
+    ga = a._step_fast(x, y)
+    gb = b._step_fast(x, y)
+    torch.testing.assert_close(ga[0][0], gb[0][0])  # layer 1 weights: identical
+    torch.testing.assert_close(ga[1][0], gb[1][0])
+    assert not torch.allclose(ga[0][1], gb[0][1])  # layer 2 did change
+
+
+def test_training_never_builds_an_autograd_graph():
+    learner = tiny()
+    assert all(not p.requires_grad for p in learner.parameters())
+    learner.train_batch(images(), torch.arange(16) % 10)
+    for layer in learner.net.layers:
+        assert layer.weight.grad is not None and layer.weight.grad.grad_fn is None
+
+
+def test_hard_negatives_never_carry_the_true_label():
+    learner = tiny()
+    y = torch.arange(1000) % 10
+    logits = torch.randn(1000, 10)
+    logits[torch.arange(1000), y] += 40.0  # the model is sure of the true label
+    for _ in range(5):
+        neg = learner._sample_negative_labels(logits, y)
+        assert not (neg == y).any()
+    random = tiny(negatives="random")
+    for _ in range(5):
+        assert not (random._sample_negative_labels(logits, y) == y).any()
+
+
+def test_hard_negatives_follow_the_softmax_over_wrong_labels():
+    learner = tiny()
+    n = 20000
+    y = torch.zeros(n, dtype=torch.long)
+    logits = torch.tensor([0.0, 2.0, 1.0, 0, 0, 0, 0, 0, 0, 0]).repeat(n, 1)
+    neg = learner._sample_negative_labels(logits, y)
+    freq = torch.bincount(neg, minlength=10).float() / n
+    expected = torch.softmax(logits[0, 1:], 0)
+    torch.testing.assert_close(freq[1:], expected, atol=0.015, rtol=0)
+    assert freq[0] == 0
+
+
+def test_fast_step_equals_the_straightforward_step():
+    a, b = tiny(seed=5), tiny(seed=5, fast=False)
+    x, y = images(32), torch.arange(32) % 10
+    for _ in range(3):
+        a.train_batch(x, y)
+        b.train_batch(x, y)
+    for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+
+
+def test_per_label_goodness_test_equals_brute_force():
+    learner = tiny(seed=2)
+    x = images(25)
+    for _ in range(3):
+        learner.train_batch(x, torch.arange(25) % 10)
+    fast = learner.goodness_scores(x)
+    brute = torch.stack([
+        sum(s.square().sum(1) for s in learner.net.forward_states(
+            embed_label(x, one_hot(torch.full((25,), k)))
+        )[learner.cfg.goodness_from:])
+        for k in range(10)
+    ], dim=1)
+    torch.testing.assert_close(fast, brute, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(learner.goodness_scores_reference(x), brute)
+
+
+def test_softmax_test_is_one_neutral_pass_into_the_readout():
+    learner = tiny(seed=2)
+    x = images(25)
+    for _ in range(3):
+        learner.train_batch(x, torch.arange(25) % 10)
+    states = learner.net.forward_states(embed_label(x, neutral_label(25)))
+    normed = [normalize_rows(s) for s in states]
+    manual = sum(h @ w for h, w in zip(normed[1:], learner.net.readout))
+    torch.testing.assert_close(learner.softmax_logits(x), manual)
+
+
+def test_peer_normalization_revives_a_dead_unit():
+    for peer, expect_change in [(0.03, True), (0.0, False)]:
+        learner = tiny(seed=0, peer_norm=peer, negatives="random")
+        with torch.no_grad():
+            learner.net.layers[0].bias[3] = -8.0  # unit 3 of layer 1 never fires
+        for _ in range(20):
+            learner.train_batch(images(), torch.arange(16) % 10)
+        moved = learner.net.layers[0].bias[3].item() - (-8.0)
+        assert (moved > 0) == expect_change, (peer, moved)
+
+
+def test_mean_states_track_positive_activity():
+    learner = tiny(seed=0)
+    before = learner.net.mean_states(0).clone()
+    learner.train_batch(images(), torch.arange(16) % 10)
+    assert not torch.equal(before, learner.net.mean_states(0))
+
+
+def test_ff_learns_tiny_synthetic_digits(tiny_data):
+    from mortalnet.training import TrainingConfig, fit
+
+    learner = FFLearner(replace(FFConfig(), optimizer=replace(FFConfig().optimizer, lr=0.03)), (200, 200), seed=0)
+    x, y = tiny_data.train.tensors()
+    vx, vy = tiny_data.valid.tensors()
+    before = learner.evaluate(vx, vy)
+    fit(learner, (x, y), None, TrainingConfig(epochs=4, batch_size=50, progress=False, tensorboard=False), seed=0)
+    after = learner.evaluate(vx, vy)
+    assert before["error_goodness"] > 0.6
+    assert after["error_goodness"] < 0.25 and after["error_softmax"] < 0.25, after

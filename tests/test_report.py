@@ -1,0 +1,45 @@
+"""Result tables come from run records; the README's generated block must be current."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mortalnet.report import tables
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _summary(path: Path, **kw):
+    path.mkdir(parents=True)
+    base = {"experiment": "ff-supervised", "preset": "paper", "seed": 0, "test_error": 0.014,
+            "wall_seconds": 100.0, "git_commit": "abc", "machine": "m", "primary_metric": "error_goodness",
+            "test/error_goodness": 0.014, "test/error_softmax": 0.02, "plots": ["learning_curves.png"]}
+    base.update(kw)
+    (path / "summary.json").write_text(json.dumps(base))
+
+
+def test_table_shows_mean_and_sd_over_seeds_and_the_reference(tmp_path):
+    _summary(tmp_path / "a", seed=0, test_error=0.014, **{"test/error_goodness": 0.014})
+    _summary(tmp_path / "b", seed=1, test_error=0.016, **{"test/error_goodness": 0.016})
+    block = tables.render(tmp_path)
+    assert "| ff-supervised | paper | 0, 1 | 1.50% ± 0.14 |" in block
+    assert "1.36% (Hinton 2022" in block
+    assert "error_softmax: 2.00% ± 0.00" in block
+
+
+def test_splice_replaces_only_the_block():
+    text = f"intro\n{tables.BEGIN}\nold\n{tables.END}\noutro\n"
+    new = tables.splice(text, "new\n")
+    assert new == f"intro\n{tables.BEGIN}\nnew\n{tables.END}\noutro\n"
+    with pytest.raises(ValueError):
+        tables.splice("no markers", "x")
+
+
+def test_readme_results_block_is_up_to_date(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert not tables.update_readme("results", "README.md", check=True), (
+        "README.md's results block is stale: run `mortalnet report`"
+    )

@@ -1,0 +1,123 @@
+"""The shared loop: checkpoints, resume (also after kill -9) equal to an uninterrupted run, NaN stops."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from mortalnet.rules.backprop import BackpropLearner
+from mortalnet.rules.forward_forward import FFConfig, FFLearner
+from mortalnet.runs import RunDir
+from mortalnet.training import DivergedError, TrainingConfig, fit
+
+
+def _learner(kind: str, seed: int = 0):
+    if kind == "ff":
+        return FFLearner(FFConfig(), (64, 64), seed=seed)
+    return BackpropLearner(hidden=(64,), seed=seed)
+
+
+@pytest.mark.parametrize("kind", ["ff", "backprop"])
+def test_resume_after_interruption_equals_uninterrupted(tmp_path, tiny_data, kind):
+    cfg = TrainingConfig(epochs=4, batch_size=100, progress=False, tensorboard=False)
+    train = tiny_data.train.tensors()
+    valid = tiny_data.valid.tensors()
+
+    straight = _learner(kind)
+    fit(straight, train, valid, cfg, seed=7, run=RunDir(tmp_path / "a"))
+
+    class Stop(Exception):
+        pass
+
+    def die_after_2(epoch, row):
+        if epoch == 2:
+            raise Stop
+
+    run_b = RunDir(tmp_path / "b")
+    with pytest.raises(Stop):
+        fit(_learner(kind), train, valid, cfg, seed=7, run=run_b, on_epoch=die_after_2)
+    resumed = _learner(kind, seed=123)  # a different init: everything must come from the checkpoint
+    fit(resumed, train, valid, cfg, seed=7, run=run_b, resume=True)
+
+    for (k, va), vb in zip(straight.state_tensors().items(), resumed.state_tensors().values()):
+        assert torch.equal(va, vb), k
+    rows_a, rows_b = RunDir(tmp_path / "a").metrics(), run_b.metrics()
+    assert [r["epoch"] for r in rows_b] == [1, 2, 3, 4]
+    for ra, rb in zip(rows_a, rows_b):
+        assert {k: v for k, v in ra.items() if "seconds" not in k} == {k: v for k, v in rb.items() if "seconds" not in k}
+
+
+def test_checkpoint_is_safetensors_without_pickle(tmp_path, tiny_data):
+    run = RunDir(tmp_path)
+    fit(_learner("ff"), tiny_data.train.tensors(), None,
+        TrainingConfig(epochs=1, progress=False, tensorboard=False), seed=0, run=run)
+    blob = run.checkpoint_path.read_bytes()
+    header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])
+    assert json.loads(header["__metadata__"]["mortalnet"])["epoch"] == 1
+    assert b"\x80\x04\x95" not in blob[:200]  # no pickle opcode stream
+    tensors, meta = run.load_checkpoint()
+    assert "module.net.layers.0.weight" in tensors and meta["epoch"] == 1
+
+
+class _Exploding(BackpropLearner):
+    """Goes NaN in epoch 2: stands for a learning rate that is too high."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.steps = 0
+
+    def train_batch(self, x, y):
+        self.steps += 1
+        m = dict(super().train_batch(x, y))
+        if self.steps > 25:  # 20 steps per epoch with 2000 examples / 100
+            with torch.no_grad():
+                self.net.linears[0].weight.mul_(float("nan"))
+            m["loss"] = torch.tensor(float("nan"))
+        return m
+
+
+def test_nan_stops_with_location_and_keeps_last_good_checkpoint(tmp_path, tiny_data):
+    run = RunDir(tmp_path)
+    learner = _Exploding(hidden=(32,), seed=0)
+    cfg = TrainingConfig(epochs=3, batch_size=100, finite_check_every=1, progress=False, tensorboard=False)
+    with pytest.raises(DivergedError, match="epoch 2 before step 6/20"):
+        fit(learner, tiny_data.train.tensors(), None, cfg, seed=0, run=run)
+    tensors, meta = run.load_checkpoint()
+    assert meta["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
+
+
+def _cli(args, env=None, cwd=None):
+    return subprocess.run([sys.executable, "-m", "mortalnet", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=300)
+
+
+@pytest.mark.multiprocess
+def test_kill_minus_nine_then_resume_gives_the_same_numbers(tmp_path):
+    common = ["run", "ff-supervised", "--preset", "fast", "--set", "data.source=synthetic",
+              "--set", "training.epochs=3", "--set", "hidden=64,64", "--quiet"]
+    whole = _cli(common + ["--out", str(tmp_path / "whole")])
+    assert whole.returncode == 0, whole.stderr
+    killed = _cli(common + ["--out", str(tmp_path / "killed")], env={"MORTALNET_FAULT_KILL_AFTER_EPOCH": "2"})
+    assert killed.returncode == -9  # really SIGKILLed after epoch 2's checkpoint
+    assert not (tmp_path / "killed" / "summary.json").exists()
+    status = json.loads((tmp_path / "killed" / "status.json").read_text())
+    assert status["state"] == "running"  # a kill -9 leaves no chance to say goodbye
+    resumed = _cli(["run", "--resume", str(tmp_path / "killed"), "--quiet"])
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    b = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    for key in ("test_error", "test/error_goodness", "test/error_softmax", "valid_error"):
+        assert a[key] == b[key], key
+    ta, _ = RunDir(tmp_path / "whole").load_checkpoint()
+    tb, _ = RunDir(tmp_path / "killed").load_checkpoint()
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    env = json.loads((tmp_path / "killed" / "env.json").read_text())
+    assert len(env["resumed"]) == 1
