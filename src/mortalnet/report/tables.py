@@ -55,13 +55,46 @@ def _preset_order(exp, preset: str) -> int:
     return names.index(preset) if preset in names else len(names)
 
 
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1e5 else f"{v:.3e}"
+    return str(v)
+
+
+def render_benchmarks(results: str | Path) -> str:
+    """Tables of the benchmark records in <results>/benchmarks/*.json (rows, ratios, command, machine)."""
+    out = []
+    for path in sorted((Path(results) / "benchmarks").glob("*.json")):
+        data = json.loads(path.read_text())
+        rows = data.get("rows", [])
+        head = f"**{data.get('benchmark', path.stem)}** ({data.get('architecture', '')}; {data.get('machine', '?')}; "
+        head += f"`{data.get('command', '')}`; record [{path.name}]({path.as_posix()}))"
+        out.append(head)
+        if rows:
+            cols = list(dict.fromkeys(k for r in rows for k in r))
+            out.append("")
+            out.append("| " + " | ".join(cols) + " |")
+            out.append("|" + "---|" * len(cols))
+            for r in rows:
+                out.append("| " + " | ".join(_fmt_value(r.get(c, "")) for c in cols) + " |")
+        ratios = data.get("ratios", {})
+        if ratios:
+            out.append("")
+            out.append("Ratios measured in the same run: " + "; ".join(f"{k} = {_fmt_value(v)}" for k, v in ratios.items()))
+        for note in data.get("notes", []):
+            out.append(f"\n_{note}_")
+        out.append("")
+    return "\n".join(out)
+
+
 def render(results: str | Path) -> str:
     """The markdown block (without markers) for all runs under `results`."""
     from mortalnet.experiments import EXPERIMENTS, get_experiment
 
     summaries = load_summaries(results)
+    bench = render_benchmarks(results)
     if not summaries:
-        return "_No recorded runs yet._\n"
+        return ("_No recorded runs yet._\n" + ("\n### Benchmarks\n\n" + bench if bench else ""))
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for s in summaries:
         groups[(s["experiment"], s["preset"])].append(s)
@@ -112,6 +145,8 @@ def render(results: str | Path) -> str:
             section = exp.report_section([s for s in summaries if s["experiment"] == exp_name])
             if section:
                 out += "\n" + section.rstrip() + "\n"
+    if bench:
+        out += "\n### Benchmarks\n\n" + bench
     return out
 
 

@@ -1,0 +1,151 @@
+"""FF training throughput next to the machine's own matmul speed, measured in one run.
+
+Prints and writes (results/benchmarks/ff_throughput-<device>.json):
+  * the machine's matmul FLOP/s in float32 (best of square 2000^3 and the FF layer shapes);
+  * the FF training step of the given architecture (default: the paper's 784-4x2000, batch 100):
+    examples/s and achieved FLOP/s of its matrix products, for the fused fast path and for the
+    straightforward path (three full passes as in ffnew.m), and the ratio to the matmul FLOP/s;
+  * the per-label goodness test: images/s with layer 1's image part computed once vs ten times.
+
+    python benchmarks/ff_throughput.py                 # paper architecture
+    python benchmarks/ff_throughput.py --hidden 1000,1000,1000 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from mortalnet.rules.forward_forward import FFConfig, FFLearner
+from mortalnet.runs import atomic_write_json, git_commit, machine_info, machine_label
+
+
+def timeit(fn, min_seconds: float = 2.0, warmup: int = 3) -> float:
+    """Median-free simple timing: seconds per call over at least `min_seconds`."""
+    for _ in range(warmup):
+        fn()
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        dt = time.perf_counter() - t0
+        if dt >= min_seconds and n >= 3:
+            return dt / n
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, shapes) -> tuple[float, dict]:
+    """Best matmul FLOP/s over square and FF-shaped products; also each shape's FLOP/s."""
+    per_shape = {}
+    for m, k, n in shapes:
+        a = torch.randn(m, k, dtype=dtype, device=device)
+        b = torch.randn(k, n, dtype=dtype, device=device)
+        sec = timeit(lambda: torch.mm(a, b), 1.0)
+        per_shape[f"{m}x{k}x{n}"] = 2 * m * k * n / sec
+    return max(per_shape.values()), per_shape
+
+
+def ff_step_flops(input_dim: int, hidden: tuple[int, ...], batch: int, fast: bool) -> int:
+    """Matrix-product FLOPs of one FF training step (readout products included)."""
+    dims = (input_dim, *hidden)
+    flops = 0
+    for i, (d, h) in enumerate(zip(dims[:-1], dims[1:])):
+        if i == 0 and fast:
+            flops += 2 * batch * d * h * 2  # image part once (forward) + one gradient product
+        else:
+            flops += 2 * batch * d * h  # neutral pass
+            flops += 2 * (2 * batch) * d * h * 2  # positive+negative forward and gradient
+    flops += sum(2 * batch * h * 10 * 2 for h in hidden[1:])  # readout logits + gradient
+    return flops
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hidden", default="2000,2000,2000,2000")
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seconds", type=float, default=3.0, help="timing budget per measurement")
+    ap.add_argument("--out", default="results/benchmarks")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    hidden = tuple(int(h) for h in args.hidden.split(","))
+    B = args.batch
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(B * 20, 784, generator=g).to(device)
+    y = (torch.arange(B * 20) % 10).to(device)
+
+    peak, per_shape = matmul_peak(
+        torch.float32, device,
+        [(2000, 2000, 2000), (2 * B, hidden[0], hidden[-1]), (hidden[-1], 2 * B, hidden[-1]), (B, 784, hidden[0])],
+    )
+
+    rows = []
+    step_time = {}
+    for fast in (True, False):
+        learner = FFLearner(replace(FFConfig(), fast=fast), hidden, seed=0, device=device)
+        state = {"i": 0}
+
+        def step():
+            i = state["i"] % 20
+            learner.train_batch(x[i * B : (i + 1) * B], y[i * B : (i + 1) * B])
+            state["i"] += 1
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        sec = timeit(step, args.seconds)
+        step_time[fast] = sec
+        flops = ff_step_flops(784, hidden, B, fast)
+        rows.append({
+            "measurement": "FF training step, " + ("fused fast path" if fast else "straightforward (3 passes)"),
+            "examples_per_s": B / sec,
+            "ms_per_step": 1e3 * sec,
+            "matmul_gflops_per_step": flops / 1e9,
+            "achieved_gflop_s": flops / sec / 1e9,
+            "fraction_of_matmul_peak": flops / sec / peak,
+        })
+    speedup_train = step_time[False] / step_time[True]
+
+    learner = FFLearner(FFConfig(), hidden, seed=0, device=device)
+    xe = x[:1000]  # both in chunks of 200 images, as FFLearner.evaluate does
+    t_fast = timeit(lambda: learner.predict_batches(learner.goodness_scores, xe, 200), args.seconds)
+    t_ref = timeit(lambda: learner.predict_batches(learner.goodness_scores_reference, xe, 200), args.seconds)
+    rows.append({"measurement": "per-label goodness test, layer 1 shared", "images_per_s": len(xe) / t_fast})
+    rows.append({"measurement": "per-label goodness test, naive (10 full passes)", "images_per_s": len(xe) / t_ref})
+
+    env = machine_info(device)
+    result = {
+        "benchmark": "ff_throughput",
+        "command": "python benchmarks/ff_throughput.py " + " ".join(
+            f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
+        "architecture": f"784-{'-'.join(map(str, hidden))}, batch {B}, float32",
+        "machine": machine_label(env),
+        "env": env,
+        "git_commit": git_commit(),
+        "matmul_peak_gflop_s": peak / 1e9,
+        "matmul_gflop_s_by_shape": {k: v / 1e9 for k, v in per_shape.items()},
+        "rows": rows,
+        "ratios": {
+            "fast_step_achieved_over_matmul_peak": rows[0]["fraction_of_matmul_peak"],
+            "fast_over_straightforward_step_speed": speedup_train,
+            "goodness_test_shared_over_naive_speed": t_ref / t_fast,
+        },
+    }
+    out = Path(args.out) / f"ff_throughput-{device.type}.json"
+    atomic_write_json(out, result)
+    print(f"machine: {result['machine']}; matmul peak {peak / 1e9:.0f} GFLOP/s (float32)")
+    for r in rows:
+        print("  " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{v}" for k, v in r.items()))
+    for k, v in result["ratios"].items():
+        print(f"  {k}: {v:.2f}")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Simulated mortal (analog) hardware; see interface.py for what a learner may do with it."""
