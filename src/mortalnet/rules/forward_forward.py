@@ -64,9 +64,42 @@ class FFConfig:
     """Use the fused fast path (shared image part of layer 1, pos+neg in one matmul); False = straightforward."""
 
 
-def _ff_probs(states: torch.Tensor, theta: float, temp: float) -> torch.Tensor:
+def ff_probs(states: torch.Tensor, theta: float, temp: float) -> torch.Tensor:
     """p(positive) = sigmoid((G - theta) / temp) for states (N, H) -> (N,)."""
     return torch.sigmoid((states.square().sum(dim=1) - theta) / temp)
+
+
+def ff_layer_signal(
+    states: torch.Tensor,
+    batch: int,
+    theta: float,
+    temp: float,
+    mean_states: torch.Tensor | None = None,
+    peer_norm: float = 0.0,
+    peer_decay: float = 0.9,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ffnew.m's dC/d(total input) for one layer, from its measured states alone.
+
+    Args:
+        states: (2B, H) activities; rows [0, B) positive data, [B, 2B) negative data.
+        batch: B.
+        theta, temp: threshold and temperature of p = sigmoid((G - theta) / temp).
+        mean_states: (H,) running mean activity, updated in place (peer normalization).
+        peer_norm: strength of the pull of each unit's mean toward the layer's mean (0 = off).
+        peer_decay: smoothing of the running means.
+
+    Returns:
+        signal (2B, H) = (1 - p) * s on positive rows (+ peer term, not gated by s > 0),
+        -p * s on negative rows (the ascent direction, temp/2 times d log-likelihood / d input);
+        p_pos (B,), p_neg (B,).
+    """
+    p = ff_probs(states, theta, temp)  # (2B,)
+    p_pos, p_neg = p[:batch], p[batch:]
+    signal = torch.cat([1.0 - p_pos, -p_neg])[:, None] * states  # (2B, H)
+    if peer_norm and mean_states is not None:
+        mean_states.mul_(peer_decay).add_(states[:batch].mean(0), alpha=1.0 - peer_decay)
+        signal[:batch] += peer_norm * (mean_states.mean() - mean_states)  # revives dead units
+    return signal, p_pos, p_neg
 
 
 @register_rule("forward-forward")
@@ -156,14 +189,10 @@ class FFLearner(Learner):
     def _layer_signal(self, i: int, states: torch.Tensor, batch: int, metrics: dict) -> torch.Tensor:
         """dC/d(total input) for fused [positive; negative] states (2B, H) of layer i."""
         cfg = self.cfg
-        p = _ff_probs(states, self._theta(states.shape[1]), cfg.temperature)  # (2B,)
-        p_pos, p_neg = p[:batch], p[batch:]
-        coef = torch.cat([1.0 - p_pos, -p_neg])  # (2B,)
-        signal = coef[:, None] * states  # (2B, H)
-        if cfg.peer_norm:
-            m = self.net.mean_states(i)
-            m.mul_(cfg.peer_decay).add_(states[:batch].mean(0), alpha=1.0 - cfg.peer_decay)
-            signal[:batch] += cfg.peer_norm * (m.mean() - m)  # not gated by s > 0: revives dead units
+        signal, p_pos, p_neg = ff_layer_signal(
+            states, batch, self._theta(states.shape[1]), cfg.temperature,
+            self.net.mean_states(i), cfg.peer_norm, cfg.peer_decay,
+        )
         eps = 1e-7
         metrics[f"ff_loss/layer{i + 1}"] = -(torch.log(p_pos + eps).mean() + torch.log(1 - p_neg + eps).mean())
         metrics[f"pair_error/layer{i + 1}"] = (p_neg > p_pos).float().mean()
