@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from mortalnet.nets.ff import FFNet, embed_label, neutral_label, normalize_rows, one_hot
-from mortalnet.optim import OptimizerConfig, make_optimizer
+from mortalnet.optim import OptimizerConfig, SmoothedSGD, make_optimizer
 from mortalnet.rules import register_rule
 from mortalnet.rules.base import Learner
 
@@ -102,6 +102,68 @@ def ff_layer_signal(
     return signal, p_pos, p_neg
 
 
+class _GradientSink:
+    """Receives a step's descent gradients piece by piece: products a @ b, rows, vectors.
+
+    With `SmoothedSGD` (ffnew.m) it folds them straight into the optimizer's smoothed gradient
+    (g = a g + (1 - a) grad, one in-place addmm) and updates each parameter as soon as its layer
+    is done; the state it keeps is the optimizer's own, so checkpoints are the same either way.
+    With any other optimizer it fills `.grad` and `done` calls `optimizer.step()` per layer.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+        self.fused = isinstance(optimizer, SmoothedSGD)
+        self.groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+        self.started: set[int] = set()
+
+    def _buffer(self, p: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """(buffer, beta) to accumulate into: the smoothed gradient (fused) or p.grad."""
+        first = id(p) not in self.started
+        self.started.add(id(p))
+        if self.fused:
+            state = self.optimizer.state[p]
+            if "smoothed_grad" not in state:
+                state["smoothed_grad"] = torch.zeros_like(p)
+            return state["smoothed_grad"], (self.groups[id(p)]["smoothing"] if first else 1.0)
+        if first:
+            p.grad = torch.zeros_like(p)
+        return p.grad, 1.0
+
+    def _scale(self, p: torch.Tensor, scale: float) -> float:
+        return scale * (1.0 - self.groups[id(p)]["smoothing"]) if self.fused else scale
+
+    def product(self, p: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> None:
+        """grad(p) += scale * (a @ b)."""
+        buf, beta = self._buffer(p)
+        buf.addmm_(a, b, beta=beta, alpha=self._scale(p, scale))
+
+    def rows(self, p: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, scale: float) -> None:
+        """grad(p)[index[k]] += scale * rows[k]."""
+        buf, beta = self._buffer(p)
+        if beta != 1.0:
+            buf.mul_(beta)
+        buf.index_add_(0, index, rows, alpha=self._scale(p, scale))
+
+    def vector(self, p: torch.Tensor, v: torch.Tensor, scale: float) -> None:
+        """grad(p) += scale * v."""
+        buf, beta = self._buffer(p)
+        if beta != 1.0:
+            buf.mul_(beta)
+        buf.add_(v, alpha=self._scale(p, scale))
+
+    def done(self, *params: torch.Tensor) -> None:
+        """The gradients of `params` are complete: update them now."""
+        if not self.fused:
+            return  # the optimizer steps once, after all layers (FFLearner.train_batch)
+        for p in params:
+            group = self.groups[id(p)]
+            lr, wc = group["lr"], group["weight_cost"]
+            if wc:
+                p.mul_(1.0 - lr * wc)  # ffnew.m: w += lr (g - wc w), the weight cost unsmoothed
+            p.add_(self.optimizer.state[p]["smoothed_grad"], alpha=-lr)
+
+
 @register_rule("forward-forward")
 class FFLearner(Learner):
     """A supervised FF network and its training rule.
@@ -152,14 +214,19 @@ class FFLearner(Learner):
     @torch.no_grad()
     def train_batch(self, x: torch.Tensor, y: torch.Tensor) -> Mapping[str, torch.Tensor]:
         """One FF step on images x (B, 784) with labels y (B,)."""
-        step = self._step_fast if self.cfg.fast else self._step_reference
-        grads_w, grads_b, readout_grads, metrics = step(x, y)
-        for layer, gw, gb in zip(self.net.layers, grads_w, grads_b):
-            layer.weight.grad, layer.bias.grad = gw, gb
+        if self.cfg.fast:
+            sink = _GradientSink(self.optimizers[0])
+            readout_grads, metrics = self._step_fast(x, y, sink)
+            if not sink.fused:
+                self.optimizers[0].step()
+        else:
+            grads_w, grads_b, readout_grads, metrics = self._step_reference(x, y)
+            for layer, gw, gb in zip(self.net.layers, grads_w, grads_b):
+                layer.weight.grad, layer.bias.grad = gw, gb
+            self.optimizers[0].step()
         for w, g in zip(self.net.readout, readout_grads):
             w.grad = g
-        for opt in self.optimizers:
-            opt.step()
+        self.optimizers[1].step()
         return metrics
 
     def _theta(self, width: int) -> float:
@@ -198,10 +265,13 @@ class FFLearner(Learner):
         metrics[f"pair_error/layer{i + 1}"] = (p_neg > p_pos).float().mean()
         return signal
 
-    def _step_fast(self, images: torch.Tensor, y: torch.Tensor):
+    def _step_fast(self, images: torch.Tensor, y: torch.Tensor, sink: _GradientSink):
         """Fused step. Layer 1's image part is computed once for the neutral, positive and
-        negative inputs (they differ only in the 10 label pixels), and positive and negative
-        rows share one matmul per layer."""
+        negative inputs (they differ only in the 10 label pixels); positive and negative rows
+        share one matmul per layer; each layer's gradient goes straight into `sink`, which with
+        ffnew.m's optimizer folds it into the smoothed gradient and updates the layer at once
+        (allowed: layer l's update needs nothing from layers above, and the layers above use
+        layer l's pre-update output, already computed)."""
         cfg, net = self.cfg, self.net
         B, D = images.shape
         C, s = self.num_classes, cfg.label_strength
@@ -229,24 +299,26 @@ class FFLearner(Learner):
         y_neg = self._sample_negative_labels(logits, y)
 
         # --- positive and negative passes, fused: rows [0, B) positive, [B, 2B) negative -------
-        r = inv_rms(s * s)[:, None]  # same for every one-hot label
-        z = torch.cat([shared + s * W1[y], shared + s * W1[y_neg]]) * r.repeat(2, 1) + b1  # (2B, H1)
-        states = torch.relu(z)
+        r = inv_rms(s * s)[:, None].repeat(2, 1)  # (2B, 1), the same for every one-hot label
+        z = torch.cat([shared + s * W1[y], shared + s * W1[y_neg]]).mul_(r).add_(b1)  # (2B, H1)
+        states = z.relu_()
         signal = self._layer_signal(0, states, B, metrics)  # (2B, H1)
-        scaled = signal * r.repeat(2, 1)  # d/dW of (x * r) W: the input row is x * r
-        gw1 = img.T @ (scaled[:B] + scaled[B:])  # (D, H1): image rows are the same for pos and neg
-        gw1.index_add_(0, y, s * scaled[:B])
-        gw1.index_add_(0, y_neg, s * scaled[B:])
-        grads_w = [gw1.neg_().div_(B)]
-        grads_b = [signal.sum(0).neg_().div_(B)]
+        scaled = signal * r  # the input row is x * r, so dC/dW = x^T (signal * r)
+        # image rows are the same for positive and negative data: one (D, B) x (B, H1) product
+        sink.product(W1, img.T, scaled[:B] + scaled[B:], -1.0 / B)
+        sink.rows(W1, y, scaled[:B], -s / B)  # label pixels: one row of W1 per label
+        sink.rows(W1, y_neg, scaled[B:], -s / B)
+        sink.vector(b1, signal.sum(0), -1.0 / B)
+        sink.done(W1, b1)
         h = normalize_rows(states)
         for i, layer in enumerate(net.layers[1:], start=1):
             states = layer(h)  # (2B, H)
             signal = self._layer_signal(i, states, B, metrics)
-            grads_w.append((h.T @ signal).neg_().div_(B))
-            grads_b.append(signal.sum(0).neg_().div_(B))
+            sink.product(layer.weight, h.T, signal, -1.0 / B)  # (D, H)
+            sink.vector(layer.bias, signal.sum(0), -1.0 / B)
+            sink.done(layer.weight, layer.bias)
             h = normalize_rows(states)
-        return grads_w, grads_b, readout_grads, metrics
+        return readout_grads, metrics
 
     def _step_reference(self, images: torch.Tensor, y: torch.Tensor):
         """The same step written plainly: three full passes, as ffnew.m does (for tests/benchmarks)."""
