@@ -179,3 +179,34 @@ def test_ff_learns_tiny_synthetic_digits(tiny_data):
     after = learner.evaluate(vx, vy)
     assert before["error_goodness"] > 0.6
     assert after["error_goodness"] < 0.25 and after["error_softmax"] < 0.25, after
+
+
+def test_bfloat16_products_stay_close_to_float32():
+    """bf16 products (fp32 masters and accumulation) track the fp32 step within bf16 rounding."""
+    a, b = tiny(seed=4), tiny(seed=4, precision="bfloat16")
+    x, y = images(64), torch.arange(64) % 10
+    a.train_batch(x, y)
+    b.train_batch(x, y)
+    for pa, pb in zip(a.net.layers, b.net.layers):
+        torch.testing.assert_close(pb.weight, pa.weight, rtol=0, atol=2e-3)
+    sa, sb = a.goodness_scores(x), b.goodness_scores(x)
+    torch.testing.assert_close(sb, sa, rtol=3e-2, atol=3e-2 * sa.abs().mean().item())
+    assert (sa.argmax(1) == sb.argmax(1)).float().mean() > 0.9
+
+
+def test_bfloat16_learns_like_float32(tiny_data):
+    """Mean over 4 seeds (single toy runs scatter by several points either way)."""
+    from mortalnet.training import TrainingConfig, fit
+
+    x, y = tiny_data.train.tensors()
+    vx, vy = tiny_data.valid.tensors()
+    mean_err = {}
+    for precision in ("float32", "bfloat16"):
+        errs = []
+        for seed in range(4):
+            learner = FFLearner(replace(FFLearner.quick_config(), precision=precision), (200, 200), seed=seed)
+            fit(learner, (x, y), None, TrainingConfig(epochs=4, batch_size=50, progress=False, tensorboard=False),
+                seed=seed)
+            errs.append(learner.evaluate(vx, vy)["error_goodness"])
+        mean_err[precision] = sum(errs) / len(errs)
+    assert mean_err["float32"] < 0.05 and abs(mean_err["bfloat16"] - mean_err["float32"]) < 0.04, mean_err

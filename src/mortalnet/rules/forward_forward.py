@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from mortalnet.nets.ff import FFNet, embed_label, neutral_label, normalize_rows, one_hot
+from mortalnet.nets.ff import NORM_EPS, FFNet, embed_label, neutral_label, normalize_rows, one_hot
 from mortalnet.optim import OptimizerConfig, SmoothedSGD, make_optimizer
 from mortalnet.rules import register_rule
 from mortalnet.rules.base import Learner
@@ -62,11 +62,14 @@ class FFConfig:
     """First hidden layer (0-based) whose goodness counts in the per-label test (ffnew.m minlevelenergy=3 -> 1)."""
     fast: bool = True
     """Use the fused fast path (shared image part of layer 1, pos+neg in one matmul); False = straightforward."""
+    precision: Literal["float32", "bfloat16"] = "float32"
+    """Matrix products in float32, or in bfloat16 (fast path only): bf16 copies of weights and activities are multiplied (fp32 accumulation inside each product); master weights, smoothed gradients and all other arithmetic stay float32."""
 
 
-def ff_probs(states: torch.Tensor, theta: float, temp: float) -> torch.Tensor:
-    """p(positive) = sigmoid((G - theta) / temp) for states (N, H) -> (N,)."""
-    return torch.sigmoid((states.square().sum(dim=1) - theta) / temp)
+def ff_probs(states: torch.Tensor, theta: float, temp: float, goodness: torch.Tensor | None = None) -> torch.Tensor:
+    """p(positive) = sigmoid((G - theta) / temp) for states (N, H) -> (N,) (G given or computed)."""
+    g = states.square().sum(dim=1) if goodness is None else goodness
+    return torch.sigmoid((g - theta) / temp)
 
 
 def ff_layer_signal(
@@ -77,6 +80,7 @@ def ff_layer_signal(
     mean_states: torch.Tensor | None = None,
     peer_norm: float = 0.0,
     peer_decay: float = 0.9,
+    goodness: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ffnew.m's dC/d(total input) for one layer, from its measured states alone.
 
@@ -87,13 +91,14 @@ def ff_layer_signal(
         mean_states: (H,) running mean activity, updated in place (peer normalization).
         peer_norm: strength of the pull of each unit's mean toward the layer's mean (0 = off).
         peer_decay: smoothing of the running means.
+        goodness: (2B,) sum of squared states, if already computed.
 
     Returns:
         signal (2B, H) = (1 - p) * s on positive rows (+ peer term, not gated by s > 0),
         -p * s on negative rows (the ascent direction, temp/2 times d log-likelihood / d input);
         p_pos (B,), p_neg (B,).
     """
-    p = ff_probs(states, theta, temp)  # (2B,)
+    p = ff_probs(states, theta, temp, goodness)  # (2B,)
     p_pos, p_neg = p[:batch], p[batch:]
     signal = torch.cat([1.0 - p_pos, -p_neg])[:, None] * states  # (2B, H)
     if peer_norm and mean_states is not None:
@@ -111,8 +116,9 @@ class _GradientSink:
     With any other optimizer it fills `.grad` and `done` calls `optimizer.step()` per layer.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, low_precision: torch.dtype | None = None) -> None:
         self.optimizer = optimizer
+        self.low_precision = low_precision
         self.fused = isinstance(optimizer, SmoothedSGD)
         self.groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
         self.started: set[int] = set()
@@ -136,7 +142,13 @@ class _GradientSink:
     def product(self, p: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> None:
         """grad(p) += scale * (a @ b)."""
         buf, beta = self._buffer(p)
-        buf.addmm_(a, b, beta=beta, alpha=self._scale(p, scale))
+        if self.low_precision is None:
+            buf.addmm_(a, b, beta=beta, alpha=self._scale(p, scale))
+            return
+        prod = torch.mm(a.to(self.low_precision), b.to(self.low_precision))  # fp32-accumulated, rounded
+        if beta != 1.0:
+            buf.mul_(beta)
+        buf.add_(prod, alpha=self._scale(p, scale))
 
     def rows(self, p: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, scale: float) -> None:
         """grad(p)[index[k]] += scale * rows[k]."""
@@ -215,7 +227,7 @@ class FFLearner(Learner):
     def train_batch(self, x: torch.Tensor, y: torch.Tensor) -> Mapping[str, torch.Tensor]:
         """One FF step on images x (B, 784) with labels y (B,)."""
         if self.cfg.fast:
-            sink = _GradientSink(self.optimizers[0])
+            sink = _GradientSink(self.optimizers[0], self._low_precision())
             readout_grads, metrics = self._step_fast(x, y, sink)
             if not sink.fused:
                 self.optimizers[0].step()
@@ -253,56 +265,89 @@ class FFLearner(Learner):
         }
         return logits, grads, metrics
 
-    def _layer_signal(self, i: int, states: torch.Tensor, batch: int, metrics: dict) -> torch.Tensor:
+    def _layer_signal(self, i: int, states: torch.Tensor, batch: int, metrics: dict,
+                      goodness: torch.Tensor | None = None) -> torch.Tensor:
         """dC/d(total input) for fused [positive; negative] states (2B, H) of layer i."""
         cfg = self.cfg
         signal, p_pos, p_neg = ff_layer_signal(
             states, batch, self._theta(states.shape[1]), cfg.temperature,
-            self.net.mean_states(i), cfg.peer_norm, cfg.peer_decay,
+            self.net.mean_states(i), cfg.peer_norm, cfg.peer_decay, goodness,
         )
         eps = 1e-7
         metrics[f"ff_loss/layer{i + 1}"] = -(torch.log(p_pos + eps).mean() + torch.log(1 - p_neg + eps).mean())
         metrics[f"pair_error/layer{i + 1}"] = (p_neg > p_pos).float().mean()
         return signal
 
+    def _low_precision(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.cfg.precision == "bfloat16" else None
+
+    def _matmul_weights(self) -> list[torch.Tensor]:
+        """The weights as the products use them: the fp32 masters, or bf16 copies."""
+        lp = self._low_precision()
+        return [l.weight if lp is None else l.weight.to(lp) for l in self.net.layers]
+
+    @staticmethod
+    def _total_input(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """h (N, D) @ w (D, H) + bias in w's precision; the result in float32 (N, H)."""
+        if w.dtype == torch.float32:
+            return torch.addmm(bias, h, w)
+        return torch.mm(h.to(w.dtype), w).float().add_(bias)
+
+    @staticmethod
+    def _next_states(prev: torch.Tensor, prev_sumsq: torch.Tensor, w: torch.Tensor, bias: torch.Tensor):
+        """relu(normalize_rows(prev) @ w + bias) without materializing the normalized rows.
+
+        normalize_rows divides row n by rms_n, so its product with w is (prev @ w) * r_n with
+        r_n = 1 / rms_n, computed from the sum of squares the caller already has (the goodness).
+        Returns the states (N, H) float32, r (N, 1), and prev as multiplied (fp32 or bf16).
+        """
+        r = 1.0 / ((prev_sumsq / prev.shape[1]).sqrt() + NORM_EPS)  # (N,)
+        prev_m = prev.to(w.dtype)
+        states = torch.addcmul(bias, torch.mm(prev_m, w), r[:, None]).relu_()
+        return states, r[:, None], prev_m
+
     def _step_fast(self, images: torch.Tensor, y: torch.Tensor, sink: _GradientSink):
         """Fused step. Layer 1's image part is computed once for the neutral, positive and
         negative inputs (they differ only in the 10 label pixels); positive and negative rows
-        share one matmul per layer; each layer's gradient goes straight into `sink`, which with
-        ffnew.m's optimizer folds it into the smoothed gradient and updates the layer at once
-        (allowed: layer l's update needs nothing from layers above, and the layers above use
-        layer l's pre-update output, already computed)."""
+        share one matmul per layer; normalized activities are never materialized (each row's
+        1/rms scales the product instead); each layer's gradient goes straight into `sink`,
+        which with ffnew.m's optimizer folds it into the smoothed gradient and updates the layer
+        at once (allowed: layer l's update needs nothing from layers above, and the layers above
+        use layer l's pre-update output, already computed)."""
         cfg, net = self.cfg, self.net
         B, D = images.shape
         C, s = self.num_classes, cfg.label_strength
         first = net.layers[0]
         W1, b1 = first.weight, first.bias  # (D, H1), (H1,)
+        Wm = self._matmul_weights()  # weights as multiplied (fp32 or bf16 copies)
         img = images.clone()
         img[:, :C] = 0.0  # label pixels are written separately
-        shared = img @ W1  # (B, H1): image part of layer 1's total input
+        shared = self._total_input(img, Wm[0], torch.zeros_like(b1))  # (B, H1): image part of layer 1
         sq_img = img.square().sum(1)  # (B,)
 
         def inv_rms(label_sq: float) -> torch.Tensor:  # 1 / rms of the full input row
-            return 1.0 / (((sq_img + label_sq) / D).sqrt() + 1e-12)
+            return 1.0 / (((sq_img + label_sq) / D).sqrt() + NORM_EPS)
 
         metrics: dict[str, torch.Tensor] = {}
         # --- neutral pass -> readout update and hard negative labels ---------------------------
         r_neu = inv_rms(C * (s / C) ** 2)[:, None]  # (B, 1)
-        z = (shared + (s / C) * W1[:C].sum(0)) * r_neu + b1
-        h = normalize_rows(torch.relu(z))
-        normed = [h]
-        for layer in net.layers[1:]:
-            h = normalize_rows(layer(h))
-            normed.append(h)
+        states = torch.relu((shared + (s / C) * W1[:C].sum(0)) * r_neu + b1)  # (B, H1)
+        sumsq = states.square().sum(1)
+        normed = []
+        for i, layer in enumerate(net.layers[1:], start=1):
+            nxt, r_prev, _ = self._next_states(states, sumsq, Wm[i], layer.bias)
+            normed.append(states * r_prev)
+            states, sumsq = nxt, nxt.square().sum(1)
+        normed.append(normalize_rows(states))
         logits, readout_grads, m = self._readout_step(normed, y)
         metrics.update(m)
         y_neg = self._sample_negative_labels(logits, y)
 
         # --- positive and negative passes, fused: rows [0, B) positive, [B, 2B) negative -------
         r = inv_rms(s * s)[:, None].repeat(2, 1)  # (2B, 1), the same for every one-hot label
-        z = torch.cat([shared + s * W1[y], shared + s * W1[y_neg]]).mul_(r).add_(b1)  # (2B, H1)
-        states = z.relu_()
-        signal = self._layer_signal(0, states, B, metrics)  # (2B, H1)
+        states = torch.cat([shared + s * W1[y], shared + s * W1[y_neg]]).mul_(r).add_(b1).relu_()  # (2B, H1)
+        sumsq = states.square().sum(1)  # goodness, and the next layer's normalization
+        signal = self._layer_signal(0, states, B, metrics, sumsq)  # (2B, H1)
         scaled = signal * r  # the input row is x * r, so dC/dW = x^T (signal * r)
         # image rows are the same for positive and negative data: one (D, B) x (B, H1) product
         sink.product(W1, img.T, scaled[:B] + scaled[B:], -1.0 / B)
@@ -310,14 +355,15 @@ class FFLearner(Learner):
         sink.rows(W1, y_neg, scaled[B:], -s / B)
         sink.vector(b1, signal.sum(0), -1.0 / B)
         sink.done(W1, b1)
-        h = normalize_rows(states)
         for i, layer in enumerate(net.layers[1:], start=1):
-            states = layer(h)  # (2B, H)
-            signal = self._layer_signal(i, states, B, metrics)
-            sink.product(layer.weight, h.T, signal, -1.0 / B)  # (D, H)
+            prev = states
+            states, r_prev, prev_m = self._next_states(prev, sumsq, Wm[i], layer.bias)  # (2B, H)
+            sumsq = states.square().sum(1)
+            signal = self._layer_signal(i, states, B, metrics, sumsq)
+            # dC/dW = normalize_rows(prev)^T signal = prev^T (signal * r_prev)
+            sink.product(layer.weight, prev_m.T, signal * r_prev, -1.0 / B)  # (D, H)
             sink.vector(layer.bias, signal.sum(0), -1.0 / B)
             sink.done(layer.weight, layer.bias)
-            h = normalize_rows(states)
         return readout_grads, metrics
 
     def _step_reference(self, images: torch.Tensor, y: torch.Tensor):
@@ -371,17 +417,20 @@ class FFLearner(Learner):
         net, C, s = self.net, self.num_classes, self.cfg.label_strength
         B, D = images.shape
         W1, b1 = net.layers[0].weight, net.layers[0].bias
+        Wm = self._matmul_weights()
         img = images.clone()
         img[:, :C] = 0.0
         r = 1.0 / (((img.square().sum(1) + s * s) / D).sqrt() + 1e-12)  # (B,)
-        z = ((img @ W1)[:, None, :] + s * W1[:C][None]) * r[:, None, None] + b1  # (B, C, H1)
-        states = torch.relu(z).reshape(B * C, -1)  # row b*C + k: image b with label k
-        scores = torch.zeros(B * C, device=images.device)
-        for i, layer in enumerate(net.layers):
-            if i > 0:
-                states = layer(normalize_rows(states))
+        shared = self._total_input(img, Wm[0], torch.zeros_like(b1))  # (B, H1)
+        z = (shared[:, None, :] + s * W1[:C][None]) * r[:, None, None] + b1  # (B, C, H1)
+        states = z.relu_().reshape(B * C, -1)  # row b*C + k: image b with label k
+        sumsq = states.square().sum(1)
+        scores = sumsq.clone() if self.cfg.goodness_from == 0 else torch.zeros_like(sumsq)
+        for i, layer in enumerate(net.layers[1:], start=1):
+            states, _, _ = self._next_states(states, sumsq, Wm[i], layer.bias)
+            sumsq = states.square().sum(1)
             if i >= self.cfg.goodness_from:
-                scores += states.square().sum(1)
+                scores += sumsq
         return scores.reshape(B, C)
 
     @torch.no_grad()
@@ -399,7 +448,13 @@ class FFLearner(Learner):
     def softmax_logits(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 784) -> (B, C): one neutral-label pass into the linear softmax (ffsoftmaxtest.m)."""
         x = embed_label(images, neutral_label(len(images), self.cfg.label_strength, self.num_classes, images.device))
-        return self.net.readout_logits([normalize_rows(st) for st in self.net.forward_states(x)])
+        if self._low_precision() is None or not self.cfg.fast:
+            return self.net.readout_logits([normalize_rows(st) for st in self.net.forward_states(x)])
+        h, normed = normalize_rows(x), []
+        for layer, w in zip(self.net.layers, self._matmul_weights()):
+            h = normalize_rows(self._total_input(h, w, layer.bias).relu_())
+            normed.append(h)
+        return self.net.readout_logits(normed)
 
     @torch.no_grad()
     def layer_states(self, images: torch.Tensor, label_pixels: torch.Tensor) -> list[torch.Tensor]:
