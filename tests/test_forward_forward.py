@@ -210,3 +210,18 @@ def test_bfloat16_learns_like_float32(tiny_data):
             errs.append(learner.evaluate(vx, vy)["error_goodness"])
         mean_err[precision] = sum(errs) / len(errs)
     assert mean_err["float32"] < 0.05 and abs(mean_err["bfloat16"] - mean_err["float32"]) < 0.04, mean_err
+
+
+def test_goodness_shortlist_scores_only_the_softmax_top_k():
+    learner = tiny(seed=2, goodness_shortlist=3)
+    exact = tiny(seed=2)
+    x = images(25)
+    for _ in range(3):
+        learner.train_batch(x, torch.arange(25) % 10)
+        exact.train_batch(x, torch.arange(25) % 10)
+    short = learner.goodness_scores(x)
+    full = exact.goodness_scores(x)
+    top3 = learner.softmax_logits(x).topk(3, dim=1).indices
+    kept = torch.zeros_like(short, dtype=torch.bool).scatter_(1, top3, True)
+    assert torch.isinf(short[~kept]).all()
+    torch.testing.assert_close(short[kept], full[kept], rtol=1e-5, atol=1e-4)

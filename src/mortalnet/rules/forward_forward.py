@@ -62,6 +62,8 @@ class FFConfig:
     """First hidden layer (0-based) whose goodness counts in the per-label test (ffnew.m minlevelenergy=3 -> 1)."""
     fast: bool = True
     """Use the fused fast path (shared image part of layer 1, pos+neg in one matmul); False = straightforward."""
+    goodness_shortlist: int = 0
+    """Per-label test on a shortlist: 0 = score all labels by goodness (exact, the paper's test); k > 0 = rank labels by one neutral pass into the softmax and score only the top k by goodness (cheaper; its agreement with the exact test is measured, not assumed)."""
     precision: Literal["float32", "bfloat16"] = "float32"
     """Matrix products in float32, or in bfloat16 (fast path only): bf16 copies of weights and activities are multiplied (fp32 accumulation inside each product); master weights, smoothed gradients and all other arithmetic stay float32."""
 
@@ -344,7 +346,19 @@ class FFLearner(Learner):
         y_neg = self._sample_negative_labels(logits, y)
 
         # --- positive and negative passes, fused: rows [0, B) positive, [B, 2B) negative -------
-        r = inv_rms(s * s)[:, None].repeat(2, 1)  # (2B, 1), the same for every one-hot label
+        states, sumsq = self._first_layer_step(img, shared, sq_img, y, y_neg, sink, metrics)
+        for i in range(1, len(net.layers)):
+            states, sumsq = self._layer_step(i, states, sumsq, Wm[i], sink, metrics)
+        return readout_grads, metrics
+
+    def _first_layer_step(self, img, shared, sq_img, y, y_neg, sink: _GradientSink, metrics: dict):
+        """Layer 1 on positive (label y) and negative (label y_neg) rows; updates it through `sink`.
+
+        img (B, D) has zeros in the label pixels and shared = img @ W1 (B, H1). Returns the
+        states (2B, H1) and their sums of squares (2B,)."""
+        s, B, D = self.cfg.label_strength, len(y), img.shape[1]
+        W1, b1 = self.net.layers[0].weight, self.net.layers[0].bias
+        r = (1.0 / (((sq_img + s * s) / D).sqrt() + NORM_EPS))[:, None].repeat(2, 1)  # (2B, 1): any one-hot label
         states = torch.cat([shared + s * W1[y], shared + s * W1[y_neg]]).mul_(r).add_(b1).relu_()  # (2B, H1)
         sumsq = states.square().sum(1)  # goodness, and the next layer's normalization
         signal = self._layer_signal(0, states, B, metrics, sumsq)  # (2B, H1)
@@ -355,16 +369,24 @@ class FFLearner(Learner):
         sink.rows(W1, y_neg, scaled[B:], -s / B)
         sink.vector(b1, signal.sum(0), -1.0 / B)
         sink.done(W1, b1)
-        for i, layer in enumerate(net.layers[1:], start=1):
-            prev = states
-            states, r_prev, prev_m = self._next_states(prev, sumsq, Wm[i], layer.bias)  # (2B, H)
-            sumsq = states.square().sum(1)
-            signal = self._layer_signal(i, states, B, metrics, sumsq)
-            # dC/dW = normalize_rows(prev)^T signal = prev^T (signal * r_prev)
-            sink.product(layer.weight, prev_m.T, signal * r_prev, -1.0 / B)  # (D, H)
-            sink.vector(layer.bias, signal.sum(0), -1.0 / B)
-            sink.done(layer.weight, layer.bias)
-        return readout_grads, metrics
+        return states, sumsq
+
+    def _layer_step(self, i: int, prev: torch.Tensor, prev_sumsq: torch.Tensor, w: torch.Tensor,
+                    sink: _GradientSink, metrics: dict):
+        """Layer i (>= 1) on the previous layer's states prev (2B, D); updates it through `sink`.
+
+        Needs nothing from other layers but prev: this is what lets each layer live on its own
+        process (parallel/ff_pipeline.py). Returns its states (2B, H) and sums of squares (2B,)."""
+        layer = self.net.layers[i]
+        B = len(prev) // 2
+        states, r_prev, prev_m = self._next_states(prev, prev_sumsq, w, layer.bias)  # (2B, H)
+        sumsq = states.square().sum(1)
+        signal = self._layer_signal(i, states, B, metrics, sumsq)
+        # dC/dW = normalize_rows(prev)^T signal = prev^T (signal * r_prev)
+        sink.product(layer.weight, prev_m.T, signal * r_prev, -1.0 / B)  # (D, H)
+        sink.vector(layer.bias, signal.sum(0), -1.0 / B)
+        sink.done(layer.weight, layer.bias)
+        return states, sumsq
 
     def _step_reference(self, images: torch.Tensor, y: torch.Tensor):
         """The same step written plainly: three full passes, as ffnew.m does (for tests/benchmarks)."""
@@ -416,14 +438,20 @@ class FFLearner(Learner):
             return self.goodness_scores_reference(images)
         net, C, s = self.net, self.num_classes, self.cfg.label_strength
         B, D = images.shape
+        k = self.cfg.goodness_shortlist
+        if 0 < k < C:
+            labels = self.softmax_logits(images).topk(k, dim=1).indices  # (B, k) candidates
+        else:
+            k, labels = C, None
         W1, b1 = net.layers[0].weight, net.layers[0].bias
         Wm = self._matmul_weights()
         img = images.clone()
         img[:, :C] = 0.0
-        r = 1.0 / (((img.square().sum(1) + s * s) / D).sqrt() + 1e-12)  # (B,)
+        r = 1.0 / (((img.square().sum(1) + s * s) / D).sqrt() + NORM_EPS)  # (B,)
         shared = self._total_input(img, Wm[0], torch.zeros_like(b1))  # (B, H1)
-        z = (shared[:, None, :] + s * W1[:C][None]) * r[:, None, None] + b1  # (B, C, H1)
-        states = z.relu_().reshape(B * C, -1)  # row b*C + k: image b with label k
+        label_rows = W1[:C][None] if labels is None else W1[labels]  # (1, C, H1) or (B, k, H1)
+        z = (shared[:, None, :] + s * label_rows) * r[:, None, None] + b1  # (B, k, H1)
+        states = z.relu_().reshape(B * k, -1)  # row b*k + j: image b with its j-th label
         sumsq = states.square().sum(1)
         scores = sumsq.clone() if self.cfg.goodness_from == 0 else torch.zeros_like(sumsq)
         for i, layer in enumerate(net.layers[1:], start=1):
@@ -431,6 +459,9 @@ class FFLearner(Learner):
             sumsq = states.square().sum(1)
             if i >= self.cfg.goodness_from:
                 scores += sumsq
+        if labels is not None:  # labels off the shortlist score -inf
+            full = torch.full((B, C), float("-inf"), device=images.device)
+            return full.scatter_(1, labels, scores.reshape(B, k))
         return scores.reshape(B, C)
 
     @torch.no_grad()

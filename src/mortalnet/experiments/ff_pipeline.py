@@ -1,0 +1,90 @@
+"""ff-pipeline: Forward-Forward trained by several processes (torch.distributed, gloo/NCCL).
+
+mode=pipeline: rank k owns a block of layers and passes normalized activities up the pipeline
+(no backward pass, nothing stored); mode=data-parallel: every rank holds the whole net and
+averages each layer's gradient with an all-reduce. The ranks are started by the experiment
+itself (torch.multiprocessing) with a timeout on every distributed call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mortalnet import config as cfgmod
+from mortalnet.data.mnist import MnistConfig
+from mortalnet.experiments import register_experiment
+from mortalnet.experiments.base import Experiment, Reference, RunContext
+from mortalnet.optim import OptimizerConfig
+from mortalnet.parallel.ff_pipeline import data_parallel_rank, pipeline_rank
+from mortalnet.parallel.launch import spawn
+from mortalnet.rules.forward_forward import FFConfig
+from mortalnet.training import TrainingConfig
+
+
+@dataclass(frozen=True)
+class FFPipelineConfig:
+    """FF on several processes."""
+
+    data: MnistConfig = field(default_factory=MnistConfig)
+    """Which MNIST and which part of it."""
+    hidden: tuple[int, ...] = (1000, 1000, 1000, 1000)
+    """Hidden layer widths (a pipeline rank owns a contiguous block of them)."""
+    rule: FFConfig = field(default_factory=lambda: FFConfig(negatives="random"))
+    """FF hyper-parameters (the pipeline needs negatives=random)."""
+    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(epochs=10))
+    """Epochs, batch size, schedule, shuffling (validation/checkpoints are not used here)."""
+    mode: Literal["pipeline", "data-parallel"] = "pipeline"
+    """pipeline: one block of layers per rank; data-parallel: whole net per rank, gradients all-reduced."""
+    ranks: int = 2
+    """Number of processes."""
+    threads_per_rank: int = 1
+    """torch threads in each process."""
+    timeout_s: float = 120.0
+    """Timeout of every distributed call: a dead rank stops the others after at most this long."""
+
+
+def _fast() -> FFPipelineConfig:
+    return FFPipelineConfig(
+        data=MnistConfig(train_subset=5000, test_subset=2000),
+        hidden=(300, 300),
+        rule=FFConfig(negatives="random", optimizer=OptimizerConfig(lr=0.03, weight_decay=0.001)),
+        training=TrainingConfig(epochs=2),
+        timeout_s=30.0,
+    )
+
+
+def _paper() -> FFPipelineConfig:
+    return FFPipelineConfig(hidden=(1000, 1000, 1000, 1000), training=TrainingConfig(epochs=20))
+
+
+@register_experiment("ff-pipeline")
+class FFPipeline(Experiment):
+    name = "ff-pipeline"
+    description = "FF on several processes: layer pipeline (no backward pass) or data-parallel all-reduce"
+    Config = FFPipelineConfig
+    presets = {"fast": _fast, "paper": _paper}
+    references: dict[str, Reference] = {}
+
+    def run(self, config: FFPipelineConfig, ctx: RunContext) -> dict[str, Any]:
+        if ctx.device.type != "cpu":
+            raise ValueError("ff-pipeline spawns CPU (gloo) ranks; run it with --device cpu")
+        spec = {
+            "hidden": list(config.hidden), "rule": cfgmod.to_dict(config.rule), "data": cfgmod.to_dict(config.data),
+            "epochs": config.training.epochs, "batch_size": config.training.batch_size,
+            "schedule": config.training.schedule, "shuffle": config.training.shuffle, "seed": ctx.seed,
+        }
+        fn = pipeline_rank if config.mode == "pipeline" else data_parallel_rank
+        results = spawn(fn, config.ranks, args=(spec,), timeout_s=config.timeout_s,
+                        threads_per_rank=config.threads_per_rank)
+        head = results[0]
+        return {
+            "test_error": head["test"]["error_goodness"],
+            "test/error_goodness": head["test"]["error_goodness"],
+            "primary_metric": "error_goodness",
+            "mode": config.mode,
+            "ranks": config.ranks,
+            "examples_per_s": min(r["examples_per_s"] for r in results),
+            "train_seconds": max(r["train_seconds"] for r in results),
+            "per_rank": results,
+        }

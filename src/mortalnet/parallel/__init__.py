@@ -1,0 +1,1 @@
+"""Running FF on several processes with torch.distributed (layer pipeline, data parallel)."""

@@ -1,0 +1,241 @@
+"""Forward-Forward beyond one process: layer pipelining and data parallelism on torch.distributed.
+
+Layer pipeline (Hinton 2022, section 5: "pipelining video through the network"): rank k owns a
+contiguous block of layers. It receives the previous block's states for minibatch t
+(positive and negative rows, (2B, H)), updates its layers with their local FF objectives,
+sends its states on, and goes straight to minibatch t+1: there is no backward pass to wait for
+and no activation to keep. Layer l at step t sees layer l-1's output computed with layer l-1's
+weights of step t, exactly as in the sequential fast path, so the pipelined trainer computes
+the same weights as one process (tested). The pipeline uses random wrong labels as negatives:
+hard negatives would need the readout at the top before the negative pass at the bottom, a
+backward dependency the pipeline is built to avoid. The softmax readout is not trained here;
+the test is the per-label goodness test.
+
+Data parallel: every rank holds the whole network and a slice of each minibatch; each layer's
+smoothed gradient (and the readout's gradient, and the peer-normalization means) is averaged
+with an all-reduce as soon as that layer is done, before its update.
+
+Run as a named experiment (`mortalnet run ff-pipeline ...`, which spawns the ranks itself) or
+under torchrun; every distributed call has a timeout, so a dead rank stops the others.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from mortalnet.data.mnist import MnistConfig, load_mnist
+from mortalnet.optim import schedule_factor
+from mortalnet.parallel.launch import RankFailedError, describe_error
+from mortalnet.rules.forward_forward import FFConfig, FFLearner, _GradientSink
+from mortalnet.training import _epoch_seed
+
+
+def partition(n_layers: int, n_ranks: int) -> list[list[int]]:
+    """Contiguous blocks of layer indices, as even as possible: partition(4, 3) = [[0,1],[2],[3]]."""
+    if n_ranks > n_layers:
+        raise ValueError(f"{n_ranks} ranks for {n_layers} layers: each rank needs at least one layer")
+    base, extra = divmod(n_layers, n_ranks)
+    out, start = [], 0
+    for r in range(n_ranks):
+        size = base + (1 if r < extra else 0)
+        out.append(list(range(start, start + size)))
+        start += size
+    return out
+
+
+def _batches(n: int, batch: int, seed: int, epoch: int, shuffle: bool) -> list[torch.Tensor]:
+    """The minibatch indices of an epoch, exactly as `mortalnet.training.fit` draws them."""
+    gen = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
+    order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+    return [order[i : i + batch] for i in range(0, n, batch)]
+
+
+def _weights_for_products(learner: FFLearner, i: int) -> torch.Tensor:
+    w = learner.net.layers[i].weight
+    lp = learner._low_precision()
+    return w if lp is None else w.to(lp)
+
+
+def _check_pipeline_rule(rule: FFConfig) -> FFConfig:
+    if rule.negatives != "random":
+        raise ValueError("the layer pipeline uses random negatives (rule.negatives=random); hard negatives "
+                         "need the top layers' readout before the bottom layer's negative pass")
+    return replace(rule, fast=True)
+
+
+def pipeline_rank(rank: int, world: int, spec: dict[str, Any]) -> dict[str, Any]:
+    """One rank of the layer pipeline. `spec`: hidden, rule (FFConfig dict), data (MnistConfig
+    dict), epochs, batch_size, schedule, shuffle, seed, max_steps, evaluate."""
+    from mortalnet import config as cfgmod
+
+    rule = _check_pipeline_rule(cfgmod.from_dict(FFConfig, spec["rule"]))
+    hidden, seed = tuple(spec["hidden"]), int(spec["seed"])
+    learner = FFLearner(rule, hidden, seed=seed)  # identical on every rank (same seed)
+    owned = partition(len(hidden), world)[rank]
+    data = load_mnist(cfgmod.from_dict(MnistConfig, spec["data"]))
+    x_train, y_train = data.train.tensors()
+    n, B, C = len(y_train), int(spec["batch_size"]), learner.num_classes
+    in_width = 784 if rank == 0 else hidden[owned[0] - 1]
+    recv_buf = torch.empty(2 * B, in_width)
+    pending = None
+    steps, max_steps = 0, int(spec.get("max_steps", 0))
+    dist.barrier()
+    t0 = time.perf_counter()
+    try:
+        for epoch in range(1, int(spec["epochs"]) + 1):
+            learner.set_lr_scale(schedule_factor(spec["schedule"], epoch, int(spec["epochs"])))
+            for idx in _batches(n, B, seed, epoch, bool(spec.get("shuffle", True))):
+                if max_steps and steps >= max_steps:
+                    break
+                _fault_injection(rank, steps)
+                sink, metrics = _GradientSink(learner.optimizers[0], learner._low_precision()), {}
+                if rank == 0:
+                    xb, yb = x_train[idx], y_train[idx]
+                    y_neg = learner._sample_negative_labels(None, yb)  # random wrong labels
+                    img = xb.clone()
+                    img[:, :C] = 0.0
+                    shared = learner._total_input(img, _weights_for_products(learner, 0),
+                                                  torch.zeros_like(learner.net.layers[0].bias))
+                    states, sumsq = learner._first_layer_step(img, shared, img.square().sum(1), yb, y_neg,
+                                                              sink, metrics)
+                    rest = owned[1:]
+                else:
+                    rows = 2 * len(idx)
+                    buf = recv_buf[:rows]
+                    _recv(buf, rank - 1, rank)
+                    states, sumsq = buf, buf.square().sum(1)
+                    rest = owned
+                for i in rest:
+                    states, sumsq = learner._layer_step(i, states, sumsq, _weights_for_products(learner, i),
+                                                        sink, metrics)
+                if rank < world - 1:
+                    if pending is not None:
+                        pending.wait()
+                    out = states.contiguous()
+                    pending = dist.isend(out, dst=rank + 1)
+                steps += 1
+        if pending is not None:
+            pending.wait()
+        dist.barrier()
+    except RuntimeError as err:  # gloo/nccl errors on a dead or stuck peer
+        raise RankFailedError(describe_error(err, rank, rank - 1 if rank else rank + 1)) from None
+    wall = time.perf_counter() - t0
+    result: dict[str, Any] = {"rank": rank, "layers": owned, "steps": steps, "train_seconds": wall,
+                              "examples_per_s": steps * B / wall}
+    _gather_layers(learner, owned, rank, world, hidden)
+    if rank == 0 and spec.get("evaluate", True):
+        tx, ty = data.test.tensors()
+        result["test"] = learner.evaluate(tx, ty)
+        result["state"] = {k: v.tolist() for k, v in learner.net.state_dict().items()} if spec.get("return_state") else None
+    return result
+
+
+def _fault_injection(rank: int, step: int) -> None:
+    """Test hook: MORTALNET_FAULT_KILL_RANK=R:S makes rank R SIGKILL itself at step S."""
+    import os
+
+    spec = os.environ.get("MORTALNET_FAULT_KILL_RANK")
+    if spec:
+        r, s = (int(v) for v in spec.split(":"))
+        if r == rank and s == step:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _recv(buf: torch.Tensor, src: int, rank: int) -> None:
+    try:
+        dist.recv(buf, src=src)
+    except RuntimeError as err:
+        raise RankFailedError(describe_error(err, rank, src)) from None
+
+
+def _gather_layers(learner: FFLearner, owned: list[int], rank: int, world: int, hidden) -> None:
+    """Send every rank's trained layers (and peer-norm means) to rank 0."""
+    parts = partition(len(hidden), world)
+    for src in range(1, world):
+        for i in parts[src]:
+            layer = learner.net.layers[i]
+            for t in (layer.weight.data, layer.bias.data, learner.net.mean_states(i)):
+                if rank == src:
+                    dist.send(t.contiguous(), dst=0)
+                elif rank == 0:
+                    dist.recv(t, src=src)
+
+
+class _AllReduceSink(_GradientSink):
+    """Averages each parameter's accumulated gradient over all ranks before updating it."""
+
+    def __init__(self, optimizer, low_precision, world: int) -> None:
+        super().__init__(optimizer, low_precision)
+        self.world = world
+        self.bytes_sent = 0
+
+    def done(self, *params: torch.Tensor) -> None:
+        for p in params:
+            buf = self.optimizer.state[p]["smoothed_grad"] if self.fused else p.grad
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            buf.div_(self.world)
+            self.bytes_sent += buf.numel() * buf.element_size()
+        super().done(*params)
+
+
+def data_parallel_step(learner: FFLearner, x: torch.Tensor, y: torch.Tensor, world: int) -> int:
+    """One data-parallel FF step on this rank's slice (x, y); returns bytes all-reduced."""
+    sink = _AllReduceSink(learner.optimizers[0], learner._low_precision(), world)
+    readout_grads, _ = learner._step_fast(x, y, sink)
+    if not sink.fused:
+        learner.optimizers[0].step()
+    sent = sink.bytes_sent
+    for w, g in zip(learner.net.readout, readout_grads):
+        dist.all_reduce(g, op=dist.ReduceOp.SUM)
+        g.div_(world)
+        w.grad = g
+        sent += g.numel() * g.element_size()
+    learner.optimizers[1].step()
+    for i in range(len(learner.net.layers)):  # keep the peer-normalization means identical
+        m = learner.net.mean_states(i)
+        dist.all_reduce(m, op=dist.ReduceOp.SUM)
+        m.div_(world)
+        sent += m.numel() * m.element_size()
+    return sent
+
+
+def data_parallel_rank(rank: int, world: int, spec: dict[str, Any]) -> dict[str, Any]:
+    """One rank of data-parallel FF: every rank trains the whole net on 1/world of each minibatch."""
+    from mortalnet import config as cfgmod
+
+    rule = replace(cfgmod.from_dict(FFConfig, spec["rule"]), fast=True)
+    hidden, seed = tuple(spec["hidden"]), int(spec["seed"])
+    learner = FFLearner(rule, hidden, seed=seed)
+    learner.generator.manual_seed(seed * 1009 + rank + 1)  # each rank its own negatives
+    data = load_mnist(cfgmod.from_dict(MnistConfig, spec["data"]))
+    x_train, y_train = data.train.tensors()
+    n, B = len(y_train), int(spec["batch_size"])
+    steps, sent, max_steps = 0, 0, int(spec.get("max_steps", 0))
+    dist.barrier()
+    t0 = time.perf_counter()
+    try:
+        for epoch in range(1, int(spec["epochs"]) + 1):
+            learner.set_lr_scale(schedule_factor(spec["schedule"], epoch, int(spec["epochs"])))
+            for idx in _batches(n, B, seed, epoch, bool(spec.get("shuffle", True))):
+                if max_steps and steps >= max_steps:
+                    break
+                mine = idx[rank::world]
+                sent += data_parallel_step(learner, x_train[mine], y_train[mine], world)
+                steps += 1
+        dist.barrier()
+    except RuntimeError as err:
+        raise RankFailedError(describe_error(err, rank)) from None
+    wall = time.perf_counter() - t0
+    result: dict[str, Any] = {"rank": rank, "steps": steps, "train_seconds": wall,
+                              "examples_per_s": steps * B / wall, "bytes_all_reduced": sent}
+    if rank == 0 and spec.get("evaluate", True):
+        tx, ty = data.test.tensors()
+        result["test"] = learner.evaluate(tx, ty)
+    return result
