@@ -225,3 +225,17 @@ def test_goodness_shortlist_scores_only_the_softmax_top_k():
     kept = torch.zeros_like(short, dtype=torch.bool).scatter_(1, top3, True)
     assert torch.isinf(short[~kept]).all()
     torch.testing.assert_close(short[kept], full[kept], rtol=1e-5, atol=1e-4)
+
+
+def test_without_readout_layers_train_the_same_and_only_goodness_is_tested():
+    a = tiny(seed=6, negatives="random")
+    b = tiny(seed=6, negatives="random", readout=False)
+    x, y = images(), torch.arange(16) % 10
+    for _ in range(3):
+        a.train_batch(x, y)
+        b.train_batch(x, y)
+    for la, lb in zip(a.net.layers, b.net.layers):
+        torch.testing.assert_close(la.weight, lb.weight)
+    assert set(b.evaluate(x, y)) == {"error_goodness"}
+    with pytest.raises(ValueError, match="need the softmax readout"):
+        tiny(readout=False)  # hard negatives need it

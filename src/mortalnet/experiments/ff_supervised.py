@@ -77,7 +77,8 @@ class FFSupervised(SupervisedExperiment):
         split = data.valid if len(data.valid) else data.train
         x, y = split.take(1000).tensors(ctx.device)
         with torch.no_grad():
-            wrong = (learner.softmax_logits(x) - 1000.0 * torch.nn.functional.one_hot(y, 10)).argmax(1)
+            scores = learner.softmax_logits(x) if learner.cfg.readout else learner.goodness_scores(x)
+            wrong = (scores - 1e9 * torch.nn.functional.one_hot(y, 10)).argmax(1)
             pos = learner.layer_states(x, one_hot(y, learner.cfg.label_strength))
             neg = learner.layer_states(x, one_hot(wrong, learner.cfg.label_strength))
         thetas = [learner.cfg.threshold_per_unit * h for h in learner.net.hidden]

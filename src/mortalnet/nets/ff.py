@@ -129,6 +129,6 @@ class FFNet(nn.Module):
     def readout_logits(self, normed: list[torch.Tensor]) -> torch.Tensor:
         """Softmax logits (B, C) from the normalized states of every hidden layer."""
         logits = None
-        for w, h in zip(self.readout, normed[self.readout_from :]):
+        for w, h in zip(self.readout, normed[self.readout_from :]):  # (H_l, C), (B, H_l)
             logits = h @ w if logits is None else logits + h @ w
         return logits

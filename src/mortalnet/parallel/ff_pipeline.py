@@ -65,7 +65,7 @@ def _check_pipeline_rule(rule: FFConfig) -> FFConfig:
     if rule.negatives != "random":
         raise ValueError("the layer pipeline uses random negatives (rule.negatives=random); hard negatives "
                          "need the top layers' readout before the bottom layer's negative pass")
-    return replace(rule, fast=True)
+    return replace(rule, fast=True, readout=False)
 
 
 def pipeline_rank(rank: int, world: int, spec: dict[str, Any]) -> dict[str, Any]:

@@ -81,6 +81,8 @@ def render_benchmarks(results: str | Path) -> str:
         if ratios:
             out.append("")
             out.append("Ratios measured in the same run: " + "; ".join(f"{k} = {_fmt_value(v)}" for k, v in ratios.items()))
+        for plot in data.get("plots", []):
+            out.append(f"\n![{Path(plot).stem}]({plot})")
         for note in data.get("notes", []):
             out.append(f"\n_{note}_")
         out.append("")

@@ -58,6 +58,8 @@ class FFConfig:
     """hard: wrong label sampled from the neutral-pass softmax (true label excluded); random: uniform wrong label."""
     readout_from: int = 1
     """First hidden layer (0-based) feeding the softmax readout (ffnew.m minlevelsup=3 -> 1)."""
+    readout: bool = True
+    """Train the linear softmax readout on a neutral-label pass each step (needed by hard negatives, the softmax test and the shortlist); False trains the FF layers alone (goodness test only)."""
     goodness_from: int = 1
     """First hidden layer (0-based) whose goodness counts in the per-label test (ffnew.m minlevelenergy=3 -> 1)."""
     fast: bool = True
@@ -204,6 +206,9 @@ class FFLearner(Learner):
         device: torch.device | str = "cpu",
     ) -> None:
         super().__init__(seed, device)
+        if not config.readout and (config.negatives == "hard" or config.goodness_shortlist):
+            raise ValueError("hard negatives and the goodness shortlist need the softmax readout: "
+                             "set rule.readout=true, or rule.negatives=random and rule.goodness_shortlist=0")
         if config.goodness_from >= len(hidden):
             raise ValueError(f"goodness_from={config.goodness_from} but the net has {len(hidden)} hidden layers")
         self.cfg = config
@@ -260,7 +265,7 @@ class FFLearner(Learner):
         logits = self.net.readout_logits(normed)  # (B, C)
         probs = torch.softmax(logits, dim=1)
         delta = (probs - F.one_hot(y, self.num_classes)) / len(y)  # d(mean CE)/d logits
-        grads = [h.T @ delta for h in normed[self.cfg.readout_from :]]  # (H_l, C)
+        grads = [h.T @ delta for h in normed[self.cfg.readout_from :]]  # (H_l, C) each
         metrics = {
             "readout_loss": F.cross_entropy(logits, y),
             "readout_error": (logits.argmax(1) != y).float().mean(),
@@ -331,18 +336,22 @@ class FFLearner(Learner):
             return 1.0 / (((sq_img + label_sq) / D).sqrt() + NORM_EPS)
 
         metrics: dict[str, torch.Tensor] = {}
-        # --- neutral pass -> readout update and hard negative labels ---------------------------
-        r_neu = inv_rms(C * (s / C) ** 2)[:, None]  # (B, 1)
-        states = torch.relu((shared + (s / C) * W1[:C].sum(0)) * r_neu + b1)  # (B, H1)
-        sumsq = states.square().sum(1)
-        normed = []
-        for i, layer in enumerate(net.layers[1:], start=1):
-            nxt, r_prev, _ = self._next_states(states, sumsq, Wm[i], layer.bias)
-            normed.append(states * r_prev)
-            states, sumsq = nxt, nxt.square().sum(1)
-        normed.append(normalize_rows(states))
-        logits, readout_grads, m = self._readout_step(normed, y)
-        metrics.update(m)
+        readout_grads: list[torch.Tensor] = []
+        if cfg.readout:  # --- neutral pass -> readout update and hard negative labels -------------
+            r_neu = inv_rms(C * (s / C) ** 2)[:, None]  # (B, 1)
+            states = torch.relu((shared + (s / C) * W1[:C].sum(0)) * r_neu + b1)  # (B, H1)
+            sumsq = states.square().sum(1)
+            normed: list[torch.Tensor | None] = []  # kept only for the layers the readout reads
+            keep = cfg.readout_from
+            for i, layer in enumerate(net.layers[1:], start=1):
+                nxt, r_prev, _ = self._next_states(states, sumsq, Wm[i], layer.bias)
+                normed.append(states * r_prev if i - 1 >= keep else None)
+                states, sumsq = nxt, nxt.square().sum(1)
+            normed.append(normalize_rows(states))
+            logits, readout_grads, m = self._readout_step(normed, y)
+            metrics.update(m)
+        else:
+            logits = None
         y_neg = self._sample_negative_labels(logits, y)
 
         # --- positive and negative passes, fused: rows [0, B) positive, [B, 2B) negative -------
@@ -394,10 +403,12 @@ class FFLearner(Learner):
         B = len(y)
         s = cfg.label_strength
         metrics: dict[str, torch.Tensor] = {}
-        x_neu = embed_label(images, neutral_label(B, s, self.num_classes, images.device))
-        normed = [normalize_rows(st) for st in net.forward_states(x_neu)]
-        logits, readout_grads, m = self._readout_step(normed, y)
-        metrics.update(m)
+        logits, readout_grads = None, []
+        if cfg.readout:
+            x_neu = embed_label(images, neutral_label(B, s, self.num_classes, images.device))
+            normed = [normalize_rows(st) for st in net.forward_states(x_neu)]
+            logits, readout_grads, m = self._readout_step(normed, y)
+            metrics.update(m)
         y_neg = self._sample_negative_labels(logits, y)
         x_pos = embed_label(images, one_hot(y, s, self.num_classes))
         x_neg = embed_label(images, one_hot(y_neg, s, self.num_classes))
@@ -495,8 +506,8 @@ class FFLearner(Learner):
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         good = self.predict_batches(self.goodness_scores, x, chunk=200)  # 2000 rows: cache-friendly
-        soft = self.predict_batches(self.softmax_logits, x)
-        return {
-            "error_goodness": (good.argmax(1) != y).float().mean().item(),
-            "error_softmax": (soft.argmax(1) != y).float().mean().item(),
-        }
+        out = {"error_goodness": (good.argmax(1) != y).float().mean().item()}
+        if self.cfg.readout:
+            soft = self.predict_batches(self.softmax_logits, x)
+            out["error_softmax"] = (soft.argmax(1) != y).float().mean().item()
+        return out
