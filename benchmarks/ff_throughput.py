@@ -49,6 +49,71 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, shapes) -> tuple[float
     return max(per_shape.values()), per_shape
 
 
+class NaiveFF:
+    """A straightforward PyTorch FF with the same recipe, written the usual way: nn.Linear layers,
+    autograd on each layer's own loss with detached inputs, separate neutral/positive/negative
+    passes, torch.optim.SGD per layer, and the per-label test as ten full passes."""
+
+    def __init__(self, hidden: tuple[int, ...], seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        dims = (784, *hidden)
+        self.layers = [torch.nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:])]
+        self.readout = torch.nn.Linear(sum(hidden[1:]), 10, bias=False)
+        # SGD momentum 0.9 with dampening 0.9 = ffnew.m's smoothing; weight decay inside (slightly different)
+        self.opts = [torch.optim.SGD(l.parameters(), lr=0.01, momentum=0.9, dampening=0.9, weight_decay=0.001)
+                     for l in self.layers]
+        self.ro_opt = torch.optim.SGD(self.readout.parameters(), lr=0.1, momentum=0.9, dampening=0.9,
+                                      weight_decay=0.003)
+
+    @staticmethod
+    def norm(x):
+        return x / (x.pow(2).mean(1, keepdim=True).sqrt() + 1e-12)
+
+    def embed(self, x, labels):
+        x = x.clone()
+        x[:, :10] = labels
+        return x
+
+    def step(self, x, y):
+        onehot = torch.nn.functional.one_hot(y, 10).float()
+        with torch.no_grad():
+            h, outs = self.norm(self.embed(x, torch.full((len(x), 10), 0.1))), []
+            for l in self.layers:
+                h = self.norm(torch.relu(l(h)))
+                outs.append(h)
+        logits = self.readout(torch.cat(outs[1:], 1))
+        self.ro_opt.zero_grad()
+        torch.nn.functional.cross_entropy(logits, y).backward()
+        self.ro_opt.step()
+        with torch.no_grad():
+            y_neg = torch.multinomial(torch.softmax(logits - 1000 * onehot, 1), 1).squeeze(1)
+        for o in self.opts:
+            o.zero_grad()
+        for labels, sign in ((onehot, -1.0), (torch.nn.functional.one_hot(y_neg, 10).float(), 1.0)):
+            h = self.norm(self.embed(x, labels))
+            for l in self.layers:
+                z = torch.relu(l(h.detach()))
+                g = z.pow(2).sum(1)
+                torch.nn.functional.softplus(sign * (g - z.shape[1])).mean().backward()
+                h = self.norm(z)
+        for o in self.opts:
+            o.step()
+
+    @torch.no_grad()
+    def goodness_test(self, x):
+        scores = []
+        for k in range(10):
+            h = self.norm(self.embed(x, torch.nn.functional.one_hot(torch.full((len(x),), k), 10).float()))
+            total = 0
+            for i, l in enumerate(self.layers):
+                z = torch.relu(l(h))
+                if i >= 1:
+                    total = total + z.pow(2).sum(1)
+                h = self.norm(z)
+            scores.append(total)
+        return torch.stack(scores, 1)
+
+
 def ff_step_flops(input_dim: int, hidden: tuple[int, ...], batch: int, fast: bool) -> int:
     """Matrix-product FLOPs of one FF training step (readout products included)."""
     dims = (input_dim, *hidden)
@@ -119,6 +184,39 @@ def main() -> None:
     rows.append({"measurement": "per-label goodness test, layer 1 shared", "images_per_s": len(xe) / t_fast})
     rows.append({"measurement": "per-label goodness test, naive (10 full passes)", "images_per_s": len(xe) / t_ref})
 
+    # --- a naive implementation of the same recipe, per epoch (500 steps + the 10k validation test)
+    naive = NaiveFF(hidden)
+    state = {"i": 0}
+
+    def naive_step():
+        i = state["i"] % 20
+        naive.step(x[i * B : (i + 1) * B], y[i * B : (i + 1) * B])
+        state["i"] += 1
+
+    t_naive_step = timeit(naive_step, args.seconds)
+    t_naive_eval = timeit(lambda: [naive.goodness_test(x[j : j + 200]) for j in range(0, 1000, 200)], args.seconds)
+    bf16 = FFLearner(replace(FFConfig(), precision="bfloat16"), hidden, seed=0, device=device)
+    state["i"] = 0
+
+    def bf16_step():
+        i = state["i"] % 20
+        bf16.train_batch(x[i * B : (i + 1) * B], y[i * B : (i + 1) * B])
+        state["i"] += 1
+
+    t_bf16_step = timeit(bf16_step, args.seconds)
+    t_bf16_eval = timeit(lambda: bf16.predict_batches(bf16.goodness_scores, xe, 100), args.seconds)
+    steps_per_epoch, eval_scale = 50_000 // B, 10
+    epoch = {
+        "naive": steps_per_epoch * t_naive_step + eval_scale * t_naive_eval,
+        "float32": steps_per_epoch * step_time[True] + eval_scale * t_fast,
+        "bfloat16": steps_per_epoch * t_bf16_step + eval_scale * t_bf16_eval,
+    }
+    for name, sec in epoch.items():
+        rows.append({"measurement": f"one epoch (50k train + 10k validation goodness test), {name}",
+                     "seconds_per_epoch": sec})
+    rows.append({"measurement": "per-label goodness test, naive implementation", "images_per_s": 1000 / t_naive_eval})
+    rows.append({"measurement": "per-label goodness test, layer 1 shared, bfloat16", "images_per_s": 1000 / t_bf16_eval})
+
     env = machine_info(device)
     result = {
         "benchmark": "ff_throughput",
@@ -135,6 +233,10 @@ def main() -> None:
             "fast_step_achieved_over_matmul_peak": rows[0]["fraction_of_matmul_peak"],
             "fast_over_straightforward_step_speed": speedup_train,
             "goodness_test_shared_over_naive_speed": t_ref / t_fast,
+            "goodness_test_bf16_over_naive_implementation": t_naive_eval / t_bf16_eval,
+            "epoch_float32_over_naive_implementation_speed": epoch["naive"] / epoch["float32"],
+            "epoch_bfloat16_over_naive_implementation_speed": epoch["naive"] / epoch["bfloat16"],
+            "bfloat16_over_float32_step_speed": step_time[True] / t_bf16_step,
         },
     }
     out = Path(args.out) / f"ff_throughput-{device.type}.json"
