@@ -108,7 +108,8 @@ def run(
         )
         earlier_seconds, resuming = 0.0, False
 
-    env = {"git_commit": git_commit(), "machine": machine_info(dev), "command": _command_line()}
+    env = {"git_commit": git_commit(), "machine": machine_info(dev), "command": _command_line(),
+           "load_average_at_start": _load_average()}
     if resume is not None and run_dir.exists("env.json"):
         first = run_dir.read_json("env.json")
         first.setdefault("resumed", []).append(env)
@@ -137,6 +138,7 @@ def run(
         "git_commit": env["git_commit"],
         "torch_device": str(dev),
         "machine": machine_label(env["machine"]),
+        "load_average": {"start": env["load_average_at_start"], "end": _load_average()},
         **{k: v for k, v in result.items() if k != "test_error"},
     }
     check_summary(summary)
@@ -160,6 +162,16 @@ def evaluate(run_path: str | Path, device: str = "auto") -> dict[str, Any]:
     result = {"experiment": exp.name, "preset": stored["preset"], "seed": stored["seed"], **result}
     run_dir.write_json("eval.json", result)
     return result
+
+
+def _load_average() -> list[float] | None:
+    """1/5/15-minute load averages: how busy the machine was (times are comparable only when idle)."""
+    import os
+
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _command_line() -> str:
