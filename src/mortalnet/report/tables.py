@@ -106,7 +106,7 @@ def render(results: str | Path) -> str:
 
     keys = sorted(groups, key=lambda k: (k[0], _preset_order(exp_or_none(k[0]), k[1]), k[1]))
     lines = [
-        "| experiment | preset | seeds | test error (mean ± sd) | other test procedures | reference | run time (mean) | machine |",
+        "| experiment | preset | seeds | test error (mean ± sd) | other test procedures | reference | run time (mean; 5-min load average at the end) | machine |",
         "|---|---|---|---|---|---|---|---|",
     ]
     plot_lines = []
@@ -127,11 +127,13 @@ def render(results: str | Path) -> str:
         ref = exp.references.get(preset) if exp is not None else None
         ref_text = f"{ref.value:.2%} ({ref.source})" if ref is not None else "-"
         wall = statistics.fmean(r["wall_seconds"] for r in runs)
+        loads = [r["load_average"]["end"][1] for r in runs if (r.get("load_average") or {}).get("end")]
+        load_text = f" (load {statistics.fmean(loads):.1f})" if loads else ""
         machines = ", ".join(sorted({r.get("machine", "?") for r in runs}))
         seeds = ", ".join(str(r["seed"]) for r in runs)
         lines.append(
             f"| {exp_name} | {preset} | {seeds} | {fmt_pct(m, sd, len(errs))} | {'; '.join(others) or '-'} "
-            f"| {ref_text} | {fmt_seconds(wall)} | {machines} |"
+            f"| {ref_text} | {fmt_seconds(wall)}{load_text} | {machines} |"
         )
         first = runs[0]
         links = [f"[{Path(p).stem}]({first['_dir']}/plots/{p})" for p in first.get("plots", [])]
