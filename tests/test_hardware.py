@@ -362,3 +362,16 @@ def test_energy_counts_equal_hand_computed_counts():
     digital = EnergyModel().digital_joules(c)
     assert digital["fp32_total_J"] == pytest.approx((72 + 8) * 4.6e-12)
     assert digital["int8_total_J"] == pytest.approx((72 + 8) * 0.23e-12)
+
+
+def test_isolated_passes_leave_noise_stream_and_counters_alone():
+    a, b = programmed("mild"), programmed("mild")
+    x = inputs()
+    with a.isolated() as spent:
+        a.layers[0].forward(x)
+        a.layers[0].forward(x)
+    assert spent.macs == 2 * 64 * 21 * 16 and a.counts().macs == 0
+    assert torch.equal(a.layers[0].forward(x), b.layers[0].forward(x))  # same noise as if nothing happened
+    with pytest.raises(DeviceError, match="only forward passes"):
+        with a.isolated():
+            a.layers[0].request_update(torch.zeros(20, 16))

@@ -61,6 +61,7 @@ def create_device(
     activation: str | Sequence[str] = "relu",
     torch_device: torch.device | str = "cpu",
     overrides: Mapping[str, Any] | None = None,
+    row_gains: Sequence[Sequence[float] | None] | None = None,
 ):
     """Make one physical instance: a network of analog layers of the given shapes.
 
@@ -73,6 +74,9 @@ def create_device(
             rectification: gain and offset only), for all layers or one per layer.
         torch_device: where the simulation runs.
         overrides: DevicePreset fields to change, e.g. {"lifetime_writes": 100}.
+        row_gains: per layer, None or one multiplier per input row of the weight range (a design
+            choice: those input lines are driven harder, so their weights reach further at a
+            coarser resolution). E.g. FF drives its 10 label pixels at 4x.
 
     Returns:
         a `Device`; its `layers` are the `DeviceLayer` handles a learner uses. The device starts
@@ -96,7 +100,18 @@ def create_device(
         raise ValueError(f"activation must be 'relu' or 'linear' (or one per layer), got {activation!r}")
     if preset.adc_bits and not preset.out_bound:
         raise ValueError(f"device preset {preset.name!r}: an ADC (adc_bits={preset.adc_bits}) needs out_bound > 0")
-    token = _physics.new_device(preset, shapes, acts, int(seed), torch.device(torch_device))
+    gains = None
+    if row_gains is not None:
+        if len(row_gains) != len(shapes):
+            raise ValueError(f"row_gains needs one entry (None or in_features gains) per layer; got {len(row_gains)}")
+        gains = []
+        for (n, _), g in zip(shapes, row_gains):
+            if g is not None:
+                g = [float(v) for v in g]
+                if len(g) != n or min(g) <= 0:
+                    raise ValueError(f"row gains of a layer with {n} inputs must be {n} positive numbers")
+            gains.append(g)
+    token = _physics.new_device(preset, shapes, acts, int(seed), torch.device(torch_device), gains)
     return Device(token, preset.name, int(seed), shapes)
 
 

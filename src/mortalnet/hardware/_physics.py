@@ -10,8 +10,9 @@ driven by a constant input 1), columns c = 0..m-1:
 
   conductance pair   G+[r, c], G-[r, c] in [0, g_max[r, c]] (units of nominal g_max), each a
                      level k in {0..L} times g_max / L; stuck cells ignore writes and drift
-  effective weight   W[r, c] = (G+ - G-) * d(t) * scale_r,   scale_r = weight_range / sqrt(n)
-                     (bias row: bias_range), d(t) = ((t - t_prog + t0) / t0) ** -nu  (PCM drift)
+  effective weight   W[r, c] = (G+ - G-) * d(t) * scale_r,   scale_r = gain_r * weight_range / sqrt(n)
+                     (bias row: bias_range; gain_r = 1 unless the designer drives row r harder),
+                     d(t) = ((t - t_prog + t0) / t0) ** -nu  (PCM drift)
   input converter    x <- round(x / a / q) * q * a, a = max_j |x_j| per row, q = 2 / (2^bits - 2)
   analog MAC         z = x W[:n] + W[n] + read noise (each conductance times (1 + s_r xi), see
                      read_noise_coefficients)
@@ -63,7 +64,7 @@ class _LayerState:
     """All physical tensors of one analog layer (see the module docstring for the model)."""
 
     def __init__(self, preset: DevicePreset, fan_in: int, fan_out: int, activation: str, seed: int, index: int,
-                 device: torch.device) -> None:
+                 device: torch.device, row_gain: list[float] | None = None) -> None:
         p = self.p = preset
         self.fan_in, self.fan_out, self.linear = fan_in, fan_out, activation == "linear"
         R, C = fan_in + 1, fan_out
@@ -78,6 +79,8 @@ class _LayerState:
         # nominal |w| at full swing per row (R, 1); unbounded (ideal) devices store weights as is
         self.w_full = p.weight_range / math.sqrt(fan_in)
         scale = torch.full((R, 1), self.w_full if p.bounded else 1.0, device=device)
+        if row_gain is not None and p.bounded:  # rows driven harder by design: a larger weight range
+            scale[:-1] *= torch.tensor(row_gain, dtype=torch.float32, device=device)[:, None]
         scale[-1] = p.bias_range if p.bounded else 1.0
         self.scale = scale
         # conductance range and level size per cell (2, R, C): index 0 = G+, 1 = G-
@@ -341,11 +344,12 @@ class _DeviceState:
     """One physical device instance: its layers, clock, noise source, counters and fate."""
 
     def __init__(self, preset: DevicePreset, shapes: list[tuple[int, int]], activations: list[str], seed: int,
-                 device: torch.device) -> None:
+                 device: torch.device, row_gains: list[list[float] | None] | None = None) -> None:
         self.preset, self.shapes, self.activations, self.seed = preset, shapes, activations, seed
+        self.row_gains = row_gains or [None] * len(shapes)
         self.torch_device = device
-        self.layers = [_LayerState(preset, a, b, act, seed, i, device)
-                       for i, ((a, b), act) in enumerate(zip(shapes, activations))]
+        self.layers = [_LayerState(preset, a, b, act, seed, i, device, gain)
+                       for i, ((a, b), act, gain) in enumerate(zip(shapes, activations, self.row_gains))]
         self.noise_gen = torch.Generator(device=device)
         self.noise_gen.manual_seed(_mix(seed, _Q_NOISE))
         self.time = 0.0
@@ -391,7 +395,7 @@ class _DeviceState:
     # -- sealed snapshots (simulation bookkeeping for checkpoints; same instance only) ----------
     def fingerprint(self) -> str:
         return json.dumps({"preset": asdict(self.preset), "seed": self.seed, "shapes": self.shapes,
-                           "activations": self.activations}, sort_keys=True)
+                           "activations": self.activations, "row_gains": self.row_gains}, sort_keys=True)
 
     def export(self) -> torch.Tensor:
         from safetensors.torch import save
@@ -445,10 +449,10 @@ class _DeviceState:
 
 # -- the store ------------------------------------------------------------------------------------
 def new_device(preset: DevicePreset, shapes: list[tuple[int, int]], activations: list[str], seed: int,
-               device: torch.device) -> str:
+               device: torch.device, row_gains: list[list[float] | None] | None = None) -> str:
     """Build an instance, keep it in the store, return its opaque token."""
     token = f"dev-{next(_TOKENS)}"
-    _STORE[token] = _DeviceState(preset, shapes, activations, seed, device)
+    _STORE[token] = _DeviceState(preset, shapes, activations, seed, device, row_gains)
     return token
 
 

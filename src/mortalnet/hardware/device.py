@@ -10,7 +10,8 @@ counters, and a *sealed* snapshot for checkpoints that only the same instance ca
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -109,6 +110,21 @@ class DeviceLayer:
         s.counts.weights_requested += dw.numel()
         s.count_write()
 
+    def nominal_steps(self) -> tuple[torch.Tensor, float]:
+        """Data-sheet weight change of one pulse on each cell of a pair: per input row (in, 1) for
+        the weights, and one number for the biases; zeros for continuous cells.
+
+        Known from the preset and the row gains chosen at design time. The real change per pulse
+        varies from cell to cell and between up and down (hidden); a learner may use these
+        nominal values to request whole pulses (mixed-precision updates), never more.
+        """
+        s = _physics.lookup(self.device._token)
+        p, gains = s.preset, s.row_gains[self.index]
+        if not p.levels:
+            return torch.zeros(self.in_features, 1, device=s.torch_device), 0.0
+        g = torch.tensor(gains if gains is not None else [1.0] * self.in_features, device=s.torch_device)
+        return (2 * p.weight_range / self.in_features**0.5 / p.levels) * g[:, None], 2 * p.bias_range / p.levels
+
     def nominal_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Copies of the nominal weight (in, out) and bias (out,): what was programmed or asked for."""
         w = self._state().layers[self.index].nominal
@@ -194,6 +210,28 @@ class Device:
     def energy(self, model: EnergyModel = EnergyModel()) -> dict[str, float]:
         """Joules spent so far, by kind (see `mortalnet.hardware.energy`)."""
         return model.device_joules(self.counts())
+
+    @contextmanager
+    def isolated(self) -> Iterator[OpCounts]:
+        """Forward passes that must not disturb training, e.g. evaluation on held-out data.
+
+        On exit the device's per-pass noise stream and its counters are put back as they were, so
+        how often a run evaluates does not change its training; the yielded OpCounts receives what
+        the passes cost. Writes are not allowed inside (DeviceError): they change the physics.
+        """
+        s = _physics.lookup(self._token)
+        gen_state, counts, writes = s.noise_gen.get_state(), OpCounts(**s.counts.as_dict()), s.writes
+        spent = OpCounts()
+        try:
+            yield spent
+        finally:
+            delta = s.counts - counts
+            for k, v in delta.as_dict().items():
+                setattr(spent, k, v)
+            s.counts = counts
+            s.noise_gen.set_state(gen_state)
+            if s.writes != writes:
+                raise DeviceError("a write happened inside Device.isolated(); only forward passes may")
 
     # -- checkpoints ------------------------------------------------------------------------------------
     def export_state(self) -> torch.Tensor:
