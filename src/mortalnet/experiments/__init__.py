@@ -9,6 +9,8 @@ EXPERIMENTS: Registry[type] = Registry(
     modules=(
         "mortalnet.experiments.ff_supervised",
         "mortalnet.experiments.backprop_mlp",
+        "mortalnet.experiments.ff_device",
+        "mortalnet.experiments.mortality",
     ),
 )
 register_experiment = EXPERIMENTS.register

@@ -230,7 +230,10 @@ class _LayerState:
         h = dw / (2 * self.scale)  # (R, C): requested change of G+ (G- gets -h), units of g_max
         if not self.L:
             return self._update_continuous(h, now)
-        n = torch.floor(h.mul_(self.L).add_(torch.rand(h.shape, generator=noise_gen, device=h.device)))
+        t = h.mul_(self.L)  # requested pulses per pair, in nominal levels
+        n = torch.round(t)
+        if (t - n).abs_().max() > 1e-3:  # not whole pulses: unbiased stochastic rounding
+            n = torch.floor(t.add_(torch.rand(t.shape, generator=noise_gen, device=t.device)))
         if self.p.max_pulses:
             n.clamp_(-self.p.max_pulses, self.p.max_pulses)
         idx = torch.nonzero(n.view(-1)).squeeze(1)  # (M,) pairs that receive pulses
