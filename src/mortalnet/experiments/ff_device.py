@@ -33,7 +33,7 @@ class FFDeviceExpConfig:
     """Hidden layer widths (ffnew.m: 3 x 1000)."""
     rule: FFDeviceConfig = field(default_factory=FFDeviceConfig)
     """FF hyper-parameters and the device preset."""
-    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(epochs=30, eval_every=5))
+    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(epochs=20, eval_every=5))
     """Epochs, batch size, schedule."""
     energy: EnergyModel = field(default_factory=EnergyModel)
     """Per-operation energies (pJ) used for the energy report."""
@@ -54,7 +54,7 @@ def _fast(hardware: str = "mild") -> FFDeviceExpConfig:
 
 def _paper(hardware: str = "mild") -> FFDeviceExpConfig:
     return FFDeviceExpConfig(hidden=(1000, 1000, 1000), rule=FFDeviceConfig(hardware=hardware),
-                             training=TrainingConfig(epochs=30, eval_every=5))
+                             training=TrainingConfig(epochs=20, eval_every=5))
 
 
 def energy_summary(learner: FFDeviceLearner, train_counts: OpCounts, test_counts: OpCounts, n_test: int,

@@ -44,7 +44,7 @@ class MortalityConfig:
     """Hidden layer widths."""
     rule: FFDeviceConfig = field(default_factory=FFDeviceConfig)
     """FF hyper-parameters and the device preset (device A = instance rule.device_seed, or the run's seed)."""
-    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(epochs=20, eval_every=5))
+    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(epochs=10, eval_every=5))
     """Training of A: epochs, batch size, schedule."""
     copies: int = 5
     """Number of other instances B1..Bn that receive A's nominal weights."""
@@ -78,7 +78,7 @@ def _fast() -> MortalityConfig:
 
 def _paper(hardware: str = "mild") -> MortalityConfig:
     return MortalityConfig(hidden=(1000, 1000, 1000), rule=FFDeviceConfig(hardware=hardware),
-                           training=TrainingConfig(epochs=20, eval_every=5))
+                           training=TrainingConfig(epochs=10, eval_every=5))
 
 
 @contextmanager
