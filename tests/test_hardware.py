@@ -230,14 +230,20 @@ def test_drift_follows_the_power_law_and_writes_restart_it():
         dev.advance_time(-1.0)
 
 
-def test_stuck_cells_ignore_writes_privileged():
-    dev = create_device(custom(levels=50, bounded=True, stuck_fraction=0.2), [(30, 30)], seed=0)
+def test_stuck_cells_ignore_writes_and_do_not_drift_privileged():
+    dev = create_device(custom(levels=50, bounded=True, stuck_fraction=0.2, drift_nu=0.1), [(30, 30)], seed=0)
     state = _physics.lookup(dev._token).layers[0]
     stuck_k = state.k[state.stuck].clone()
+    stuck_g = state.conductances()[state.stuck].clone()
     assert 0.15 < state.stuck.float().mean() < 0.25
     dev.layers[0].request_update(torch.ones(30, 30), torch.ones(30))
     dev.layers[0].program(torch.randn(30, 30), torch.randn(30))
+    dev.advance_time(1e6)
     assert torch.equal(state.k[state.stuck], stuck_k)
+    assert torch.equal(state.conductances()[state.stuck], stuck_g)
+    assert (state.conductances()[~state.stuck] < state.k[~state.stuck] * state.unit[~state.stuck]).any()
+    with pytest.raises(ValueError, match="stuck cells need bounded=True"):
+        custom(stuck_fraction=0.1)
 
 
 def test_a_killed_device_refuses_everything_with_a_clear_error():

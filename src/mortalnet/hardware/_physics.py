@@ -103,6 +103,8 @@ class _LayerState:
             self.stuck = (torch.rand(2, R, C, generator=gen(_Q_STUCK)) < p.stuck_fraction).to(device)
             u = torch.rand(2, R, C, generator=gen(_Q_STUCKV)).to(device)
             self.stuck_k = torch.floor(u * (self.L + 1)).clamp_(max=self.L) if self.L else u * self.gmax
+            if self.nu is not None:
+                self.nu[self.stuck] = 0.0  # a stuck cell does not drift either
         # periphery and neurons (C,)
         col = randn(_Q_COL, 2, C)
         self.col_gain = 1.0 + p.col_gain_std * col[0]

@@ -101,6 +101,8 @@ class DevicePreset:
                 raise ValueError(f"device preset {self.name!r}: {name}=1 leaves no levels; use 0 (off) or >= 2")
         if self.levels and not self.bounded:
             raise ValueError(f"device preset {self.name!r}: levels={self.levels} needs bounded=True")
+        if self.stuck_fraction and not self.bounded:
+            raise ValueError(f"device preset {self.name!r}: stuck cells need bounded=True (they stick inside [0, g_max])")
         if not 0.0 <= self.stuck_fraction <= 1.0 or not 0.0 <= self.swap_fraction <= 1.0:
             raise ValueError(f"device preset {self.name!r}: stuck_fraction and swap_fraction must be in [0, 1]")
         if self.weight_range <= 0 or self.bias_range <= 0 or self.drift_t0 <= 0:
