@@ -10,6 +10,8 @@ EXPERIMENTS: Registry[type] = Registry(
         "mortalnet.experiments.ff_supervised",
         "mortalnet.experiments.backprop_mlp",
         "mortalnet.experiments.ff_pipeline",
+        "mortalnet.experiments.ff_device",
+        "mortalnet.experiments.mortality",
     ),
 )
 register_experiment = EXPERIMENTS.register

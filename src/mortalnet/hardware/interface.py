@@ -62,6 +62,10 @@ class AnalogLayer(Protocol):
         """Copies of the nominal (requested) weight (in, out) and bias (out,)."""
         ...
 
+    def nominal_steps(self) -> tuple[torch.Tensor, float]:
+        """Data-sheet weight change of one write pulse: per input row (in, 1), and for the bias."""
+        ...
+
     def program(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
         """Write nominal weights (e.g. copied from another instance) through the write path."""
         ...

@@ -116,3 +116,44 @@ def image_grid(images: np.ndarray, path: Path, titles: Sequence[str] = (), cols:
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def bars(labels: Sequence[str], values: Sequence[float], path: Path, title: str = "", ylabel: str = "",
+         hline: float | None = None, hline_label: str = "", colors: Sequence[str] | None = None) -> str:
+    """A bar chart (one bar per label), with an optional horizontal reference line."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(labels) + 2), 3.6))
+    ax.bar(range(len(values)), values, color=colors or "tab:blue")
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=30 if max((len(s) for s in labels), default=0) > 6 else 0, ha="right")
+    if hline is not None:
+        ax.axhline(hline, color="k", ls="--", lw=1, label=hline_label or None)
+        if hline_label:
+            ax.legend(fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, axis="y", alpha=0.3)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def curves(x: Sequence[float], series: dict[str, Sequence[float]], path: Path, title: str = "", xlabel: str = "",
+           ylabel: str = "", logx: bool = False, xticklabels: Sequence[str] | None = None) -> str:
+    """Several named curves over the same x values (markers at the points), optional log x axis."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, ys in series.items():
+        ax.plot(x, ys, marker="o", label=name)
+    if logx:
+        ax.set_xscale("log")
+    if xticklabels is not None:
+        ax.set_xticks(list(x))
+        ax.set_xticklabels(xticklabels)
+        ax.minorticks_off()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)

@@ -15,6 +15,7 @@ RULES: Registry[type] = Registry(
     modules=(
         "mortalnet.rules.forward_forward",
         "mortalnet.rules.backprop",
+        "mortalnet.rules.ff_device",
     ),
 )
 register_rule = RULES.register
