@@ -177,8 +177,9 @@ class PerturbationMnist(Experiment):
             "test": err, "valid_error": last.get(f"valid/{learner.primary_metric}"),
             "train_seconds": result.train_seconds, "test_eval_seconds": time.perf_counter() - t,
         }
-        if hasattr(learner, "energy"):
-            res["energy"] = learner.energy()
+        energy = learner.energy() if hasattr(learner, "energy") else None
+        if energy is not None:
+            res["energy"] = energy
         if sub is not None:
             name = f"learning_curves_{label}.png"
             plots.learning_curves(result.history, ctx.run.plots / name, f"{self.name} ({ctx.preset}): {label}")

@@ -115,7 +115,7 @@ class LocalLossesLearner(PerturbationLearner):
         reps = 2 * k if c.antithetic else k
         onehot = F.one_hot(y, self.num_classes).to(x.dtype)  # (B, C)
         gw, gb, head_gw, head_gb, metrics = [], [], [], [], {}
-        h, rows, loss = x, 0, None
+        h, macs, loss = x, 0, None
         for l, layer in enumerate(self.layers):
             hidden = layer.out_features
             groups = hidden // g
@@ -123,7 +123,6 @@ class LocalLossesLearner(PerturbationLearner):
             a = layer.forward(h)  # (B, H) clean measured activities
             u = torch.randn((k, b, hidden), generator=self.generator, device=x.device, dtype=x.dtype)  # (K, B, H)
             a_pm = layer.forward(h.repeat(reps, 1), total_input_perturbation=_signed(u, c.sigma, c.antithetic))
-            rows += (1 + reps) * b
             # the clean pass's normalizer scales the perturbed passes too (a stop-gradient on the norm),
             # so units stay independent and mixing groups is exact
             scale = self._scale(a)  # (B, 1)
@@ -150,8 +149,9 @@ class LocalLossesLearner(PerturbationLearner):
             loss = loss_b.mean()
             metrics[f"loss_block{l + 1}"] = loss
             metrics[f"train_error_block{l + 1}"] = (logits.argmax(1) != y).float().mean()
+            macs += b * h.shape[1] * hidden + (reps + 2) * b * hidden * self.num_classes  # updates and heads
             h = out  # the next block sees this block's (normalized) measured output; no derivative goes down
-        return Estimate(gw, gb, loss, logits, rows, extra=[*head_gw, *head_gb], metrics=metrics)
+        return Estimate(gw, gb, loss, logits, macs, extra=[*head_gw, *head_gb], metrics=metrics)
 
     @torch.no_grad()
     def block_logits(self, x: torch.Tensor) -> list[torch.Tensor]:

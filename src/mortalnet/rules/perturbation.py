@@ -113,13 +113,31 @@ def build_layers(
     activations: Sequence[Activation],
     seed: int,
     device: torch.device | str = "cpu",
-) -> list[AnalogLayer]:
-    """Layers dims[0] -> dims[1] -> ... as `hardware` ('digital' or a device preset) provides them."""
+):
+    """Layers dims[0] -> dims[1] -> ... as `hardware` provides them.
+
+    Args:
+        hardware: 'digital' (`DigitalLayer`s) or a registered device preset ('ideal', 'mild',
+            'harsh'): one physical instance made by `mortalnet.hardware.create_device`.
+        dims: widths, input first.
+        activations: 'relu' or 'linear' per layer.
+        seed: which device instance (device presets only).
+        device: torch device of the tensors.
+
+    Returns:
+        (layers, handle): the layers (input to output) and the device handle (None if digital).
+    """
     if len(activations) != len(dims) - 1:
         raise ValueError(f"{len(dims) - 1} layers need {len(dims) - 1} activations, got {len(activations)}")
     if hardware == "digital":
-        return [DigitalLayer(a, b, act, device) for a, b, act in zip(dims[:-1], dims[1:], activations)]
-    raise ValueError(f"unknown hardware {hardware!r}; valid: digital")
+        return [DigitalLayer(a, b, act, device) for a, b, act in zip(dims[:-1], dims[1:], activations)], None
+    from mortalnet.hardware import DEVICES, create_device
+
+    if hardware not in DEVICES.names():
+        raise ValueError(f"unknown hardware {hardware!r}; valid: digital, {', '.join(DEVICES.names())}")
+    handle = create_device(hardware, list(zip(dims[:-1], dims[1:])), seed, activation=list(activations),
+                           torch_device=device)
+    return list(handle.layers), handle
 
 
 def forward_layers(
@@ -153,15 +171,16 @@ class Estimate:
     """A gradient estimate for every layer, and what it cost.
 
     weight: per layer (in, out); bias: per layer (out,); loss: the clean minibatch loss (0-dim) or
-    None; logits: the clean pass's output (B, C) or None; rows: examples sent through layers
-    (forward-pass cost in units of one layer-row).
+    None; logits: the clean pass's output (B, C) or None; digital_macs: multiply-accumulates the
+    learner did itself, digitally (update outer products, weight perturbations' x E, local heads);
+    the layers' own forward work is counted by a device.
     """
 
     weight: list[torch.Tensor]
     bias: list[torch.Tensor]
     loss: torch.Tensor | None
     logits: torch.Tensor | None
-    rows: int
+    digital_macs: int
     extra: list[torch.Tensor] = field(default_factory=list)
     """Gradients of the learner's extra (digital) parameters, in `PerturbationLearner.extra` order."""
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -208,13 +227,11 @@ def activity_perturbation(
     reps = 2 * k if antithetic else k
     y_rep = _repeat_rows(y, reps)
     n_layers = len(layers)
-    rows = b * n_layers
     grads_z: list[torch.Tensor] = []  # per layer (B, H_l): estimate of dL_b/dz_l
     if mode == "simultaneous":
         us = [_normal((k, b, layer.out_features), generator, x) for layer in layers]  # (K, B, H_l)
         perts = [_signed(u, sigma, antithetic) for u in us]  # (R*B, H_l)
         out = forward_layers(layers, x.repeat(reps, 1), perts)[-1]
-        rows += reps * b * n_layers
         d = _differences(loss_fn(out, y_rep).view(reps, b), loss_clean, k, sigma, antithetic)  # (K, B)
         grads_z = [(d[..., None] * u).mean(0) for u in us]
     elif mode == "layerwise":
@@ -223,7 +240,6 @@ def activity_perturbation(
             perts: list[torch.Tensor | None] = [None] * n_layers
             perts[l] = _signed(u, sigma, antithetic)
             out = forward_layers(layers, acts[l].repeat(reps, 1), perts, start=l)[-1]
-            rows += reps * b * (n_layers - l)
             d = _differences(loss_fn(out, y_rep).view(reps, b), loss_clean, k, sigma, antithetic)
             grads_z.append((d[..., None] * u).mean(0))
     else:
@@ -234,7 +250,8 @@ def activity_perturbation(
             g = g * (acts[l + 1] > 0)
         gw.append(acts[l].T @ g / b)  # (in, out) = x_l^T dL/dz_l / B
         gb.append(g.mean(0))
-    return Estimate(gw, gb, loss_clean.mean(), acts[-1], rows)
+    macs = sum(b * layer.in_features * layer.out_features for layer in layers)  # x_l^T g_z
+    return Estimate(gw, gb, loss_clean.mean(), acts[-1], macs)
 
 
 def _repeat_rows(t: torch.Tensor, reps: int) -> torch.Tensor:
@@ -272,11 +289,10 @@ def weight_perturbation(
     sign = torch.ones(reps, 1, 1, device=x.device, dtype=x.dtype)
     if antithetic:
         sign[k:] = -1.0
-    loss_clean, logits, rows = None, None, 0
+    loss_clean, logits = None, None
     if clean_pass or not antithetic:
         logits = forward_layers(layers, x)[-1]
         loss_clean = per_example_loss_mean(loss_fn, logits, y)
-        rows += b * len(layers)
     us_w, us_b = [], []
     h = x.repeat(reps, 1)  # (R*B, D)
     for layer in layers:
@@ -288,12 +304,12 @@ def weight_perturbation(
         eb = sigma * (ub.repeat(2, 1) if antithetic else ub)[:, None, :] * sign  # (R, 1, out)
         pert = torch.baddbmm(eb, h.view(reps, b, -1), ew).reshape(reps * b, -1)  # (R*B, out) = x E + e
         h = layer.forward(h, total_input_perturbation=pert)
-    rows += reps * b * len(layers)
     loss_pm = loss_fn(h, _repeat_rows(y, reps)).view(reps, b).mean(1)  # (R,) minibatch losses
     d = _differences(loss_pm, loss_clean, k, sigma, antithetic)  # (K,)
     gw = [(d[:, None, None] * uw).mean(0) for uw in us_w]
     gb = [(d[:, None] * ub).mean(0) for ub in us_b]
-    return Estimate(gw, gb, loss_clean, logits, rows)
+    n_weights = sum(layer.in_features * layer.out_features for layer in layers)
+    return Estimate(gw, gb, loss_clean, logits, reps * b * n_weights + k * n_weights)  # x E, and d u
 
 
 def per_example_loss_mean(loss_fn: LossFn, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -363,9 +379,11 @@ class PerturbationLearner(Learner):
         super().__init__(seed, device)
         self.cfg = config
         _validate_common(config)
-        layers = build_layers(config.hardware, dims, activations, config.hardware_seed, self.device_)
-        self.layers = nn.ModuleList(layers) if all(isinstance(l, nn.Module) for l in layers) else layers
+        layers, self.hardware = build_layers(config.hardware, dims, activations, config.hardware_seed, self.device_)
+        # digital layers are modules (their weights go into checkpoints); device layers are opaque handles
+        self.layers = nn.ModuleList(layers) if self.hardware is None else layers
         self.mirror = LayerMirror(layers, self.generator, self.device_)
+        self.register_buffer("digital_macs", torch.zeros((), dtype=torch.int64))  # the learner's own digital work
         extra_w, extra_b = self.build_extra()
         self.extra = [*extra_w, *extra_b]
         weights, biases = self.mirror.params()
@@ -378,10 +396,32 @@ class PerturbationLearner(Learner):
     def estimate(self, x: torch.Tensor, y: torch.Tensor) -> Estimate:
         raise NotImplementedError
 
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Mirror, optimizer and generator state, plus a device's sealed snapshot (only it can take it back)."""
+        out = super().state_tensors()
+        if self.hardware is not None:
+            out["hardware.sealed"] = self.hardware.export_state()
+        return out
+
+    def load_state_tensors(self, tensors) -> None:
+        super().load_state_tensors(tensors)
+        if self.hardware is not None and "hardware.sealed" in tensors:
+            self.hardware.restore_state(tensors["hardware.sealed"])
+
+    def energy(self) -> dict | None:
+        """The device's energy report so far (None on digital layers): device joules, and the same
+        workload on digital hardware (`mortalnet.hardware.energy_report`)."""
+        if self.hardware is None:
+            return None
+        from mortalnet.hardware import energy_report
+
+        return energy_report(self.hardware.counts(), learner_macs=int(self.digital_macs))
+
     def train_batch(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         est = self.estimate(x, y)
         apply_estimates(self.optimizers[0], self.mirror, self.layers, est.weight, est.bias,
                         list(zip(self.extra, est.extra)))
+        self.digital_macs += est.digital_macs
         out = {"loss": est.loss.detach(), **est.metrics}
         if est.logits is not None:
             out["train_error"] = (est.logits.argmax(1) != y).float().mean()

@@ -60,7 +60,7 @@ class WeightPerturbationLearner(PerturbationLearner):
     @classmethod
     def quick_config(cls) -> WeightPerturbationConfig:
         """Many directions per step, so that a small net learns a toy problem in a few epochs."""
-        return WeightPerturbationConfig(optimizer=OptimizerConfig(name="adam", lr=3e-3, momentum=0.9), directions=32)
+        return WeightPerturbationConfig(optimizer=OptimizerConfig(name="adam", lr=1e-2, momentum=0.9), directions=8)
 
     def estimate(self, x: torch.Tensor, y: torch.Tensor) -> Estimate:
         c = self.cfg
