@@ -37,6 +37,9 @@ class ActivityPerturbationConfig:
     """layerwise: a pass pair per layer, noise ~ that layer's width; simultaneous: all layers in one pair."""
     mask_inactive: bool = True
     """Zero the estimate of hidden neurons measured inactive (activity <= 0): their true derivative is 0."""
+    estimator: Literal["finite-difference", "jvp"] = "finite-difference"
+    """finite-difference: forward passes only (black box, works on devices); jvp: exact directional derivatives
+    by forward-mode autodiff (Ren et al.'s forward gradient) - needs an exact model, digital layers only."""
     hardware: str = "digital"
     """What the layers are: 'digital' or a device preset (ideal, mild, harsh)."""
     hardware_seed: int = 0
@@ -71,4 +74,4 @@ class ActivityPerturbationLearner(PerturbationLearner):
     def estimate(self, x: torch.Tensor, y: torch.Tensor) -> Estimate:
         c = self.cfg
         return activity_perturbation(self.layers, x, y, c.sigma, c.directions, self.generator, c.antithetic,
-                                     c.mode, c.mask_inactive)
+                                     c.mode, c.mask_inactive, estimator=c.estimator)

@@ -205,6 +205,7 @@ def activity_perturbation(
     mode: Literal["simultaneous", "layerwise"] = "layerwise",
     mask_inactive: bool = False,
     loss_fn: LossFn = per_example_ce,
+    estimator: Literal["finite-difference", "jvp"] = "finite-difference",
 ) -> Estimate:
     """Node-perturbation estimate of d mean_b L_b / d(W_l, b_l) for every layer.
 
@@ -220,8 +221,12 @@ def activity_perturbation(
         mask_inactive: zero the estimate of hidden neurons whose measured activity is <= 0
             (a rectifier that is off passes no perturbation, so its true derivative is 0).
         loss_fn: per-example loss of the logits.
+        estimator: 'finite-difference' (black box: forward passes only) or 'jvp' (the exact
+            directional derivative by forward-mode autodiff, Ren et al.'s forward gradient: needs an
+            exact model of the forward pass, so digital layers only; sigma and antithetic unused).
     """
     b, k = x.shape[0], directions
+    jvp = _check_estimator(estimator, layers)
     acts = forward_layers(layers, x)  # clean pass: [x, a_1, ..., a_L]
     loss_clean = loss_fn(acts[-1], y)  # (B,)
     reps = 2 * k if antithetic else k
@@ -230,17 +235,26 @@ def activity_perturbation(
     grads_z: list[torch.Tensor] = []  # per layer (B, H_l): estimate of dL_b/dz_l
     if mode == "simultaneous":
         us = [_normal((k, b, layer.out_features), generator, x) for layer in layers]  # (K, B, H_l)
-        perts = [_signed(u, sigma, antithetic) for u in us]  # (R*B, H_l)
-        out = forward_layers(layers, x.repeat(reps, 1), perts)[-1]
-        d = _differences(loss_fn(out, y_rep).view(reps, b), loss_clean, k, sigma, antithetic)  # (K, B)
+        if jvp:
+            tangents = [u.reshape(k * b, -1) for u in us]
+            d = _jvp_activity(layers, x.repeat(k, 1), _repeat_rows(y, k), tangents, 0, loss_fn).view(k, b)
+        else:
+            perts = [_signed(u, sigma, antithetic) for u in us]  # (R*B, H_l)
+            out = forward_layers(layers, x.repeat(reps, 1), perts)[-1]
+            d = _differences(loss_fn(out, y_rep).view(reps, b), loss_clean, k, sigma, antithetic)  # (K, B)
         grads_z = [(d[..., None] * u).mean(0) for u in us]
     elif mode == "layerwise":
         for l, layer in enumerate(layers):
             u = _normal((k, b, layer.out_features), generator, x)  # (K, B, H_l)
-            perts: list[torch.Tensor | None] = [None] * n_layers
-            perts[l] = _signed(u, sigma, antithetic)
-            out = forward_layers(layers, acts[l].repeat(reps, 1), perts, start=l)[-1]
-            d = _differences(loss_fn(out, y_rep).view(reps, b), loss_clean, k, sigma, antithetic)
+            if jvp:
+                tangents = [u.reshape(k * b, -1)] + [torch.zeros(k * b, m.out_features, device=x.device, dtype=x.dtype)
+                                                     for m in layers[l + 1:]]
+                d = _jvp_activity(layers, acts[l].repeat(k, 1), _repeat_rows(y, k), tangents, l, loss_fn).view(k, b)
+            else:
+                perts: list[torch.Tensor | None] = [None] * n_layers
+                perts[l] = _signed(u, sigma, antithetic)
+                out = forward_layers(layers, acts[l].repeat(reps, 1), perts, start=l)[-1]
+                d = _differences(loss_fn(out, y_rep).view(reps, b), loss_clean, k, sigma, antithetic)
             grads_z.append((d[..., None] * u).mean(0))
     else:
         raise ValueError(f"mode must be 'simultaneous' or 'layerwise', got {mode!r}")
@@ -277,6 +291,7 @@ def weight_perturbation(
     antithetic: bool = True,
     loss_fn: LossFn = per_example_ce,
     clean_pass: bool = True,
+    estimator: Literal["finite-difference", "jvp"] = "finite-difference",
 ) -> Estimate:
     """Weight-perturbation estimate of d mean_b L_b / d(W_l, b_l): one perturbation of every weight
     per direction, shared by the minibatch, applied as x_l E_l + e_l on each layer's total inputs.
@@ -285,6 +300,8 @@ def weight_perturbation(
     one-sided differences; with antithetic pairs only for the reported loss).
     """
     b, k = x.shape[0], directions
+    if _check_estimator(estimator, layers):
+        return _weight_perturbation_jvp(layers, x, y, directions, generator, loss_fn)
     reps = 2 * k if antithetic else k
     sign = torch.ones(reps, 1, 1, device=x.device, dtype=x.dtype)
     if antithetic:
@@ -310,6 +327,55 @@ def weight_perturbation(
     gb = [(d[:, None] * ub).mean(0) for ub in us_b]
     n_weights = sum(layer.in_features * layer.out_features for layer in layers)
     return Estimate(gw, gb, loss_clean, logits, reps * b * n_weights + k * n_weights)  # x E, and d u
+
+
+def _weight_perturbation_jvp(layers, x, y, k, generator, loss_fn) -> Estimate:
+    """Weight-perturbed forward gradient with exact directional derivatives (jvp; digital layers only)."""
+    b = x.shape[0]
+    us_w, us_b = [], []  # drawn in the same order as the finite-difference version
+    for l in layers:
+        us_w.append(_normal((k, l.in_features, l.out_features), generator, x))  # (K, in, out)
+        us_b.append(_normal((k, l.out_features), generator, x))  # (K, out)
+
+    def batch_losses(*eps):  # eps: per layer E (K, in, out) then e (K, out) -> (K,) minibatch losses
+        h = x.expand(k, b, x.shape[1])
+        for i, layer in enumerate(layers):
+            z = torch.baddbmm(eps[len(layers) + i][:, None, :], h, layer.weight + eps[i]) + layer.bias
+            h = torch.relu(z) if layer.activation == "relu" else z
+        return loss_fn(h.reshape(k * b, -1), _repeat_rows(y, k)).view(k, b).mean(1)
+
+    primals = tuple(torch.zeros_like(u) for u in us_w + us_b)
+    loss, d = torch.func.jvp(batch_losses, primals, tuple(us_w + us_b))  # d (K,) = U . grad
+    gw = [(d[:, None, None] * uw).mean(0) for uw in us_w]
+    gb = [(d[:, None] * ub).mean(0) for ub in us_b]
+    n_weights = sum(l.in_features * l.out_features for l in layers)
+    return Estimate(gw, gb, loss[0].detach(), None, 2 * k * b * n_weights)  # forward + tangent passes, digital
+
+
+def _jvp_activity(layers, h, y, tangents, start, loss_fn) -> torch.Tensor:
+    """Exact d L_b / d(total inputs of layers[start:]) . tangent per row, by forward-mode autodiff."""
+
+    def losses(*perts):
+        a = h
+        for layer, p in zip(layers[start:], perts):
+            z = torch.addmm(layer.bias, a, layer.weight) + p
+            a = torch.relu(z) if layer.activation == "relu" else z
+        return loss_fn(a, y)
+
+    primals = tuple(torch.zeros_like(t) for t in tangents)
+    return torch.func.jvp(losses, primals, tuple(tangents))[1]
+
+
+def _check_estimator(estimator: str, layers) -> bool:
+    """True for 'jvp' (after checking that the layers are an exact digital model)."""
+    if estimator == "finite-difference":
+        return False
+    if estimator != "jvp":
+        raise ValueError(f"estimator must be 'finite-difference' or 'jvp', got {estimator!r}")
+    if not all(isinstance(l, DigitalLayer) for l in layers):
+        raise ValueError("estimator='jvp' needs an exact model of the forward pass (digital layers); "
+                         "on a device use estimator='finite-difference'")
+    return True
 
 
 def per_example_loss_mean(loss_fn: LossFn, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ its effect on the total inputs, x E + e, through the device interface.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -32,6 +33,9 @@ class WeightPerturbationConfig:
     """Perturbations per minibatch, averaged (each costs two forward passes with antithetic pairs)."""
     antithetic: bool = True
     """Central differences from +/- pairs; False: one-sided differences against the clean pass."""
+    estimator: Literal["finite-difference", "jvp"] = "finite-difference"
+    """finite-difference: forward passes only (black box, works on devices); jvp: exact directional derivatives
+    by forward-mode autodiff (Ren et al.'s forward gradient) - needs an exact model, digital layers only."""
     hardware: str = "digital"
     """What the layers are: 'digital' or a device preset (ideal, mild, harsh)."""
     hardware_seed: int = 0
@@ -64,4 +68,5 @@ class WeightPerturbationLearner(PerturbationLearner):
 
     def estimate(self, x: torch.Tensor, y: torch.Tensor) -> Estimate:
         c = self.cfg
-        return weight_perturbation(self.layers, x, y, c.sigma, c.directions, self.generator, c.antithetic)
+        return weight_perturbation(self.layers, x, y, c.sigma, c.directions, self.generator, c.antithetic,
+                                   estimator=c.estimator)
