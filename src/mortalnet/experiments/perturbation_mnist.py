@@ -203,8 +203,9 @@ class PerturbationMnist(Experiment):
                 "weight-perturbation": "9.25% (FG-W)"}
         out = ["**perturbation-mnist**: MNIST test error by rule, net and hardware (same epochs within a preset; "
                f"reference: {REN})\n",
-               "| preset | rule | net | hardware | epochs | seeds | test error (mean ± sd) | reference | train time |",
-               "|---|---|---|---|---|---|---|---|---|"]
+               "| preset | rule | net | hardware | epochs | seeds | test error (mean ± sd) | reference | train time "
+               "| energy: mortal (device + learner) | same work, digital fp32 |",
+               "|---|---|---|---|---|---|---|---|---|---|---|"]
         rule_order = {a: i for i, a in enumerate(ARMS)}
         order.sort(key=lambda k: (k[3], rule_order.get(groups[k][0]["arm"], 9), sum(k[2]), k[0]))
         for key in order:
@@ -218,6 +219,10 @@ class PerturbationMnist(Experiment):
             ref = refs.get(label.split("-w")[0] if label.startswith("weight") else label, "-")
             if label.startswith("backprop-w"):
                 ref = "-"
+            energy = [r["energy"] for r in rows if r.get("energy")]
+            e_text = (f"{np.mean([e['mortal_total_J'] for e in energy]):.3g} J "
+                      f"| {np.mean([e['digital_fp32_total_J'] for e in energy]):.3g} J") if energy else "- | -"
             out.append(f"| {preset} | {label} | {net} | {hardware} | {rows[0]['epochs']} "
-                       f"| {', '.join(str(r['seed']) for r in rows)} | {err_text} | {ref} | {secs / 60:.1f} min |")
+                       f"| {', '.join(str(r['seed']) for r in rows)} | {err_text} | {ref} | {secs / 60:.1f} min "
+                       f"| {e_text} |")
         return "\n".join(out) + "\n"

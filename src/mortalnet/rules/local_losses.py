@@ -173,5 +173,7 @@ class LocalLossesLearner(PerturbationLearner):
         for l in range(len(self.layers)):
             out = torch.cat([ch[l] for ch in chunks])
             res[f"error_block{l + 1}"] = (out.argmax(1) != y).float().mean().item()
+        total = sum(torch.cat([ch[l] for ch in chunks]).log_softmax(-1) for l in range(len(self.layers)))
+        res["error_all_heads"] = (total.argmax(1) != y).float().mean().item()  # the heads' product of experts
         res["error"] = res[f"error_block{len(self.layers)}"]
         return res
