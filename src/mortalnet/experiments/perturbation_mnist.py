@@ -47,12 +47,12 @@ class PerturbationMnistConfig:
     arms: tuple[str, ...] = ("activity-perturbation",)
     """Rules to train, in order: backprop, weight-perturbation, activity-perturbation, local-losses."""
     hidden: tuple[int, ...] = (256, 256)
-    """Hidden widths of the backprop and activity-perturbation nets."""
+    """Hidden widths of the backprop and activity-perturbation nets (backprop also trains ll_hidden if different)."""
     ll_hidden: tuple[int, ...] = (256, 256)
     """Block widths of the local-losses net."""
-    wp_widths: tuple[int, ...] = (8, 32, 128)
+    wp_widths: tuple[int, ...] = (8, 32, 128, 512)
     """Weight perturbation trains one 784-w-10 net per width w (and backprop the same nets, for reference)."""
-    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(epochs=100, schedule="cosine",
+    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(epochs=60, schedule="cosine",
                                                                             eval_every=5))
     """Epochs (the same budget of examples for every arm), batch size, schedule."""
     backprop: BackpropConfig = field(
@@ -77,20 +77,54 @@ def _fast() -> PerturbationMnistConfig:
     )
 
 
+# Budgets for the paper presets: 60 epochs of the 50k training images for every rule, cosine schedule.
+# Perturbation scales: 1e-3 on ideal devices (= digital layers); on `mild` they must exceed the
+# per-pass read/output noise (~0.02-0.1 in units of a total input), hence 0.3 (activity), 0.1 (local
+# losses, one layer between perturbation and loss) and 0.03 per weight (weight perturbation).
+PAPER_TRAINING = TrainingConfig(epochs=60, schedule="cosine", eval_every=5)
+AP_PAPER = ActivityPerturbationConfig(optimizer=OptimizerConfig(name="adam", lr=1e-3, momentum=0.9), sigma=1e-3)
+LL_PAPER = LocalLossesConfig(optimizer=OptimizerConfig(name="adam", lr=3e-3, momentum=0.9), sigma=1e-3,
+                             group_size=8, normalize=False)
+WP_PAPER = WeightPerturbationConfig(optimizer=OptimizerConfig(name="adam", lr=3e-3, momentum=0.9), sigma=1e-3)
+
+
+def _preset(arm: str, hardware: str) -> PerturbationMnistConfig:
+    sigma = {"ideal": {}, "mild": {"activity-perturbation": 0.3, "local-losses": 0.1, "weight-perturbation": 0.03}}
+    s = sigma[hardware]
+    return PerturbationMnistConfig(
+        arms=(arm,), hidden=(256, 256), ll_hidden=(1024,), wp_widths=(8, 32, 128, 512), training=PAPER_TRAINING,
+        ap=replace(AP_PAPER, hardware=hardware, sigma=s.get("activity-perturbation", AP_PAPER.sigma)),
+        ll=replace(LL_PAPER, hardware=hardware, sigma=s.get("local-losses", LL_PAPER.sigma)),
+        wp=replace(WP_PAPER, hardware=hardware, sigma=s.get("weight-perturbation", WP_PAPER.sigma)),
+    )
+
+
 def _paper() -> PerturbationMnistConfig:
-    return PerturbationMnistConfig(arms=("activity-perturbation",))
+    return _preset("activity-perturbation", "ideal")
 
 
 def _paper_ll() -> PerturbationMnistConfig:
-    return PerturbationMnistConfig(arms=("local-losses",))
+    return _preset("local-losses", "ideal")
 
 
 def _paper_wp() -> PerturbationMnistConfig:
-    return PerturbationMnistConfig(arms=("weight-perturbation",))
+    return _preset("weight-perturbation", "ideal")
 
 
 def _paper_bp() -> PerturbationMnistConfig:
-    return PerturbationMnistConfig(arms=("backprop",))
+    return _preset("backprop", "ideal")
+
+
+def _mild_ap() -> PerturbationMnistConfig:
+    return _preset("activity-perturbation", "mild")
+
+
+def _mild_ll() -> PerturbationMnistConfig:
+    return _preset("local-losses", "mild")
+
+
+def _mild_wp() -> PerturbationMnistConfig:
+    return _preset("weight-perturbation", "mild")
 
 
 REN = "Ren, Kornblith, Liao & Hinton, ICLR 2023, MNIST (MLP-Mixer)"
@@ -102,7 +136,8 @@ class PerturbationMnist(Experiment):
     description = ("MNIST test error of backprop, weight perturbation (several widths), activity perturbation and "
                    "local losses with the same budget of examples, on digital layers or devices")
     Config = PerturbationMnistConfig
-    presets = {"fast": _fast, "paper": _paper, "paper-ll": _paper_ll, "paper-wp": _paper_wp, "paper-bp": _paper_bp}
+    presets = {"fast": _fast, "paper": _paper, "paper-ll": _paper_ll, "paper-wp": _paper_wp, "paper-bp": _paper_bp,
+               "mild-ap": _mild_ap, "mild-ll": _mild_ll, "mild-wp": _mild_wp}
     references = {
         "paper": Reference(0.0324, f"{REN}: FG-A, activity-perturbed forward gradient"),
         "paper-ll": Reference(0.0255, f"{REN}: LG-FG-A, local losses + activity perturbation"),
@@ -146,8 +181,11 @@ class PerturbationMnist(Experiment):
     @staticmethod
     def _nets(arm: str, config: PerturbationMnistConfig) -> list[tuple[str, str, Any, tuple[int, ...]]]:
         """(label, rule, rule config, hidden widths) of each net an arm trains."""
-        if arm == "backprop":
-            return [("backprop", "backprop", config.backprop, config.hidden)]
+        if arm == "backprop":  # on the activity-perturbation net, and on the local-losses net's layers
+            nets = [("backprop", "backprop", config.backprop, config.hidden)]
+            if tuple(config.ll_hidden) != tuple(config.hidden):
+                nets.append(("backprop-ll-net", "backprop", config.backprop, config.ll_hidden))
+            return nets
         if arm == "activity-perturbation":
             return [("activity-perturbation", arm, config.ap, config.hidden)]
         if arm == "local-losses":

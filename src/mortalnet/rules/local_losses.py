@@ -37,7 +37,7 @@ from mortalnet.rules.perturbation import Estimate, PerturbationLearner, _signed
 class LocalLossesConfig:
     """Hyper-parameters of local losses trained by activity perturbation."""
 
-    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="adam", lr=1e-3, momentum=0.9))
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="adam", lr=3e-3, momentum=0.9))
     """Optimizer applied to the gradient estimates (the shared ones: smoothed-sgd, sgd, adam, adamw)."""
     sigma: float = 1e-3
     """Perturbation scale: each total input moves by sigma * N(0, 1)."""
@@ -45,11 +45,11 @@ class LocalLossesConfig:
     """Perturbations per example, averaged (each costs a +/- pair of forward passes of a block)."""
     antithetic: bool = True
     """Central differences from +/- pairs; False: one-sided differences against the clean pass."""
-    group_size: int = 16
+    group_size: int = 8
     """Neurons per local loss (must divide every block's width); the block's width = one loss per block."""
     mask_inactive: bool = True
     """Zero the estimate of neurons measured inactive (activity <= 0): their true derivative is 0."""
-    normalize: bool = True
+    normalize: bool = False
     """Scale each block's measured output to unit mean square before the next block and the head (digital;
     the scale is measured on the clean pass and held fixed for the perturbed passes)."""
     hardware: str = "digital"
