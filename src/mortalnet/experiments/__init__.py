@@ -12,6 +12,9 @@ EXPERIMENTS: Registry[type] = Registry(
         "mortalnet.experiments.ff_pipeline",
         "mortalnet.experiments.ff_device",
         "mortalnet.experiments.mortality",
+        "mortalnet.experiments.perturbation_variance",
+        "mortalnet.experiments.perturbation_mnist",
+        "mortalnet.experiments.small_lr_equivalence",
     ),
 )
 register_experiment = EXPERIMENTS.register

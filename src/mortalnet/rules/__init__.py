@@ -16,6 +16,9 @@ RULES: Registry[type] = Registry(
         "mortalnet.rules.forward_forward",
         "mortalnet.rules.backprop",
         "mortalnet.rules.ff_device",
+        "mortalnet.rules.weight_perturbation",
+        "mortalnet.rules.activity_perturbation",
+        "mortalnet.rules.local_losses",
     ),
 )
 register_rule = RULES.register
