@@ -9,6 +9,7 @@ EXPERIMENTS: Registry[type] = Registry(
     modules=(
         "mortalnet.experiments.ff_supervised",
         "mortalnet.experiments.backprop_mlp",
+        "mortalnet.experiments.distill_mnist",
     ),
 )
 register_experiment = EXPERIMENTS.register

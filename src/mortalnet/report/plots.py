@@ -116,3 +116,33 @@ def image_grid(images: np.ndarray, path: Path, titles: Sequence[str] = (), cols:
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def soft_target_bars(images: np.ndarray, probs: dict[str, np.ndarray], path: Path, titles: Sequence[str] = (),
+                     title: str = "", log_scale: Sequence[bool] = ()) -> str:
+    """One column per image (N, 784): the image, then one row of class-probability bars per named
+    distribution in `probs` (name -> (N, C)); `log_scale[j]` puts row j on a log axis."""
+    plt = _plt()
+    n, names = len(images), list(probs)
+    fig, axes = plt.subplots(1 + len(names), n, figsize=(2.1 * n, 1.9 * (1 + len(names))), squeeze=False)
+    for k in range(n):
+        ax = axes[0, k]
+        ax.imshow(np.asarray(images[k]).reshape(28, 28), cmap="gray", interpolation="nearest")
+        ax.axis("off")
+        if k < len(titles):
+            ax.set_title(titles[k], fontsize=8)
+        for j, name in enumerate(names):
+            ax = axes[1 + j, k]
+            p = np.asarray(probs[name][k])
+            log = j < len(log_scale) and log_scale[j]
+            ax.bar(np.arange(len(p)), np.maximum(p, 1e-12) if log else p, 0.8, color=f"C{j}")
+            if log:
+                ax.set_yscale("log")
+                ax.set_ylim(1e-10, 2)
+            ax.set_xticks(range(len(p)))
+            ax.tick_params(labelsize=6)
+            if k == 0:
+                ax.set_ylabel(name + (" (log)" if log else ""), fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)

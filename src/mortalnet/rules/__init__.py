@@ -15,6 +15,7 @@ RULES: Registry[type] = Registry(
     modules=(
         "mortalnet.rules.forward_forward",
         "mortalnet.rules.backprop",
+        "mortalnet.transfer.student",
     ),
 )
 register_rule = RULES.register
