@@ -1,0 +1,420 @@
+"""A community of agents that learn from their own data shards and share what they learn.
+
+The talk's central comparison (MISSION.md, sec. 1.3), made quantitative:
+  digital    identical agents (same initial weights) average their gradients every step by an
+             all-reduce: bandwidth = the number of weights per exchange ("weight sharing");
+  codistill  agents with their own initial weights exchange only predictions: every k steps they
+             all-gather their logits on a shared batch of E unlabeled transfer inputs and each one
+             distills toward the average of the others' soft targets (Anil et al. 2018,
+             codistillation): bandwidth = E x classes numbers per exchange;
+  alone      no sharing.
+(`mortal`, the same exchange between agents on their own simulated analog devices, lives in
+`mortalnet.transfer.mortal_agents` once devices exist.)
+
+`CommunityLearner` is a `Learner` hosting the agents of one process (all N in the single-process
+simulation, one per process with torch.distributed); the shared loop `fit` trains it on
+x (n, L, D), y (n, L): row i of every agent's shard in one minibatch, each agent its own shard.
+Collectives go through a `Group` (`mortalnet.transfer.collectives`) that counts the bytes.
+
+A dead peer makes a collective fail within the group's timeout; the survivors then record the
+event and go on alone (no exchange is attempted again), so nobody hangs and every survivor finishes.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mortalnet.data.mnist import MnistConfig, load_mnist
+from mortalnet.optim import OptimizerConfig, make_optimizer
+from mortalnet.rules.backprop import MLP
+from mortalnet.rules.base import Learner
+from mortalnet.transfer.collectives import CollectiveError, Group
+from mortalnet.training import TrainingConfig, fit
+from mortalnet.transfer.distill import soft_target_loss
+
+MODES = ("digital", "codistill", "alone", "mortal")
+"""Ways a community can share knowledge (mortal: device agents, see mortal_agents)."""
+
+Mode = Literal["digital", "codistill", "alone", "mortal"]
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """One agent of a community and how it exchanges knowledge."""
+
+    hidden: tuple[int, ...] = (256, 256)
+    """Hidden layers of each agent's ReLU MLP."""
+    optimizer: OptimizerConfig = field(
+        default_factory=lambda: OptimizerConfig(name="sgd", lr=0.05, momentum=0.9, weight_decay=0.0))
+    """Each agent's optimizer."""
+    exchange_every: int = 10
+    """k: steps between two exchanges of predictions (codistill, mortal)."""
+    transfer_batch: int = 100
+    """E: shared unlabeled transfer inputs per exchange; each agent sends E x classes logits."""
+    temperature: float = 2.0
+    """T of the soft targets exchanged between agents (same T for sender and receiver)."""
+    distill_weight: float = 1.0
+    """Weight of the T^2-scaled distillation term toward the others' average soft targets."""
+    burn_in_steps: int = 0
+    """No exchange of predictions before this step (the others' early guesses carry little)."""
+
+
+class CommunityLearner(Learner):
+    """The agents hosted by this process, trained in lockstep with the other processes' agents.
+
+    Args:
+        config: agent settings.
+        mode: digital | codistill | alone (mortal: see mortal_agents).
+        group: collectives over all N agents; its `local_ranks` are the agents hosted here.
+        transfer_x: the shared pool of unlabeled transfer inputs (M, D), identical in every process.
+        seed: the community's seed (initial weights: per agent, identical copies in digital mode).
+        kill_rank, kill_step: fault injection: agent `kill_rank` dies before its step `kill_step`.
+        before_death: called with (rank, step) just before a local agent dies (to save its record).
+    """
+
+    primary_metric = "error"
+
+    def __init__(self, config: AgentConfig, mode: str, group: Group, transfer_x: torch.Tensor, seed: int,
+                 device: torch.device | str = "cpu", input_dim: int = 784, num_classes: int = 10,
+                 kill_rank: int = -1, kill_step: int = -1,
+                 before_death: Callable[[int, int], None] | None = None) -> None:
+        super().__init__(seed, device)
+        if mode not in ("digital", "codistill", "alone"):
+            raise ValueError(f"CommunityLearner mode {mode!r}; valid: digital, codistill, alone "
+                             "(mortal agents are device-based: mortalnet.transfer.mortal_agents)")
+        if config.exchange_every < 1 or config.transfer_batch < 1:
+            raise ValueError("exchange_every and transfer_batch must be >= 1")
+        self.cfg, self.mode, self.group = config, mode, group
+        self.ranks = list(group.local_ranks)
+        self.seed, self.num_classes = seed, num_classes
+        self.kill_rank, self.kill_step, self.before_death = kill_rank, kill_step, before_death
+        self.transfer_x = transfer_x  # (M, D), a plain attribute: not part of the checkpoint
+        nets, self.optimizers = [], []
+        for r in self.ranks:
+            g = torch.Generator(device=self.device_)
+            g.manual_seed(seed * 7919 + (0 if mode == "digital" else 1 + r))  # digital: identical copies
+            net = MLP(input_dim, tuple(config.hidden), num_classes, generator=g, device=self.device_)
+            nets.append(net)
+            self.optimizers.append(make_optimizer(config.optimizer, [lin.weight for lin in net.linears],
+                                                  [lin.bias for lin in net.linears]))
+        self.nets = nn.ModuleList(nets)
+        e = config.transfer_batch
+        self.register_buffer("steps", torch.zeros((), dtype=torch.int64, device=self.device_))
+        self.register_buffer("alive", torch.ones(len(self.ranks), dtype=torch.bool, device=self.device_))
+        self.register_buffer("exchanging", torch.tensor(mode != "alone", device=self.device_))
+        self.register_buffer("targets", torch.zeros(len(self.ranks), e, num_classes, device=self.device_))
+        self.register_buffer("transfer_idx", torch.zeros(e, dtype=torch.int64, device=self.device_))
+        self.register_buffer("have_targets", torch.tensor(False, device=self.device_))
+        self.events: list[dict[str, Any]] = []
+
+    @property
+    def n_params(self) -> int:
+        """Weights and biases of one agent."""
+        return sum(p.numel() for p in self.nets[0].parameters())
+
+    # -- one step of all local agents ----------------------------------------------------------
+    def train_batch(self, x: torch.Tensor, y: torch.Tensor) -> Mapping[str, torch.Tensor]:
+        """x (B, L, D), y (B, L): column i is local agent i's minibatch from its own shard."""
+        s = int(self.steps)
+        if s == self.kill_step and self.kill_rank in self.ranks:
+            self._die(self.kill_rank, s)
+        k, burn = self.cfg.exchange_every, self.cfg.burn_in_steps
+        distilling = self.mode == "codistill"
+        if distilling and bool(self.exchanging) and s >= burn and (s - burn) % k == 0:
+            self._exchange((s - burn) // k, s)
+        losses, errors = [], []
+        for i, net in enumerate(self.nets):
+            if not bool(self.alive[i]):
+                continue
+            net.train()
+            logits = net(x[:, i])  # (B, C)
+            loss = F.cross_entropy(logits, y[:, i])
+            if distilling and bool(self.have_targets):
+                c = math.ceil(self.cfg.transfer_batch / k)
+                j = ((s - burn) % k) * c  # this step's chunk of the last exchange's transfer batch
+                idx = self.transfer_idx[j : j + c]
+                if len(idx):
+                    z = net(self.transfer_x[idx])  # (c, C)
+                    loss = loss + self.cfg.distill_weight * soft_target_loss(
+                        z, self.targets[i, j : j + c], self.cfg.temperature)
+            self.optimizers[i].zero_grad(set_to_none=True)
+            loss.backward()
+            losses.append(loss.detach())
+            errors.append((logits.argmax(1) != y[:, i]).float().mean().detach())
+        if self.mode == "digital" and bool(self.exchanging):
+            self._average_gradients(s)
+        for i, opt in enumerate(self.optimizers):
+            if bool(self.alive[i]):
+                opt.step()
+        self.steps += 1
+        if not losses:  # every local agent is dead
+            zero = torch.zeros((), device=self.device_)
+            return {"loss": zero, "train_error": zero}
+        return {"loss": torch.stack(losses).mean(), "train_error": torch.stack(errors).mean()}
+
+    def _grads(self, net: nn.Module) -> torch.Tensor:
+        return torch.cat([p.grad.reshape(-1) for p in net.parameters()])  # (P,)
+
+    def _group_nets(self) -> list[tuple[int, nn.Module]]:
+        """(local index, net) of the agents the group still counts as hosted here, in its order."""
+        out = []
+        for r in self.group.local_ranks:
+            i = self.ranks.index(r)
+            if not bool(self.alive[i]):  # simulation: a local agent died and the group has not noticed yet
+                raise CollectiveError(f"agent {r} died (simulated)")
+            out.append((i, self.nets[i]))
+        return out
+
+    def _collective(self, step: int, op: str, make: Callable[[], list[torch.Tensor]]):
+        """Run a collective on the tensors `make()` builds; on failure regroup and retry once.
+
+        Returns the results, or None when the community broke up (then this process goes on alone).
+        """
+        for attempt in (0, 1):
+            try:
+                tensors = make()
+                fn = self.group.all_reduce_mean if op == "all_reduce" else self.group.all_gather
+                return fn(tensors)
+            except CollectiveError as err:
+                if attempt == 1 or not self._recover(step, err):
+                    return None
+        return None
+
+    def _average_gradients(self, step: int) -> None:
+        """Weight sharing: every agent's gradient replaced by the community's mean (all-reduce of P floats)."""
+        holder: list = []
+
+        def make():
+            holder[:] = self._group_nets()
+            return [self._grads(net) for _, net in holder]
+
+        means = self._collective(step, "all_reduce", make)
+        if means is None:
+            return
+        for (_, net), flat in zip(holder, means):
+            offset = 0
+            for p in net.parameters():
+                p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
+                offset += p.numel()
+
+    @torch.no_grad()
+    def _exchange(self, exchange: int, step: int) -> None:
+        """All-gather every agent's logits (E, C) on the same E transfer inputs; targets = mean of the others."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + exchange)  # same batch in every process
+        idx = torch.randperm(len(self.transfer_x), generator=g)[: self.cfg.transfer_batch].to(self.device_)
+        xt = self.transfer_x[idx]  # (E, D)
+        holder: list = []
+
+        def make():
+            holder[:] = self._group_nets()
+            out = []
+            for _, net in holder:
+                net.eval()
+                out.append(net(xt))  # (E, C)
+            return out
+
+        gathered = self._collective(step, "all_gather", make)  # per local agent: (N_alive, E, C)
+        if gathered is None:
+            return
+        t, members = self.cfg.temperature, self.group.members
+        for (i, _), g_i in zip(holder, gathered):
+            others = [j for j, m in enumerate(members) if m != self.ranks[i]]
+            if not others:  # the last one alive has nobody to learn from
+                self.have_targets.fill_(False)
+                return
+            self.targets[i] = torch.softmax(g_i[others] / t, dim=2).mean(0)  # (E, C)
+        self.transfer_idx.copy_(idx)
+        self.have_targets.fill_(True)
+
+    def _recover(self, step: int, err: CollectiveError) -> bool:
+        """A collective failed: regroup with the survivors if possible (True), else go on alone (False)."""
+        self.events.append({"step": step, "event": "collective failed", "error": str(err)})
+        try:
+            ok = self.group.regroup()
+        except CollectiveError as err2:
+            ok = False
+            self.events.append({"step": step, "event": "regroup failed", "error": str(err2)})
+        if ok:
+            self.events.append({"step": step, "event": "regrouped", "members": list(self.group.members)})
+            print(f"mortalnet community: agents {self.group.local_ranks} at step {step}: {err}; "
+                  f"regrouped with the survivors {self.group.members}", file=sys.stderr, flush=True)
+            return True
+        self.exchanging.fill_(False)
+        self.have_targets.fill_(False)
+        self.events.append({"step": step, "event": "continuing alone"})
+        print(f"mortalnet community: agents {self.ranks} at step {step}: {err}; continuing without exchanges",
+              file=sys.stderr, flush=True)
+        return False
+
+    def _die(self, rank: int, step: int) -> None:
+        i = self.ranks.index(rank)
+        self.events.append({"step": step, "event": f"agent {rank} died"})
+        if self.before_death is not None:
+            self.before_death(rank, step)
+        self.alive[i] = False
+        self.group.kill(rank)  # a real process does not return from this
+
+    # -- testing -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def agent_logits(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Local agent i's logits (B, C)."""
+        net = self.nets[i]
+        net.eval()
+        return self.predict_batches(net, x)
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Mean error of the living local agents, and each one's."""
+        out = {}
+        for i, r in enumerate(self.ranks):
+            if bool(self.alive[i]):
+                out[f"error_agent{r}"] = (self.agent_logits(i, x).argmax(1) != y).float().mean().item()
+        out["error"] = float(np.mean(list(out.values()))) if out else float("nan")
+        return out
+
+
+def make_shards(labels: np.ndarray, n_agents: int, scheme: str, pool_size: int, seed: int,
+                num_classes: int = 10) -> tuple[list[np.ndarray], np.ndarray]:
+    """Split training indices into a shared unlabeled transfer pool and N equal labeled shards.
+
+    Args:
+        labels: (n,) training labels.
+        scheme: iid (a random N-way split) | by-class (agent r gets the classes c with c mod N = r).
+        pool_size: examples set aside as the shared transfer pool (their labels are never used).
+    Returns:
+        (shards: N index arrays of equal length, pool: index array).
+    """
+    n = len(labels)
+    if pool_size >= n:
+        raise ValueError(f"transfer pool of {pool_size} leaves nothing to shard out of {n} examples")
+    perm = np.random.default_rng(seed).permutation(n)
+    pool, rest = perm[:pool_size], perm[pool_size:]
+    if scheme == "iid":
+        per = len(rest) // n_agents
+        shards = [rest[r * per : (r + 1) * per] for r in range(n_agents)]
+    elif scheme == "by-class":
+        if n_agents > num_classes:
+            raise ValueError(f"by-class shards need at most {num_classes} agents, got {n_agents}")
+        shards = [rest[np.isin(labels[rest], [c for c in range(num_classes) if c % n_agents == r])]
+                  for r in range(n_agents)]
+        per = min(len(s) for s in shards)
+        shards = [s[:per] for s in shards]
+    else:
+        raise ValueError(f"unknown shard scheme {scheme!r}; valid: iid, by-class")
+    if per == 0:
+        raise ValueError(f"{n_agents} agents leave empty shards of {len(rest)} examples")
+    return shards, pool
+
+
+@dataclass(frozen=True)
+class CommunityConfig:
+    """A community of agents on MNIST: who shares what, how often, over which processes."""
+
+    data: MnistConfig = field(default_factory=MnistConfig)
+    """MNIST; the 50k training set is split into the transfer pool and the agents' shards."""
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    """Each agent's network, optimizer and exchange settings."""
+    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(
+        epochs=20, schedule="cosine", progress=False, tensorboard=False))
+    """Epochs over each agent's shard (all agents in lockstep), batch size, schedule."""
+    modes: tuple[Mode, ...] = ("codistill", "digital", "alone")
+    """Which ways of sharing to run (digital, codistill, alone; mortal on devices)."""
+    agents: tuple[int, ...] = (2, 4, 8)
+    """Community sizes N to run for each mode."""
+    shards: Literal["iid", "by-class"] = "iid"
+    """iid: random equal shards; by-class: agent r has only the classes c with c mod N = r."""
+    transfer_pool: int = 10000
+    """Training images set aside, unlabeled, as the shared pool of transfer inputs."""
+    launcher: Literal["sim", "spawn", "torchrun"] = "spawn"
+    """sim: all agents in this process; spawn: one process per agent (env:// rendezvous); torchrun: launched by torchrun."""
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """torch.distributed backend; auto = nccl on a GPU, gloo on CPU."""
+    collective_timeout: float = 60.0
+    """Seconds a collective may wait for its peers before it fails (a dead agent never hangs the others)."""
+    run_timeout: float = 3600.0
+    """Seconds one community (one mode and N) may run before its processes are killed."""
+    kill_rank: int = -1
+    """Fault injection: the agent that dies (its process is killed with SIGKILL); -1 = nobody dies."""
+    kill_step: int = -1
+    """Fault injection: the training step (from 0) before which that agent dies."""
+
+
+def community_tensors(config: CommunityConfig, n_agents: int, ranks: list[int], seed: int,
+                      device: torch.device) -> dict[str, Any]:
+    """The data of the agents `ranks`: x (m, L, D), y (m, L), the transfer pool, the test set."""
+    data = load_mnist(config.data)
+    shards, pool = make_shards(data.train.labels, n_agents, config.shards, config.transfer_pool, seed)
+    x_all, y_all = data.train.tensors(device)
+    idx = torch.from_numpy(np.stack([shards[r] for r in ranks], 1)).to(device)  # (m, L)
+    x_test, y_test = data.test.tensors(device)
+    return {
+        "x": x_all[idx], "y": y_all[idx], "transfer_x": x_all[torch.from_numpy(pool).to(device)],
+        "x_test": x_test, "y_test": y_test,
+        "shard_classes": {r: sorted(int(c) for c in np.unique(data.train.labels[shards[r]])) for r in ranks},
+        "data_source": data.source,
+    }
+
+
+def train_community(config: CommunityConfig, mode: str, n_agents: int, group: Group, seed: int,
+                    device: torch.device, write: Callable[[int, dict], None] | None = None,
+                    learner_factory: Callable[..., Learner] | None = None) -> dict[int, dict]:
+    """Train the agents of this process with the shared loop; return (and `write`) one record per agent.
+
+    A record holds the agent's test error, per-class test errors and bytes sent/received after
+    every epoch (and at step 0), its status (done | killed) and the group's events.
+    """
+    ranks = list(group.local_ranks)
+    d = community_tensors(config, n_agents, ranks, seed, device)
+    records: dict[int, dict] = {
+        r: {"rank": r, "mode": mode, "n_agents": n_agents, "status": "running", "history": [],
+            "shard_size": int(d["x"].shape[0]), "shard_classes": d["shard_classes"][r],
+            "data_source": d["data_source"]}
+        for r in ranks
+    }
+    emit = write or (lambda r, rec: None)
+
+    def before_death(rank: int, step: int) -> None:
+        records[rank].update(status="killed", died_at_step=step)
+        if records[rank]["history"]:
+            records[rank]["final"] = records[rank]["history"][-1]  # what it knew when it died
+        emit(rank, records[rank])
+
+    factory = learner_factory or CommunityLearner
+    learner = factory(config.agent, mode, group, d["transfer_x"], seed, device, kill_rank=config.kill_rank,
+                      kill_step=config.kill_step, before_death=before_death)
+    n_test = len(d["y_test"])
+    counts = torch.bincount(d["y_test"], minlength=learner.num_classes).clamp_min(1)
+
+    def snapshot(epoch: int) -> None:
+        for i, r in enumerate(ranks):
+            if not bool(learner.alive[i]):
+                continue
+            wrong = learner.agent_logits(i, d["x_test"]).argmax(1) != d["y_test"]
+            per_class = torch.bincount(d["y_test"][wrong], minlength=learner.num_classes) / counts
+            row = {"epoch": epoch, "step": int(learner.steps), "test_error": wrong.sum().item() / n_test,
+                   "test_error_per_class": [round(v, 6) for v in per_class.tolist()],
+                   **group.counters[r].as_dict()}
+            records[r]["history"].append(row)
+            emit(r, records[r])
+
+    snapshot(0)
+    fit(learner, (d["x"], d["y"]), None, config.training, seed, on_epoch=lambda e, row: snapshot(e))
+    for i, r in enumerate(ranks):
+        rec = records[r]
+        if bool(learner.alive[i]):
+            rec["status"] = "done"
+        rec["final"] = rec["history"][-1]
+        rec["events"] = list(learner.events)
+        rec["n_params"] = learner.n_params
+        rec["exchange_ok"] = bool(learner.exchanging)
+        emit(r, rec)
+    return records
