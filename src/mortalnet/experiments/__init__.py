@@ -10,6 +10,7 @@ EXPERIMENTS: Registry[type] = Registry(
         "mortalnet.experiments.ff_supervised",
         "mortalnet.experiments.backprop_mlp",
         "mortalnet.experiments.distill_mnist",
+        "mortalnet.experiments.community",
     ),
 )
 register_experiment = EXPERIMENTS.register

@@ -146,3 +146,28 @@ def soft_target_bars(images: np.ndarray, probs: dict[str, np.ndarray], path: Pat
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def xy_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], path: Path, xlabel: str, ylabel: str,
+              title: str = "", logx: bool = False, logy: bool = False, hlines: dict[str, float] | None = None,
+              vlines: dict[str, float] | None = None) -> str:
+    """Named curves (x, y) on one axis; optional labelled horizontal/vertical reference lines."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for k, (name, (xs, ys)) in enumerate(curves.items()):
+        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=name, color=f"C{k % 10}")
+    for k, (name, y) in enumerate((hlines or {}).items()):
+        ax.axhline(y, ls="--", lw=1, color=f"C{(len(curves) + k) % 10}", label=name)
+    for name, x in (vlines or {}).items():
+        ax.axvline(x, ls=":", lw=1, color="k", label=name)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _save(fig, path)

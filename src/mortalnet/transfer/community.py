@@ -58,13 +58,13 @@ class AgentConfig:
     """Each agent's optimizer."""
     exchange_every: int = 10
     """k: steps between two exchanges of predictions (codistill, mortal)."""
-    transfer_batch: int = 100
-    """E: shared unlabeled transfer inputs per exchange; each agent sends E x classes logits."""
+    transfer_batch: int = 1000
+    """E: shared unlabeled transfer inputs per exchange (each agent sends E x classes logits); E/k are distilled per step."""
     temperature: float = 2.0
     """T of the soft targets exchanged between agents (same T for sender and receiver)."""
     distill_weight: float = 1.0
     """Weight of the T^2-scaled distillation term toward the others' average soft targets."""
-    burn_in_steps: int = 0
+    burn_in_steps: int = 100
     """No exchange of predictions before this step (the others' early guesses carry little)."""
 
 
