@@ -9,6 +9,9 @@ EXPERIMENTS: Registry[type] = Registry(
     modules=(
         "mortalnet.experiments.ff_supervised",
         "mortalnet.experiments.backprop_mlp",
+        "mortalnet.experiments.perturbation_variance",
+        "mortalnet.experiments.perturbation_mnist",
+        "mortalnet.experiments.small_lr_equivalence",
         "mortalnet.experiments.distill_mnist",
         "mortalnet.experiments.community",
     ),

@@ -171,3 +171,41 @@ def xy_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], path: 
     if title:
         ax.set_title(title, fontsize=10)
     return _save(fig, path)
+
+
+def series_panels(panels: Sequence[dict[str, Any]], path: Path, title: str = "") -> str:
+    """Side-by-side panels of labelled series: a generic figure for sweeps.
+
+    Each panel is a dict with `series` ({label: (x, y)} or {label: (x, y, yerr)}), and optional
+    `title`, `xlabel`, `ylabel`, `logx`, `logy` (bools), `lines` ({label: (x, y)} drawn dashed,
+    e.g. fitted power laws) and `hline` (a y value drawn dotted, e.g. 1.0).
+    """
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        colors = {}
+        for label, data in panel.get("series", {}).items():
+            x, y = np.asarray(data[0], float), np.asarray(data[1], float)
+            if len(data) > 2 and data[2] is not None:
+                h = ax.errorbar(x, y, yerr=np.asarray(data[2], float), marker="o", ms=4, capsize=2, label=label)
+                colors[label] = h[0].get_color()
+            else:
+                (h,) = ax.plot(x, y, marker="o", ms=4, label=label)
+                colors[label] = h.get_color()
+        for label, (x, y) in panel.get("lines", {}).items():
+            base = next((c for k, c in colors.items() if label.startswith(k)), None)
+            ax.plot(x, y, ls="--", lw=1, color=base, label=label)
+        if panel.get("hline") is not None:
+            ax.axhline(panel["hline"], color="k", ls=":", lw=1)
+        if panel.get("logx"):
+            ax.set_xscale("log")
+        if panel.get("logy"):
+            ax.set_yscale("log")
+        ax.set_xlabel(panel.get("xlabel", ""))
+        ax.set_ylabel(panel.get("ylabel", ""))
+        ax.set_title(panel.get("title", ""), fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)

@@ -15,6 +15,9 @@ RULES: Registry[type] = Registry(
     modules=(
         "mortalnet.rules.forward_forward",
         "mortalnet.rules.backprop",
+        "mortalnet.rules.weight_perturbation",
+        "mortalnet.rules.activity_perturbation",
+        "mortalnet.rules.local_losses",
         "mortalnet.transfer.student",
     ),
 )
