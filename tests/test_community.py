@@ -195,10 +195,11 @@ def test_community_fast_preset_runs_and_reports(tmp_path):
 
     s = run("community", preset="fast", seed=0, out=tmp_path / "r", progress=False)
     by = {(c["mode"], c["n_agents"]): c for c in s["communities"]}
-    assert set(by) == {(m, n) for m in ("codistill", "digital", "alone") for n in (2, 3)}
+    assert set(by) == {(m, n) for m in ("codistill", "digital", "alone", "mortal", "mortal-alone") for n in (2, 3)}
     assert all(c["finished"] == c["n_agents"] for c in by.values())
     assert by[("digital", 3)]["test_error_mean"] < 0.3 and s["test_error"] < 0.4
-    assert by[("alone", 3)]["bits_sent_per_agent"] == 0
+    assert by[("alone", 3)]["bits_sent_per_agent"] == 0 == by[("mortal-alone", 3)]["bits_sent_per_agent"]
+    assert by[("mortal", 2)]["bits_sent_per_exchange"] == 32 * 50 * 10
     assert by[("digital", 2)]["bits_sent_per_exchange"] == 32 * s["n_params_per_agent"]
     assert by[("codistill", 2)]["bits_sent_per_exchange"] == 32 * 50 * 10
     assert (tmp_path / "r" / "plots" / "error_vs_bits.png").exists()

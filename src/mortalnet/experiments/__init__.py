@@ -14,6 +14,7 @@ EXPERIMENTS: Registry[type] = Registry(
         "mortalnet.experiments.small_lr_equivalence",
         "mortalnet.experiments.distill_mnist",
         "mortalnet.experiments.community",
+        "mortalnet.experiments.mortal_transfer",
     ),
 )
 register_experiment = EXPERIMENTS.register

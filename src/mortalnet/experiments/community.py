@@ -30,23 +30,27 @@ from mortalnet.transfer.distill import FLOAT_BITS
 from mortalnet.transfer.launch import launch, simulate
 
 
+ALL_MODES = ("codistill", "digital", "alone", "mortal", "mortal-alone")
+
+
 def _fast() -> CommunityConfig:
     return CommunityConfig(
         data=MnistConfig(train_subset=6000, test_subset=2000),
         agent=AgentConfig(hidden=(64,), exchange_every=5, transfer_batch=50, burn_in_steps=25),
         training=TrainingConfig(epochs=2, schedule="cosine", progress=False, tensorboard=False),
-        agents=(2, 3), transfer_pool=1000, launcher="sim",
+        agents=(2, 3), transfer_pool=1000, launcher="sim", modes=ALL_MODES,
     )
 
 
 def _paper() -> CommunityConfig:
-    return CommunityConfig(agents=(2, 4, 8), launcher="spawn")
+    return CommunityConfig(agents=(2, 4, 8), launcher="spawn", modes=ALL_MODES)
 
 
 def _death() -> CommunityConfig:
     # 4 agents, agent r holding only the digits c with c mod 4 = r (7884 images each, 79 steps per
     # epoch); agent 1 (digits 1, 5, 9) is killed at step 1200 of 1580 (epoch 16 of 20).
-    return CommunityConfig(agents=(4,), shards="by-class", launcher="spawn", kill_rank=1, kill_step=1200)
+    return CommunityConfig(agents=(4,), shards="by-class", launcher="spawn", kill_rank=1, kill_step=1200,
+                           modes=ALL_MODES)
 
 
 @register_experiment("community")
@@ -58,9 +62,6 @@ class Community(Experiment):
     references = {}
 
     def run(self, config: CommunityConfig, ctx: RunContext) -> dict[str, Any]:
-        if "mortal" in config.modes:
-            raise ValueError("community mode 'mortal' needs agents on simulated devices; "
-                             "it is not available in this build (modes: digital, codistill, alone)")
         root = ctx.run.path / "agents" if ctx.run is not None else Path(tempfile.mkdtemp(prefix="community-"))
         communities = []
         for n in config.agents:

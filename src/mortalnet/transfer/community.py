@@ -8,8 +8,10 @@ The talk's central comparison (MISSION.md, sec. 1.3), made quantitative:
              distills toward the average of the others' soft targets (Anil et al. 2018,
              codistillation): bandwidth = E x classes numbers per exchange;
   alone      no sharing.
-(`mortal`, the same exchange between agents on their own simulated analog devices, lives in
-`mortalnet.transfer.mortal_agents` once devices exist.)
+  mortal     the codistill exchange between agents that each live on their own simulated analog
+             device (another instance per agent) and learn by activity perturbation: they could
+             not share weights even if they wanted to (`MortalCommunityLearner`);
+  mortal-alone  the same device agents without any exchange (the control for `mortal`).
 
 `CommunityLearner` is a `Learner` hosting the agents of one process (all N in the single-process
 simulation, one per process with torch.distributed); the shared loop `fit` trains it on
@@ -25,7 +27,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -39,12 +41,13 @@ from mortalnet.rules.backprop import MLP
 from mortalnet.rules.base import Learner
 from mortalnet.transfer.collectives import CollectiveError, Group
 from mortalnet.training import TrainingConfig, fit
+from mortalnet.transfer.device_student import DeviceStudent, DeviceStudentConfig
 from mortalnet.transfer.distill import soft_target_loss
 
-MODES = ("digital", "codistill", "alone", "mortal")
-"""Ways a community can share knowledge (mortal: device agents, see mortal_agents)."""
+MODES = ("digital", "codistill", "alone", "mortal", "mortal-alone")
+"""Ways a community can share knowledge (mortal, mortal-alone: agents on devices)."""
 
-Mode = Literal["digital", "codistill", "alone", "mortal"]
+Mode = Literal["digital", "codistill", "alone", "mortal", "mortal-alone"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,9 @@ class AgentConfig:
     """Weight of the T^2-scaled distillation term toward the others' average soft targets."""
     burn_in_steps: int = 100
     """No exchange of predictions before this step (the others' early guesses carry little)."""
+    device: DeviceStudentConfig = field(default_factory=lambda: DeviceStudentConfig(
+        optimizer=OptimizerConfig(name="adam", lr=1e-3, momentum=0.9), sigma=0.3, hardware="mild"))
+    """Mortal agents: activity perturbation on their own device instance of this preset (seed set per agent)."""
 
 
 class CommunityLearner(Learner):
@@ -73,7 +79,7 @@ class CommunityLearner(Learner):
 
     Args:
         config: agent settings.
-        mode: digital | codistill | alone (mortal: see mortal_agents).
+        mode: digital | codistill | alone (mortal: MortalCommunityLearner).
         group: collectives over all N agents; its `local_ranks` are the agents hosted here.
         transfer_x: the shared pool of unlabeled transfer inputs (M, D), identical in every process.
         seed: the community's seed (initial weights: per agent, identical copies in digital mode).
@@ -82,39 +88,73 @@ class CommunityLearner(Learner):
     """
 
     primary_metric = "error"
+    MODES: tuple[str, ...] = ("digital", "codistill", "alone")
 
     def __init__(self, config: AgentConfig, mode: str, group: Group, transfer_x: torch.Tensor, seed: int,
                  device: torch.device | str = "cpu", input_dim: int = 784, num_classes: int = 10,
                  kill_rank: int = -1, kill_step: int = -1,
                  before_death: Callable[[int, int], None] | None = None) -> None:
         super().__init__(seed, device)
-        if mode not in ("digital", "codistill", "alone"):
-            raise ValueError(f"CommunityLearner mode {mode!r}; valid: digital, codistill, alone "
-                             "(mortal agents are device-based: mortalnet.transfer.mortal_agents)")
+        if mode not in self.MODES:
+            raise ValueError(f"{type(self).__name__} mode {mode!r}; valid: {', '.join(self.MODES)}"
+                             + (" (mortal agents: MortalCommunityLearner)" if mode == "mortal" else ""))
         if config.exchange_every < 1 or config.transfer_batch < 1:
             raise ValueError("exchange_every and transfer_batch must be >= 1")
         self.cfg, self.mode, self.group = config, mode, group
         self.ranks = list(group.local_ranks)
-        self.seed, self.num_classes = seed, num_classes
+        self.seed, self.num_classes, self.input_dim = seed, num_classes, input_dim
         self.kill_rank, self.kill_step, self.before_death = kill_rank, kill_step, before_death
         self.transfer_x = transfer_x  # (M, D), a plain attribute: not part of the checkpoint
         nets, self.optimizers = [], []
         for r in self.ranks:
-            g = torch.Generator(device=self.device_)
-            g.manual_seed(seed * 7919 + (0 if mode == "digital" else 1 + r))  # digital: identical copies
-            net = MLP(input_dim, tuple(config.hidden), num_classes, generator=g, device=self.device_)
+            net, opt = self._build_agent(r)
             nets.append(net)
-            self.optimizers.append(make_optimizer(config.optimizer, [lin.weight for lin in net.linears],
-                                                  [lin.bias for lin in net.linears]))
+            self.optimizers.append(opt)
         self.nets = nn.ModuleList(nets)
         e = config.transfer_batch
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64, device=self.device_))
         self.register_buffer("alive", torch.ones(len(self.ranks), dtype=torch.bool, device=self.device_))
-        self.register_buffer("exchanging", torch.tensor(mode != "alone", device=self.device_))
+        self.register_buffer("exchanging", torch.tensor(mode not in ("alone", "mortal-alone"), device=self.device_))
         self.register_buffer("targets", torch.zeros(len(self.ranks), e, num_classes, device=self.device_))
         self.register_buffer("transfer_idx", torch.zeros(e, dtype=torch.int64, device=self.device_))
         self.register_buffer("have_targets", torch.tensor(False, device=self.device_))
         self.events: list[dict[str, Any]] = []
+
+    # -- what an agent is (overridden by MortalCommunityLearner) ----------------------------------
+    def _build_agent(self, rank: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """A digital ReLU MLP and its optimizer; identical initial weights for every agent in digital mode."""
+        g = torch.Generator(device=self.device_)
+        g.manual_seed(self.seed * 7919 + (0 if self.mode == "digital" else 1 + rank))
+        net = MLP(self.input_dim, tuple(self.cfg.hidden), self.num_classes, generator=g, device=self.device_)
+        opt = make_optimizer(self.cfg.optimizer, [lin.weight for lin in net.linears], [lin.bias for lin in net.linears])
+        return net, opt
+
+    def _forward(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Local agent i's test-time logits (B, C)."""
+        net = self.nets[i]
+        net.eval()
+        return net(x)
+
+    def _agent_update(self, i: int, x: torch.Tensor, y: torch.Tensor,
+                      soft: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradients of CE(x, y) + distill_weight * T^2 KL(soft) into .grad; returns (loss, train error)."""
+        net = self.nets[i]
+        net.train()
+        logits = net(x)  # (B, C)
+        loss = F.cross_entropy(logits, y)
+        if soft is not None:
+            loss = loss + self.cfg.distill_weight * soft_target_loss(net(soft[0]), soft[1], self.cfg.temperature)
+        self.optimizers[i].zero_grad(set_to_none=True)
+        loss.backward()
+        return loss.detach(), (logits.argmax(1) != y).float().mean().detach()
+
+    def _apply_updates(self) -> None:
+        for i, opt in enumerate(self.optimizers):
+            if bool(self.alive[i]):
+                opt.step()
+
+    def _on_death(self, i: int) -> None:
+        """Local agent i has just died."""
 
     @property
     def n_params(self) -> int:
@@ -128,33 +168,26 @@ class CommunityLearner(Learner):
         if s == self.kill_step and self.kill_rank in self.ranks:
             self._die(self.kill_rank, s)
         k, burn = self.cfg.exchange_every, self.cfg.burn_in_steps
-        distilling = self.mode == "codistill"
+        distilling = self.mode in ("codistill", "mortal")
         if distilling and bool(self.exchanging) and s >= burn and (s - burn) % k == 0:
             self._exchange((s - burn) // k, s)
         losses, errors = [], []
-        for i, net in enumerate(self.nets):
+        for i in range(len(self.nets)):
             if not bool(self.alive[i]):
                 continue
-            net.train()
-            logits = net(x[:, i])  # (B, C)
-            loss = F.cross_entropy(logits, y[:, i])
+            soft = None
             if distilling and bool(self.have_targets):
                 c = math.ceil(self.cfg.transfer_batch / k)
                 j = ((s - burn) % k) * c  # this step's chunk of the last exchange's transfer batch
                 idx = self.transfer_idx[j : j + c]
                 if len(idx):
-                    z = net(self.transfer_x[idx])  # (c, C)
-                    loss = loss + self.cfg.distill_weight * soft_target_loss(
-                        z, self.targets[i, j : j + c], self.cfg.temperature)
-            self.optimizers[i].zero_grad(set_to_none=True)
-            loss.backward()
-            losses.append(loss.detach())
-            errors.append((logits.argmax(1) != y[:, i]).float().mean().detach())
+                    soft = (self.transfer_x[idx], self.targets[i, j : j + c])  # (c, D), (c, C)
+            loss, err = self._agent_update(i, x[:, i], y[:, i], soft)
+            losses.append(loss)
+            errors.append(err)
         if self.mode == "digital" and bool(self.exchanging):
             self._average_gradients(s)
-        for i, opt in enumerate(self.optimizers):
-            if bool(self.alive[i]):
-                opt.step()
+        self._apply_updates()
         self.steps += 1
         if not losses:  # every local agent is dead
             zero = torch.zeros((), device=self.device_)
@@ -214,13 +247,14 @@ class CommunityLearner(Learner):
         xt = self.transfer_x[idx]  # (E, D)
         holder: list = []
 
+        cache: dict[int, torch.Tensor] = {}  # a retry after regrouping reuses the measured logits
+
         def make():
             holder[:] = self._group_nets()
-            out = []
-            for _, net in holder:
-                net.eval()
-                out.append(net(xt))  # (E, C)
-            return out
+            for i, _ in holder:
+                if i not in cache:
+                    cache[i] = self._forward(i, xt)  # (E, C)
+            return [cache[i] for i, _ in holder]
 
         gathered = self._collective(step, "all_gather", make)  # per local agent: (N_alive, E, C)
         if gathered is None:
@@ -261,15 +295,14 @@ class CommunityLearner(Learner):
         if self.before_death is not None:
             self.before_death(rank, step)
         self.alive[i] = False
+        self._on_death(i)
         self.group.kill(rank)  # a real process does not return from this
 
     # -- testing -------------------------------------------------------------------------------
     @torch.no_grad()
     def agent_logits(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """Local agent i's logits (B, C)."""
-        net = self.nets[i]
-        net.eval()
-        return self.predict_batches(net, x)
+        return self.predict_batches(lambda xb: self._forward(i, xb), x)
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -280,6 +313,37 @@ class CommunityLearner(Learner):
                 out[f"error_agent{r}"] = (self.agent_logits(i, x).argmax(1) != y).float().mean().item()
         out["error"] = float(np.mean(list(out.values()))) if out else float("nan")
         return out
+
+
+class MortalCommunityLearner(CommunityLearner):
+    """Agents on their own simulated analog devices (one instance each), trained by activity
+    perturbation (`DeviceStudent`); they share only predictions (codistillation), never weights."""
+
+    MODES = ("mortal", "mortal-alone")
+
+    def _build_agent(self, rank: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+        cfg = replace(self.cfg.device, hardware_seed=self.seed * 1000 + rank + 1)  # its own physical instance
+        agent = DeviceStudent(cfg, hidden=tuple(self.cfg.hidden), input_dim=self.input_dim,
+                              num_classes=self.num_classes, seed=self.seed * 7919 + 1 + rank, device=self.device_)
+        return agent, agent.optimizers[0]
+
+    def _forward(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        return self.nets[i].logits(x)  # measured outputs of its device (noisy on mild/harsh)
+
+    def _agent_update(self, i, x, y, soft):
+        m = self.nets[i].train_mixed((x, y), soft, self.cfg.temperature, soft_weight=self.cfg.distill_weight,
+                                     hard_weight=1.0)  # estimate by forward passes, then request the writes
+        return m["loss"], m["train_error"]
+
+    def _apply_updates(self) -> None:  # train_mixed already wrote to the devices
+        pass
+
+    def _on_death(self, i: int) -> None:
+        self.nets[i].hardware.kill("its agent died")
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.nets[0].mirror.parameters())
 
 
 def make_shards(labels: np.ndarray, n_agents: int, scheme: str, pool_size: int, seed: int,
@@ -327,7 +391,7 @@ class CommunityConfig:
         epochs=20, schedule="cosine", progress=False, tensorboard=False))
     """Epochs over each agent's shard (all agents in lockstep), batch size, schedule."""
     modes: tuple[Mode, ...] = ("codistill", "digital", "alone")
-    """Which ways of sharing to run (digital, codistill, alone; mortal on devices)."""
+    """Which ways of sharing to run: digital, codistill, alone (digital nets); mortal, mortal-alone (device agents)."""
     agents: tuple[int, ...] = (2, 4, 8)
     """Community sizes N to run for each mode."""
     shards: Literal["iid", "by-class"] = "iid"
@@ -338,9 +402,10 @@ class CommunityConfig:
     """sim: all agents in this process; spawn: one process per agent (env:// rendezvous); torchrun: launched by torchrun."""
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     """torch.distributed backend; auto = nccl on a GPU, gloo on CPU."""
-    collective_timeout: float = 60.0
-    """Seconds a collective may wait for its peers before it fails (a dead agent never hangs the others)."""
-    run_timeout: float = 3600.0
+    collective_timeout: float = 900.0
+    """Seconds a collective may wait for a stalled peer before it fails (a killed peer is noticed at once,
+    by its closed connection); generous by default because a shared machine may pause processes."""
+    run_timeout: float = 14400.0
     """Seconds one community (one mode and N) may run before its processes are killed."""
     kill_rank: int = -1
     """Fault injection: the agent that dies (its process is killed with SIGKILL); -1 = nobody dies."""
@@ -388,7 +453,7 @@ def train_community(config: CommunityConfig, mode: str, n_agents: int, group: Gr
             records[rank]["final"] = records[rank]["history"][-1]  # what it knew when it died
         emit(rank, records[rank])
 
-    factory = learner_factory or CommunityLearner
+    factory = learner_factory or (MortalCommunityLearner if mode.startswith("mortal") else CommunityLearner)
     learner = factory(config.agent, mode, group, d["transfer_x"], seed, device, kill_rank=config.kill_rank,
                       kill_step=config.kill_step, before_death=before_death)
     n_test = len(d["y_test"])
