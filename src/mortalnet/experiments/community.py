@@ -97,20 +97,28 @@ class Community(Experiment):
     def _plots(self, config: CommunityConfig, ctx: RunContext, communities: list[dict]) -> list[str]:
         d = ctx.run.plots
         names = []
-        curves, flat = {}, {}
+        curves, flat, styles = {}, {}, {}
+        modes = list(dict.fromkeys(c["mode"] for c in communities))
+        sizes = list(dict.fromkeys(c["n_agents"] for c in communities))
         for c in communities:
             label = f"{c['mode']} N={c['n_agents']}"
+            style = {"color": f"C{modes.index(c['mode']) % 10}",
+                     "marker": "os^vD*"[sizes.index(c["n_agents"]) % 6],
+                     "ls": ["-", "--", ":", "-."][sizes.index(c["n_agents"]) % 4]}
+            styles[label] = style
             pts = [(b, e) for b, e in zip(c["curve_bits_sent"], c["curve_test_error"]) if b > 0]
             if pts:
                 curves[label] = tuple(zip(*pts))
             else:
                 flat[label + " (no bits)"] = c["test_error_mean"]
+                styles[label + " (no bits)"] = {"color": style["color"], "ls": style["ls"]}
         names.append(plots.xy_curves(curves, d / "error_vs_bits.png", "bits sent per agent (cumulative)",
-                                     "test error (mean over agents)", "test error vs bits exchanged",
-                                     logx=True, logy=True, hlines=flat))
+                                     "test error (mean over agents)", "test error vs bits exchanged (color: mode, "
+                                     "line: N)", logx=True, logy=True, hlines=flat, styles=styles))
         by_epoch = {f"{c['mode']} N={c['n_agents']}": (c["curve_epoch"], c["curve_test_error"]) for c in communities}
         names.append(plots.xy_curves(by_epoch, d / "error_vs_epoch.png", "epoch", "test error (mean over agents)",
-                                     "test error over training", logy=True))
+                                     "test error over training", logy=True,
+                                     styles={k: {**v, "marker": None} for k, v in styles.items()}))
         dead = [c for c in communities if c.get("survival")]
         if dead:
             surv = {f"{c['mode']} N={c['n_agents']}": (c["survival"]["curve_step"], c["survival"]["curve_error"])

@@ -150,14 +150,20 @@ def soft_target_bars(images: np.ndarray, probs: dict[str, np.ndarray], path: Pat
 
 def xy_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], path: Path, xlabel: str, ylabel: str,
               title: str = "", logx: bool = False, logy: bool = False, hlines: dict[str, float] | None = None,
-              vlines: dict[str, float] | None = None) -> str:
-    """Named curves (x, y) on one axis; optional labelled horizontal/vertical reference lines."""
+              vlines: dict[str, float] | None = None, styles: dict[str, dict[str, Any]] | None = None) -> str:
+    """Named curves (x, y) on one axis; optional labelled horizontal/vertical reference lines.
+
+    `styles` maps a curve's or a horizontal line's name to matplotlib keywords (color, ls, marker).
+    """
     plt = _plt()
+    styles = styles or {}
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for k, (name, (xs, ys)) in enumerate(curves.items()):
-        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=name, color=f"C{k % 10}")
+        kw = {"marker": "o" if len(xs) < 30 else None, "ms": 3, "color": f"C{k % 10}", **styles.get(name, {})}
+        ax.plot(xs, ys, label=name, **kw)
     for k, (name, y) in enumerate((hlines or {}).items()):
-        ax.axhline(y, ls="--", lw=1, color=f"C{(len(curves) + k) % 10}", label=name)
+        kw = {"ls": "--", "lw": 1, "color": f"C{(len(curves) + k) % 10}", **styles.get(name, {})}
+        ax.axhline(y, label=name, **kw)
     for name, x in (vlines or {}).items():
         ax.axvline(x, ls=":", lw=1, color="k", label=name)
     if logx:

@@ -63,10 +63,11 @@ class AgentConfig:
     """k: steps between two exchanges of predictions (codistill, mortal)."""
     transfer_batch: int = 1000
     """E: shared unlabeled transfer inputs per exchange (each agent sends E x classes logits); E/k are distilled per step."""
-    temperature: float = 2.0
+    temperature: float = 1.0
     """T of the soft targets exchanged between agents (same T for sender and receiver)."""
-    distill_weight: float = 1.0
-    """Weight of the T^2-scaled distillation term toward the others' average soft targets."""
+    distill_weight: float = 0.5
+    """Weight of the T^2-scaled distillation term toward the others' average soft targets (T^2 w = 4 made two
+    agents chasing each other's 10-step-old predictions oscillate; see README)."""
     burn_in_steps: int = 100
     """No exchange of predictions before this step (the others' early guesses carry little)."""
     device: DeviceStudentConfig = field(default_factory=lambda: DeviceStudentConfig(
