@@ -205,3 +205,46 @@ def test_community_fast_preset_runs_and_reports(tmp_path):
     assert (tmp_path / "r" / "plots" / "error_vs_bits.png").exists()
     text = get_experiment("community").report_section([s])
     assert "a ratio of" in text and "| digital | 3 |" in text
+
+
+def test_a_terminated_launcher_takes_its_agents_down(tmp_path):
+    """SIGTERM to the launcher (e.g. a job's time limit) must not leave orphaned agent processes."""
+    import signal
+
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {SRC!r})
+        from mortalnet.data.mnist import MnistConfig
+        from mortalnet.training import TrainingConfig
+        from mortalnet.transfer.community import AgentConfig, CommunityConfig
+        from mortalnet.transfer.launch import launch
+        cfg = CommunityConfig(data=MnistConfig(source="synthetic"), agent=AgentConfig(hidden=(8,), burn_in_steps=0,
+                              transfer_batch=20, exchange_every=5), transfer_pool=400,
+                              training=TrainingConfig(epochs=1000, batch_size=50, progress=False, tensorboard=False))
+        launch(cfg, "codistill", 2, 0, {str(tmp_path / "t")!r}, launcher="spawn")
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, OMP_NUM_THREADS="1"))
+    spec = str(tmp_path / "t" / "spec.json")
+    deadline = time.monotonic() + 40
+    while not (tmp_path / "t" / "agent1.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert (tmp_path / "t" / "agent1.json").exists(), "the agents never started"
+    parent.send_signal(signal.SIGTERM)
+    parent.wait(timeout=20)
+    time.sleep(1)
+    left = subprocess.run(["pgrep", "-f", spec], capture_output=True, text=True).stdout.split()
+    assert not left, f"orphaned agent processes: {left}"
+
+
+@needs_mnist
+def test_a_resumed_community_run_skips_finished_communities(tmp_path):
+    from mortalnet.api import run
+
+    overrides = ["modes=alone,digital", "agents=2"]
+    first = run("community", preset="fast", seed=0, out=tmp_path / "r", overrides=overrides, progress=False)
+    (tmp_path / "r" / "summary.json").unlink()
+    (tmp_path / "r" / "agents" / "digital-N2" / "community.json").unlink()
+    kept = (tmp_path / "r" / "agents" / "alone-N2" / "agent0.json").stat().st_mtime_ns
+    again = run("community", resume=tmp_path / "r", progress=False)
+    assert (tmp_path / "r" / "agents" / "alone-N2" / "agent0.json").stat().st_mtime_ns == kept
+    assert again["communities"] == first["communities"]

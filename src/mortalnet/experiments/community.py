@@ -8,6 +8,9 @@ gives test error vs bits exchanged, and the bits per exchange: P weights (digita
 C classes (codistillation). With fault injection (`kill_rank`, `kill_step`) one agent's process is
 killed mid-run: the survivors regroup and finish, and with class-wise shards we measure how much of
 what only the dead agent knew (its classes) survives in the others.
+
+A run is resumable community by community: each finished (mode, N) leaves `community.json` in its
+directory, and `mortalnet run --resume DIR` runs only the ones that are missing.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from mortalnet.data.mnist import MnistConfig
 from mortalnet.experiments import register_experiment
 from mortalnet.experiments.base import Experiment, RunContext
 from mortalnet.report import plots
-from mortalnet.runs import atomic_write_json
+from mortalnet.runs import atomic_write_json, read_json
 from mortalnet.training import TrainingConfig
 from mortalnet.transfer.community import AgentConfig, CommunityConfig
 from mortalnet.transfer.distill import FLOAT_BITS
@@ -67,6 +70,9 @@ class Community(Experiment):
         for n in config.agents:
             for mode in config.modes:
                 out = root / f"{mode}-N{n}"
+                if (out / "community.json").exists():  # finished before this run was resumed
+                    communities.append(read_json(out / "community.json"))
+                    continue
                 if config.launcher == "sim":
                     records = simulate(config, mode, n, ctx.seed, ctx.device)
                     for rec in records:
@@ -74,6 +80,7 @@ class Community(Experiment):
                 else:
                     records = launch(config, mode, n, ctx.seed, out, ctx.device)
                 communities.append(summarize(config, mode, n, records))
+                atomic_write_json(out / "community.json", communities[-1])
                 if ctx.progress:
                     c = communities[-1]
                     print(f"community {mode:9s} N={n}: test error {c['test_error_mean']:.2%}  "

@@ -98,6 +98,11 @@ def launch(config: CommunityConfig, mode: str, n_agents: int, seed: int, out_dir
     deadline = time.monotonic() + config.run_timeout
     timed_out = False
     generation, gone = 0, set()
+
+    def on_term(signum, frame):  # the launcher is being stopped: take the agents down with it
+        raise SystemExit(f"launcher terminated by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, on_term)
     try:
         while any(p.poll() is None for p in procs):
             if store is not None:
@@ -115,6 +120,7 @@ def launch(config: CommunityConfig, mode: str, n_agents: int, seed: int, out_dir
                 break
             time.sleep(0.2)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         for p in procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
