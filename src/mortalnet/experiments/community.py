@@ -16,6 +16,7 @@ directory, and `mortalnet run --resume DIR` runs only the ones that are missing.
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from mortalnet.training import TrainingConfig
 from mortalnet.transfer.community import AgentConfig, CommunityConfig
 from mortalnet.transfer.distill import FLOAT_BITS
 from mortalnet.transfer.launch import launch, simulate
+from mortalnet.transfer.stages import SessionClock
 
 
 ALL_MODES = ("codistill", "digital", "alone", "mortal", "mortal-alone")
@@ -67,12 +69,15 @@ class Community(Experiment):
     def run(self, config: CommunityConfig, ctx: RunContext) -> dict[str, Any]:
         root = ctx.run.path / "agents" if ctx.run is not None else Path(tempfile.mkdtemp(prefix="community-"))
         communities = []
+        clock = SessionClock()  # wall time across the sessions of a resumed run
         for n in config.agents:
             for mode in config.modes:
                 out = root / f"{mode}-N{n}"
                 if (out / "community.json").exists():  # finished before this run was resumed
                     communities.append(read_json(out / "community.json"))
+                    clock.add_earlier(communities[-1].get("wall_seconds", 0.0))
                     continue
+                t_start = time.perf_counter()
                 if config.launcher == "sim":
                     records = simulate(config, mode, n, ctx.seed, ctx.device)
                     for rec in records:
@@ -80,6 +85,7 @@ class Community(Experiment):
                 else:
                     records = launch(config, mode, n, ctx.seed, out, ctx.device)
                 communities.append(summarize(config, mode, n, records))
+                communities[-1]["wall_seconds"] = time.perf_counter() - t_start
                 atomic_write_json(out / "community.json", communities[-1])
                 if ctx.progress:
                     c = communities[-1]
@@ -95,6 +101,7 @@ class Community(Experiment):
             "n_params_per_agent": communities[0]["n_params"],
             "transfer_batch": config.agent.transfer_batch,
             "exchange_every": config.agent.exchange_every,
+            "wall_seconds": clock.total(),  # all sessions of the run (finished communities are kept)
         }
         for c in communities:
             out[f"test/{c['mode']}_N{c['n_agents']}"] = c["test_error_mean"]

@@ -29,7 +29,7 @@ from mortalnet.experiments.base import Experiment, Reference, RunContext
 from mortalnet.optim import OptimizerConfig
 from mortalnet.report import plots
 from mortalnet.transfer.distill import DistillLossConfig, Teacher, TransferTargets, soft_targets
-from mortalnet.transfer.stages import fit_stage
+from mortalnet.transfer.stages import SessionClock, fit_stage
 from mortalnet.transfer.student import DistillConfig, DistillLearner
 from mortalnet.training import TrainingConfig
 
@@ -125,6 +125,7 @@ class DistillMnist(Experiment):
     references = {"paper": Reference(0.0074, "Hinton, Vinyals & Dean 2015, sec. 3: 784-800-800 student with soft targets at T=20, 74 errors")}
 
     def run(self, config: DistillMnistConfig, ctx: RunContext) -> dict[str, Any]:
+        clock = SessionClock()  # wall time across the sessions of a resumed run
         dev = ctx.device
         split = load_mnist(replace(config.data, train_on="train"))
         train50, valid, test = split.train, split.valid, split.test
@@ -141,7 +142,7 @@ class DistillMnist(Experiment):
         teacher = DistillLearner(config.teacher, config.teacher_hidden, 784, 10, seed=ctx.seed, device=dev)
         histories["teacher"], seconds["teacher"] = fit_stage(
             ctx, "teacher", teacher, (x_full, y_full), None, config.teacher_training, ctx.seed,
-            transform=(lambda x, g: jitter(x, g, config.jitter)) if config.jitter else None)
+            transform=(lambda x, g: jitter(x, g, config.jitter)) if config.jitter else None, clock=clock)
         t_logits_test = teacher.logits(x_test)
         out["teacher_errors"] = _errors(t_logits_test, y_test)
 
@@ -153,20 +154,22 @@ class DistillMnist(Experiment):
         # 2. student alone (hard labels only)
         alone = DistillLearner(config.student, config.student_hidden, 784, 10, seed=student_seed, device=dev)
         histories["student_hard"], seconds["student_hard"] = fit_stage(
-            ctx, "student_hard", alone, (x_full, y_full), None, config.student_training, student_seed)
+            ctx, "student_hard", alone, (x_full, y_full), None, config.student_training, student_seed,
+            clock=clock)
         out["student_hard_errors"] = _errors(alone.logits(x_test), y_test)
 
         # 3. the same student with soft targets at temperature T
         soft = DistillLearner(config.student, config.student_hidden, 784, 10, seed=student_seed, device=dev)
         histories["student_soft"], seconds["student_soft"] = fit_stage(
-            ctx, "student_soft", soft, (x_full, full_targets), None, config.student_training, student_seed)
+            ctx, "student_soft", soft, (x_full, full_targets), None, config.student_training, student_seed,
+            clock=clock)
         out["student_soft_errors"] = _errors(soft.logits(x_test), y_test)
 
         # 4. omitted class: transfer set = 50k training part without that class; bias chosen on validation
         if config.omitted_class >= 0:
             answers = full_targets.teacher_logits[: len(train50)]  # `full` starts with the 50k part
             out.update(self._omitted(config, ctx, teacher, answers, train50, valid, x_test, y_test, student_seed,
-                                     histories, seconds))
+                                     histories, seconds, clock))
         out["teacher_queries"] = oracle.queries
         out["teacher_bits"] = oracle.bits
         out["temperature"] = config.student.loss.temperature
@@ -181,9 +184,10 @@ class DistillMnist(Experiment):
             out["test/omitted_bias_valid"] = out["omit3_bias_valid_errors"] / n
         out["primary_metric"] = "student_soft"
         out["plots"] = self._plots(config, ctx, teacher, full, histories) if ctx.run is not None else []
+        out["wall_seconds"] = clock.total()  # all sessions of the run (the stages resume)
         return out
 
-    def _omitted(self, config, ctx, teacher, answers, train50, valid, x_test, y_test, seed, histories, seconds):
+    def _omitted(self, config, ctx, teacher, answers, train50, valid, x_test, y_test, seed, histories, seconds, clock):
         dev, cls = ctx.device, config.omitted_class
         keep = train50.labels != cls
         transfer = Split(train50.images[keep], train50.labels[keep])
@@ -192,7 +196,7 @@ class DistillMnist(Experiment):
         student = DistillLearner(config.student, config.student_hidden, 784, 10, seed=seed, device=dev)
         histories["omit3"], seconds["omit3"] = fit_stage(
             ctx, "student_omitted", student, (x_tr, TransferTargets(y_tr, t_tr)), None,
-            config.student_training, seed)
+            config.student_training, seed, clock=clock)
         x_val, y_val = valid.tensors(dev)
         z_val, z_test = student.logits(x_val), student.logits(x_test)
         grid = np.round(np.arange(0.0, config.bias_max + 1e-9, config.bias_step), 6)

@@ -34,7 +34,7 @@ from mortalnet.report import plots
 from mortalnet.training import TrainingConfig
 from mortalnet.transfer.device_student import DeviceStudent, DeviceStudentConfig
 from mortalnet.transfer.distill import FLOAT_BITS, DistillLossConfig, Teacher, TransferTargets
-from mortalnet.transfer.stages import fit_stage
+from mortalnet.transfer.stages import SessionClock, fit_stage
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,7 @@ class MortalTransfer(Experiment):
         return DeviceStudent(cfg, hidden=config.hidden, input_dim=784, num_classes=10, seed=seed, device=ctx.device)
 
     def run(self, config: MortalTransferConfig, ctx: RunContext) -> dict[str, Any]:
+        clock = SessionClock()  # wall time across the sessions of a resumed run
         data = load_mnist(config.data)
         train, valid, test = data.train.tensors(ctx.device), data.valid.tensors(ctx.device), data.test.tensors(ctx.device)
         valid = valid if len(valid[1]) else None
@@ -110,7 +111,8 @@ class MortalTransfer(Experiment):
 
         # 1. the teacher on device A
         teacher = self._learner(config, config.device_a, ctx.seed, ctx)
-        curves["teacher (A)"], _ = fit_stage(ctx, "teacher", teacher, train, valid, config.teacher_training, ctx.seed)
+        curves["teacher (A)"], _ = fit_stage(ctx, "teacher", teacher, train, valid, config.teacher_training, ctx.seed,
+                                             clock=clock)
         t_test = teacher.logits(test[0])
         out["teacher_error"] = _err(t_test, test[1])
         out["teacher_energy"] = teacher.energy()
@@ -144,7 +146,7 @@ class MortalTransfer(Experiment):
             s = self._learner(config, config.device_b, ctx.seed + 1, ctx, temperature=t)
             name = f"distill T={t:g}"
             curves[name], _ = fit_stage(ctx, f"distill_T{t:g}", s, (x_tr, TransferTargets.unlabeled(answers)),
-                                        valid, config.student_training, ctx.seed + 1)
+                                        valid, config.student_training, ctx.seed + 1, clock=clock)
             z = s.logits(test[0])
             distilled.append({"temperature": t, "test_error": _err(z, test[1]),
                               "agreement_with_teacher": float((z.argmax(1) == t_test.argmax(1)).float().mean()),
@@ -156,7 +158,7 @@ class MortalTransfer(Experiment):
         # 3c. B from scratch on the labeled transfer set, same budget
         scratch = self._learner(config, config.device_b, ctx.seed + 1, ctx)
         curves["scratch (labels)"], _ = fit_stage(ctx, "scratch", scratch, (x_tr, y_tr), valid,
-                                                  config.student_training, ctx.seed + 1)
+                                                  config.student_training, ctx.seed + 1, clock=clock)
         z = scratch.logits(test[0])
         out["scratch_error"] = _err(z, test[1])
         out["scratch_agreement_with_teacher"] = float((z.argmax(1) == t_test.argmax(1)).float().mean())
@@ -171,6 +173,7 @@ class MortalTransfer(Experiment):
             out[f"test/distill_T{d['temperature']:g}"] = d["test_error"]
         out["test/scratch"] = out["scratch_error"]
         out["plots"] = []
+        out["wall_seconds"] = clock.total()  # all sessions of the run (the stages resume)
         if ctx.run is not None:
             hist = {k: ([r["epoch"] for r in v if "valid/error" in r], [r["valid/error"] for r in v if "valid/error" in r])
                     for k, v in curves.items()}
