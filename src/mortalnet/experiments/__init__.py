@@ -15,6 +15,9 @@ EXPERIMENTS: Registry[type] = Registry(
         "mortalnet.experiments.perturbation_variance",
         "mortalnet.experiments.perturbation_mnist",
         "mortalnet.experiments.small_lr_equivalence",
+        "mortalnet.experiments.distill_mnist",
+        "mortalnet.experiments.community",
+        "mortalnet.experiments.mortal_transfer",
     ),
 )
 register_experiment = EXPERIMENTS.register

@@ -159,6 +159,67 @@ def curves(x: Sequence[float], series: dict[str, Sequence[float]], path: Path, t
     return _save(fig, path)
 
 
+def soft_target_bars(images: np.ndarray, probs: dict[str, np.ndarray], path: Path, titles: Sequence[str] = (),
+                     title: str = "", log_scale: Sequence[bool] = ()) -> str:
+    """One column per image (N, 784): the image, then one row of class-probability bars per named
+    distribution in `probs` (name -> (N, C)); `log_scale[j]` puts row j on a log axis."""
+    plt = _plt()
+    n, names = len(images), list(probs)
+    fig, axes = plt.subplots(1 + len(names), n, figsize=(2.1 * n, 1.9 * (1 + len(names))), squeeze=False)
+    for k in range(n):
+        ax = axes[0, k]
+        ax.imshow(np.asarray(images[k]).reshape(28, 28), cmap="gray", interpolation="nearest")
+        ax.axis("off")
+        if k < len(titles):
+            ax.set_title(titles[k], fontsize=8)
+        for j, name in enumerate(names):
+            ax = axes[1 + j, k]
+            p = np.asarray(probs[name][k])
+            log = j < len(log_scale) and log_scale[j]
+            ax.bar(np.arange(len(p)), np.maximum(p, 1e-12) if log else p, 0.8, color=f"C{j}")
+            if log:
+                ax.set_yscale("log")
+                ax.set_ylim(1e-10, 2)
+            ax.set_xticks(range(len(p)))
+            ax.tick_params(labelsize=6)
+            if k == 0:
+                ax.set_ylabel(name + (" (log)" if log else ""), fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def xy_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], path: Path, xlabel: str, ylabel: str,
+              title: str = "", logx: bool = False, logy: bool = False, hlines: dict[str, float] | None = None,
+              vlines: dict[str, float] | None = None, styles: dict[str, dict[str, Any]] | None = None) -> str:
+    """Named curves (x, y) on one axis; optional labelled horizontal/vertical reference lines.
+
+    `styles` maps a curve's or a horizontal line's name to matplotlib keywords (color, ls, marker).
+    """
+    plt = _plt()
+    styles = styles or {}
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for k, (name, (xs, ys)) in enumerate(curves.items()):
+        kw = {"marker": "o" if len(xs) < 30 else None, "ms": 3, "color": f"C{k % 10}", **styles.get(name, {})}
+        ax.plot(xs, ys, label=name, **kw)
+    for k, (name, y) in enumerate((hlines or {}).items()):
+        kw = {"ls": "--", "lw": 1, "color": f"C{(len(curves) + k) % 10}", **styles.get(name, {})}
+        ax.axhline(y, label=name, **kw)
+    for name, x in (vlines or {}).items():
+        ax.axvline(x, ls=":", lw=1, color="k", label=name)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
 def series_panels(panels: Sequence[dict[str, Any]], path: Path, title: str = "") -> str:
     """Side-by-side panels of labelled series: a generic figure for sweeps.
 

@@ -19,6 +19,8 @@ RULES: Registry[type] = Registry(
         "mortalnet.rules.weight_perturbation",
         "mortalnet.rules.activity_perturbation",
         "mortalnet.rules.local_losses",
+        "mortalnet.transfer.student",
+        "mortalnet.transfer.device_student",
     ),
 )
 register_rule = RULES.register
