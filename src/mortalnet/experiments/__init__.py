@@ -9,6 +9,7 @@ EXPERIMENTS: Registry[type] = Registry(
     modules=(
         "mortalnet.experiments.ff_supervised",
         "mortalnet.experiments.backprop_mlp",
+        "mortalnet.experiments.ff_jitter",
     ),
 )
 register_experiment = EXPERIMENTS.register

@@ -15,6 +15,10 @@ section 3.3), or uniformly among wrong labels.
 
 Two test procedures (section 3.3): the label whose input gives the largest goodness summed over
 hidden layers `goodness_from`..L, or one neutral-label pass into the linear softmax.
+
+The paper's open variants (section 2) are options: `goodness="neg-sum-squares"` makes positive data
+have *low* sum of squares, p = sigmoid((theta - G) / temp) (the paper reports this works slightly
+better), and `activation` picks the nonlinearity (`nets.ff.ACTIVATIONS`). The defaults are ffnew.m's.
 """
 
 from __future__ import annotations
@@ -26,7 +30,16 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from mortalnet.nets.ff import FFNet, embed_label, neutral_label, normalize_rows, one_hot
+from mortalnet.nets.ff import (
+    Activation,
+    FFNet,
+    activate,
+    activation_slope,
+    embed_label,
+    neutral_label,
+    normalize_rows,
+    one_hot,
+)
 from mortalnet.optim import OptimizerConfig, make_optimizer
 from mortalnet.rules import register_rule
 from mortalnet.rules.base import Learner
@@ -62,11 +75,25 @@ class FFConfig:
     """First hidden layer (0-based) whose goodness counts in the per-label test (ffnew.m minlevelenergy=3 -> 1)."""
     fast: bool = True
     """Use the fused fast path (shared image part of layer 1, pos+neg in one matmul); False = straightforward."""
+    goodness: Literal["sum-squares", "neg-sum-squares"] = "sum-squares"
+    """sum-squares: positive data has G > theta (ffnew.m); neg-sum-squares: positive data has G < theta (paper sec. 2)."""
+    activation: Activation = "relu"
+    """Hidden nonlinearity: relu (paper) | leaky-relu | softplus."""
 
 
-def ff_probs(states: torch.Tensor, theta: float, temp: float) -> torch.Tensor:
-    """p(positive) = sigmoid((G - theta) / temp) for states (N, H) -> (N,)."""
-    return torch.sigmoid((states.square().sum(dim=1) - theta) / temp)
+def goodness_sign(goodness: str) -> float:
+    """+1 for sum-squares, -1 for neg-sum-squares: the sign that turns sum of squares into goodness."""
+    if goodness == "sum-squares":
+        return 1.0
+    if goodness == "neg-sum-squares":
+        return -1.0
+    raise ValueError(f"unknown goodness {goodness!r}; valid: sum-squares, neg-sum-squares")
+
+
+def ff_probs(states: torch.Tensor, theta: float, temp: float, sign: float = 1.0) -> torch.Tensor:
+    """p(positive) = sigmoid(sign * (G - theta) / temp) for states (N, H) -> (N,); G = sum of squares."""
+    logit = (states.square().sum(dim=1) - theta) / temp
+    return torch.sigmoid(logit if sign == 1.0 else sign * logit)
 
 
 def ff_layer_signal(
@@ -77,6 +104,8 @@ def ff_layer_signal(
     mean_states: torch.Tensor | None = None,
     peer_norm: float = 0.0,
     peer_decay: float = 0.9,
+    sign: float = 1.0,
+    activation: str = "relu",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ffnew.m's dC/d(total input) for one layer, from its measured states alone.
 
@@ -87,15 +116,20 @@ def ff_layer_signal(
         mean_states: (H,) running mean activity, updated in place (peer normalization).
         peer_norm: strength of the pull of each unit's mean toward the layer's mean (0 = off).
         peer_decay: smoothing of the running means.
+        sign: +1 (goodness = sum of squares) or -1 (goodness = minus sum of squares).
+        activation: the layer's nonlinearity; its slope f'(z) multiplies the signal (1 for ReLU).
 
     Returns:
         signal (2B, H) = (1 - p) * s on positive rows (+ peer term, not gated by s > 0),
         -p * s on negative rows (the ascent direction, temp/2 times d log-likelihood / d input);
         p_pos (B,), p_neg (B,).
     """
-    p = ff_probs(states, theta, temp)  # (2B,)
+    p = ff_probs(states, theta, temp, sign)  # (2B,)
     p_pos, p_neg = p[:batch], p[batch:]
-    signal = torch.cat([1.0 - p_pos, -p_neg])[:, None] * states  # (2B, H)
+    coef = torch.cat([1.0 - p_pos, -p_neg])
+    signal = (coef if sign == 1.0 else sign * coef)[:, None] * states  # (2B, H)
+    if activation != "relu":
+        signal = signal * activation_slope(states, activation)
     if peer_norm and mean_states is not None:
         mean_states.mul_(peer_decay).add_(states[:batch].mean(0), alpha=1.0 - peer_decay)
         signal[:batch] += peer_norm * (mean_states.mean() - mean_states)  # revives dead units
@@ -132,7 +166,9 @@ class FFLearner(Learner):
             raise ValueError(f"goodness_from={config.goodness_from} but the net has {len(hidden)} hidden layers")
         self.cfg = config
         self.num_classes = num_classes
-        self.net = FFNet(input_dim, tuple(hidden), num_classes, config.readout_from, self.generator, self.device_)
+        self.net = FFNet(input_dim, tuple(hidden), num_classes, config.readout_from, self.generator, self.device_,
+                         activation=config.activation)
+        self._sign = goodness_sign(config.goodness)
         layers = self.net.layers
         self.optimizers = [
             make_optimizer(config.optimizer, [l.weight for l in layers], [l.bias for l in layers]),
@@ -191,7 +227,7 @@ class FFLearner(Learner):
         cfg = self.cfg
         signal, p_pos, p_neg = ff_layer_signal(
             states, batch, self._theta(states.shape[1]), cfg.temperature,
-            self.net.mean_states(i), cfg.peer_norm, cfg.peer_decay,
+            self.net.mean_states(i), cfg.peer_norm, cfg.peer_decay, self._sign, cfg.activation,
         )
         eps = 1e-7
         metrics[f"ff_loss/layer{i + 1}"] = -(torch.log(p_pos + eps).mean() + torch.log(1 - p_neg + eps).mean())
@@ -219,7 +255,7 @@ class FFLearner(Learner):
         # --- neutral pass -> readout update and hard negative labels ---------------------------
         r_neu = inv_rms(C * (s / C) ** 2)[:, None]  # (B, 1)
         z = (shared + (s / C) * W1[:C].sum(0)) * r_neu + b1
-        h = normalize_rows(torch.relu(z))
+        h = normalize_rows(activate(z, cfg.activation))
         normed = [h]
         for layer in net.layers[1:]:
             h = normalize_rows(layer(h))
@@ -231,7 +267,7 @@ class FFLearner(Learner):
         # --- positive and negative passes, fused: rows [0, B) positive, [B, 2B) negative -------
         r = inv_rms(s * s)[:, None]  # same for every one-hot label
         z = torch.cat([shared + s * W1[y], shared + s * W1[y_neg]]) * r.repeat(2, 1) + b1  # (2B, H1)
-        states = torch.relu(z)
+        states = activate(z, cfg.activation)
         signal = self._layer_signal(0, states, B, metrics)  # (2B, H1)
         scaled = signal * r.repeat(2, 1)  # d/dW of (x * r) W: the input row is x * r
         gw1 = img.T @ (scaled[:B] + scaled[B:])  # (D, H1): image rows are the same for pos and neg
@@ -303,14 +339,14 @@ class FFLearner(Learner):
         img[:, :C] = 0.0
         r = 1.0 / (((img.square().sum(1) + s * s) / D).sqrt() + 1e-12)  # (B,)
         z = ((img @ W1)[:, None, :] + s * W1[:C][None]) * r[:, None, None] + b1  # (B, C, H1)
-        states = torch.relu(z).reshape(B * C, -1)  # row b*C + k: image b with label k
+        states = activate(z, self.cfg.activation).reshape(B * C, -1)  # row b*C + k: image b with label k
         scores = torch.zeros(B * C, device=images.device)
         for i, layer in enumerate(net.layers):
             if i > 0:
                 states = layer(normalize_rows(states))
             if i >= self.cfg.goodness_from:
                 scores += states.square().sum(1)
-        return scores.reshape(B, C)
+        return scores.reshape(B, C) * self._sign  # neg-sum-squares: the label with the least activity
 
     @torch.no_grad()
     def goodness_scores_reference(self, images: torch.Tensor) -> torch.Tensor:
@@ -319,8 +355,9 @@ class FFLearner(Learner):
         cols = []
         for k in range(self.num_classes):
             labels = torch.full((B,), k, dtype=torch.long, device=images.device)
-            states = self.net.forward_states(embed_label(images, one_hot(labels, self.cfg.label_strength)))
-            cols.append(sum(st.square().sum(1) for st in states[self.cfg.goodness_from :]))
+            x = embed_label(images, one_hot(labels, self.cfg.label_strength, self.num_classes))
+            states = self.net.forward_states(x)
+            cols.append(self._sign * sum(st.square().sum(1) for st in states[self.cfg.goodness_from :]))
         return torch.stack(cols, dim=1)
 
     @torch.no_grad()
