@@ -10,6 +10,8 @@ EXPERIMENTS: Registry[type] = Registry(
         "mortalnet.experiments.ff_supervised",
         "mortalnet.experiments.backprop_mlp",
         "mortalnet.experiments.ff_jitter",
+        "mortalnet.experiments.ff_unsupervised",
+        "mortalnet.experiments.ff_recurrent",
     ),
 )
 register_experiment = EXPERIMENTS.register

@@ -15,6 +15,9 @@ RULES: Registry[type] = Registry(
     modules=(
         "mortalnet.rules.forward_forward",
         "mortalnet.rules.backprop",
+        "mortalnet.rules.ff_layerwise",
+        "mortalnet.rules.ff_unsupervised",
+        "mortalnet.rules.ff_recurrent",
     ),
 )
 register_rule = RULES.register
