@@ -12,6 +12,9 @@ EXPERIMENTS: Registry[type] = Registry(
         "mortalnet.experiments.ff_jitter",
         "mortalnet.experiments.ff_unsupervised",
         "mortalnet.experiments.ff_recurrent",
+        "mortalnet.experiments.ff_sequence",
+        "mortalnet.experiments.blackbox",
+        "mortalnet.experiments.ff_cifar10",
     ),
 )
 register_experiment = EXPERIMENTS.register
