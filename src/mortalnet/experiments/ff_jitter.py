@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from mortalnet.data.augment import jitter
 from mortalnet.data.mnist import MnistConfig
 from mortalnet.experiments import register_experiment
+from mortalnet.experiments.curves import LearningCurveMixin
 from mortalnet.experiments.base import Reference
 from mortalnet.experiments.ff_supervised import FFSupervised
 from mortalnet.optim import OptimizerConfig
@@ -57,7 +58,7 @@ def _paper() -> FFJitterConfig:
 
 
 @register_experiment("ff-jitter")
-class FFJitter(FFSupervised):
+class FFJitter(LearningCurveMixin, FFSupervised):
     name = "ff-jitter"
     description = "supervised FF on MNIST jittered by +-2 px (25 shifts) through the loop's transform hook"
     Config = FFJitterConfig

@@ -21,6 +21,7 @@ import torch
 
 from mortalnet.data.mnist import MnistConfig, MnistData
 from mortalnet.experiments import register_experiment
+from mortalnet.experiments.curves import LearningCurveMixin
 from mortalnet.experiments.base import Reference, RunContext, SupervisedExperiment
 from mortalnet.optim import OptimizerConfig
 from mortalnet.report import plots
@@ -57,7 +58,7 @@ def _paper() -> FFRecurrentExpConfig:
 
 
 @register_experiment("ff-recurrent")
-class FFRecurrent(SupervisedExperiment):
+class FFRecurrent(LearningCurveMixin, SupervisedExperiment):
     name = "ff-recurrent"
     description = "recurrent FF: image as a video, damped synchronous iterations, label on top, goodness over steps 3-5"
     Config = FFRecurrentExpConfig

@@ -22,6 +22,7 @@ import torch
 from mortalnet.data.mnist import MnistConfig, MnistData
 from mortalnet.data.negatives import hybrid_masks
 from mortalnet.experiments import register_experiment
+from mortalnet.experiments.curves import LearningCurveMixin
 from mortalnet.experiments.base import Reference, RunContext, SupervisedExperiment
 from mortalnet.nets.ff import goodness
 from mortalnet.nets.local import LocallyConnected2d
@@ -79,7 +80,7 @@ def _local_paper() -> FFUnsupervisedExpConfig:
 
 
 @register_experiment("ff-unsupervised")
-class FFUnsupervised(SupervisedExperiment):
+class FFUnsupervised(LearningCurveMixin, SupervisedExperiment):
     name = "ff-unsupervised"
     description = "unsupervised FF (real vs hybrid images, no labels), then a linear softmax on the last 3 layers"
     Config = FFUnsupervisedExpConfig
