@@ -15,6 +15,7 @@ Writes results/benchmarks/locally_connected-<device>.json (schema of ff_throughp
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def main() -> None:
     ap.add_argument("--out", default="results/benchmarks")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()[0]
     c, H, W = (int(v) for v in args.shape.split(","))
     rows = 2 * args.batch
     g = torch.Generator().manual_seed(0)
@@ -104,6 +106,8 @@ def main() -> None:
         "env": env,
         "git_commit": git_commit(),
         "rows": results,
+        "notes": [f"load average {load_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the end on "
+                  f"{os.cpu_count()} CPUs: on a busy machine every timing is inflated, not always equally"],
         "ratios": {
             "best_tile": f"{best[0]}x{best[1]}",
             "default_tile_time_over_best": step_time[auto] / step_time[best],
