@@ -140,3 +140,20 @@ def test_black_box_between_layers_has_no_gradient_path_and_ff_still_learns(tiny_
     assert calls  # the box was in the forward pass
     err = learner.evaluate(*tiny_data.valid.tensors())
     assert err["error_goodness"] < 0.25 and err["error_softmax"] < 0.05, err
+
+
+def test_locally_connected_learner_checkpoints_round_trip():
+    """state_tensors holds parameters, optimizer state and the generator; the fixed masks and
+    gather indices are rebuilt from the shape, not stored."""
+    cfg = local_cfg(FFUnsupervisedConfig)
+    a = FFUnsupervisedLearner(cfg, (2, 2), seed=0)
+    x, y = images(20), torch.arange(20) % 10
+    a.train_batch(x, y)
+    saved = {k: v.clone() for k, v in a.state_tensors().items()}
+    assert not any("mask" in k or "index" in k for k in saved)
+    b = FFUnsupervisedLearner(cfg, (2, 2), seed=5)
+    b.load_state_tensors(saved)
+    a.train_batch(x, y)
+    b.train_batch(x, y)
+    for (k, va), vb in zip(a.state_tensors().items(), b.state_tensors().values()):
+        assert torch.equal(va, vb), k
