@@ -18,6 +18,12 @@ EXPERIMENTS: Registry[type] = Registry(
         "mortalnet.experiments.distill_mnist",
         "mortalnet.experiments.community",
         "mortalnet.experiments.mortal_transfer",
+        "mortalnet.experiments.ff_jitter",
+        "mortalnet.experiments.ff_unsupervised",
+        "mortalnet.experiments.ff_recurrent",
+        "mortalnet.experiments.ff_sequence",
+        "mortalnet.experiments.blackbox",
+        "mortalnet.experiments.ff_cifar10",
     ),
 )
 register_experiment = EXPERIMENTS.register

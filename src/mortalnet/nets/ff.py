@@ -6,9 +6,15 @@ Conventions, as in the released MATLAB code:
   * every layer's input is normalized to mean square 1 per unit (`ffnormrows.m`), so a layer
     sees only the *direction* of the activity below, not its goodness (section 2.1);
   * weights are stored (fan_in, fan_out) and initialized N(0, 1/fan_in); biases start at 0.
+
+The activation is ReLU as in the paper; `ACTIVATIONS` lists the other choices (the paper leaves it
+open, section 2). Each is one whose slope can be read off its output, so a layer's FF update still
+needs only its measured states: dG/dz = 2 s f'(z) with f'(z) = `activation_slope(s)`.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +22,32 @@ from torch import nn
 
 NUM_LABEL_PIXELS = 10
 NORM_EPS = 1e-12  # ffnormrows.m adds exp(-100); any tiny constant that avoids 0/0 will do
+LEAKY_SLOPE = 0.01
+
+Activation = Literal["relu", "leaky-relu", "softplus"]
+ACTIVATIONS: tuple[str, ...] = ("relu", "leaky-relu", "softplus")
+
+
+def activate(z: torch.Tensor, name: str = "relu") -> torch.Tensor:
+    """The layer nonlinearity applied to total inputs z (any shape)."""
+    if name == "relu":
+        return torch.relu(z)
+    if name == "leaky-relu":
+        return F.leaky_relu(z, LEAKY_SLOPE)
+    if name == "softplus":
+        return F.softplus(z)
+    raise ValueError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
+
+
+def activation_slope(states: torch.Tensor, name: str = "relu") -> torch.Tensor | float:
+    """f'(z) written as a function of the output s = f(z) (1.0 for ReLU, where s f' = s)."""
+    if name == "relu":
+        return 1.0
+    if name == "leaky-relu":
+        return torch.where(states > 0, 1.0, LEAKY_SLOPE)
+    if name == "softplus":
+        return -torch.expm1(-states)  # sigmoid(z) = 1 - exp(-softplus(z))
+    raise ValueError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
 
 
 def normalize_rows(x: torch.Tensor) -> torch.Tensor:
@@ -24,9 +56,9 @@ def normalize_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def embed_label(images: torch.Tensor, label_pixels: torch.Tensor) -> torch.Tensor:
-    """Replace the first 10 pixels of images (B, 784) by label_pixels (B, 10)."""
+    """Replace the first C pixels of images (B, D) by label_pixels (B, C) (C = 10 for MNIST)."""
     x = images.clone()
-    x[:, :NUM_LABEL_PIXELS] = label_pixels
+    x[:, : label_pixels.shape[1]] = label_pixels
     return x
 
 
@@ -51,8 +83,10 @@ class FFDense(nn.Module):
     forward: (B, fan_in) normalized activities -> (B, fan_out) ReLU states.
     """
 
-    def __init__(self, fan_in: int, fan_out: int, generator: torch.Generator | None = None, device=None):
+    def __init__(self, fan_in: int, fan_out: int, generator: torch.Generator | None = None, device=None,
+                 activation: Activation = "relu"):
         super().__init__()
+        self.activation = activation
         w = torch.randn(fan_in, fan_out, generator=generator, device=device) / fan_in**0.5
         self.weight = nn.Parameter(w, requires_grad=False)  # (fan_in, fan_out)
         self.bias = nn.Parameter(torch.zeros(fan_out, device=device), requires_grad=False)
@@ -70,7 +104,8 @@ class FFDense(nn.Module):
         return torch.addmm(self.bias, h, self.weight)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.total_input(h))
+        z = self.total_input(h)
+        return torch.relu(z) if self.activation == "relu" else activate(z, self.activation)
 
 
 class FFNet(nn.Module):
@@ -89,6 +124,7 @@ class FFNet(nn.Module):
         readout_from: int = 1,
         generator: torch.Generator | None = None,
         device=None,
+        activation: Activation = "relu",
     ):
         super().__init__()
         if not hidden:
@@ -97,7 +133,7 @@ class FFNet(nn.Module):
             raise ValueError(f"readout_from={readout_from} must index a hidden layer (0..{len(hidden) - 1})")
         dims = (input_dim, *hidden)
         self.layers = nn.ModuleList(
-            FFDense(a, b, generator=generator, device=device) for a, b in zip(dims[:-1], dims[1:])
+            FFDense(a, b, generator=generator, device=device, activation=activation) for a, b in zip(dims[:-1], dims[1:])
         )
         self.readout_from = readout_from
         self.num_classes = num_classes

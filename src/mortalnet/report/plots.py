@@ -256,3 +256,22 @@ def series_panels(panels: Sequence[dict[str, Any]], path: Path, title: str = "")
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def series_plot(series: dict[str, Sequence[float]], path: Path, xlabel: str, ylabel: str, title: str = "",
+                x: Sequence[float] | None = None, logy: bool = False) -> str:
+    """Named curves over a common x axis (1, 2, ... unless given)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, ys in series.items():
+        xs = list(x) if x is not None else list(range(1, len(ys) + 1))
+        ax.plot(xs, list(ys), marker="." if len(ys) < 40 else None, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)

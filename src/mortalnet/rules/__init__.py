@@ -21,6 +21,9 @@ RULES: Registry[type] = Registry(
         "mortalnet.rules.local_losses",
         "mortalnet.transfer.student",
         "mortalnet.transfer.device_student",
+        "mortalnet.rules.ff_layerwise",
+        "mortalnet.rules.ff_unsupervised",
+        "mortalnet.rules.ff_recurrent",
     ),
 )
 register_rule = RULES.register

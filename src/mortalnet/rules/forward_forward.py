@@ -15,6 +15,10 @@ section 3.3), or uniformly among wrong labels.
 
 Two test procedures (section 3.3): the label whose input gives the largest goodness summed over
 hidden layers `goodness_from`..L, or one neutral-label pass into the linear softmax.
+
+The paper's open variants (section 2) are options: `goodness="neg-sum-squares"` makes positive data
+have *low* sum of squares, p = sigmoid((theta - G) / temp) (the paper reports this works slightly
+better), and `activation` picks the nonlinearity (`nets.ff.ACTIVATIONS`). The defaults are ffnew.m's.
 """
 
 from __future__ import annotations
@@ -26,7 +30,17 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from mortalnet.nets.ff import NORM_EPS, FFNet, embed_label, neutral_label, normalize_rows, one_hot
+from mortalnet.nets.ff import (
+    NORM_EPS,
+    Activation,
+    FFNet,
+    activate,
+    activation_slope,
+    embed_label,
+    neutral_label,
+    normalize_rows,
+    one_hot,
+)
 from mortalnet.optim import OptimizerConfig, SmoothedSGD, make_optimizer
 from mortalnet.rules import register_rule
 from mortalnet.rules.base import Learner
@@ -68,12 +82,28 @@ class FFConfig:
     """Per-label test on a shortlist: 0 = score all labels by goodness (exact, the paper's test); k > 0 = rank labels by one neutral pass into the softmax and score only the top k by goodness (cheaper; its agreement with the exact test is measured, not assumed)."""
     precision: Literal["float32", "bfloat16"] = "float32"
     """Matrix products in float32, or in bfloat16 (fast path only): bf16 copies of weights and activities are multiplied (fp32 accumulation inside each product); master weights, smoothed gradients and all other arithmetic stay float32."""
+    goodness: Literal["sum-squares", "neg-sum-squares"] = "sum-squares"
+    """sum-squares: positive data has G > theta (ffnew.m); neg-sum-squares: positive data has G < theta (paper sec. 2)."""
+    activation: Activation = "relu"
+    """Hidden nonlinearity: relu (paper) | leaky-relu | softplus."""
 
 
-def ff_probs(states: torch.Tensor, theta: float, temp: float, goodness: torch.Tensor | None = None) -> torch.Tensor:
-    """p(positive) = sigmoid((G - theta) / temp) for states (N, H) -> (N,) (G given or computed)."""
+def goodness_sign(goodness: str) -> float:
+    """+1 for sum-squares, -1 for neg-sum-squares: the sign that turns sum of squares into goodness."""
+    if goodness == "sum-squares":
+        return 1.0
+    if goodness == "neg-sum-squares":
+        return -1.0
+    raise ValueError(f"unknown goodness {goodness!r}; valid: sum-squares, neg-sum-squares")
+
+
+def ff_probs(states: torch.Tensor, theta: float, temp: float, sign: float = 1.0,
+             goodness: torch.Tensor | None = None) -> torch.Tensor:
+    """p(positive) = sigmoid(sign * (G - theta) / temp) for states (N, H) -> (N,);
+    G = sum of squares (given or computed)."""
     g = states.square().sum(dim=1) if goodness is None else goodness
-    return torch.sigmoid((g - theta) / temp)
+    logit = (g - theta) / temp
+    return torch.sigmoid(logit if sign == 1.0 else sign * logit)
 
 
 def ff_layer_signal(
@@ -84,6 +114,8 @@ def ff_layer_signal(
     mean_states: torch.Tensor | None = None,
     peer_norm: float = 0.0,
     peer_decay: float = 0.9,
+    sign: float = 1.0,
+    activation: str = "relu",
     goodness: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ffnew.m's dC/d(total input) for one layer, from its measured states alone.
@@ -95,6 +127,8 @@ def ff_layer_signal(
         mean_states: (H,) running mean activity, updated in place (peer normalization).
         peer_norm: strength of the pull of each unit's mean toward the layer's mean (0 = off).
         peer_decay: smoothing of the running means.
+        sign: +1 (goodness = sum of squares) or -1 (goodness = minus sum of squares).
+        activation: the layer's nonlinearity; its slope f'(z) multiplies the signal (1 for ReLU).
         goodness: (2B,) sum of squared states, if already computed.
 
     Returns:
@@ -102,9 +136,12 @@ def ff_layer_signal(
         -p * s on negative rows (the ascent direction, temp/2 times d log-likelihood / d input);
         p_pos (B,), p_neg (B,).
     """
-    p = ff_probs(states, theta, temp, goodness)  # (2B,)
+    p = ff_probs(states, theta, temp, sign, goodness)  # (2B,)
     p_pos, p_neg = p[:batch], p[batch:]
-    signal = torch.cat([1.0 - p_pos, -p_neg])[:, None] * states  # (2B, H)
+    coef = torch.cat([1.0 - p_pos, -p_neg])
+    signal = (coef if sign == 1.0 else sign * coef)[:, None] * states  # (2B, H)
+    if activation != "relu":
+        signal = signal * activation_slope(states, activation)
     if peer_norm and mean_states is not None:
         mean_states.mul_(peer_decay).add_(states[:batch].mean(0), alpha=1.0 - peer_decay)
         signal[:batch] += peer_norm * (mean_states.mean() - mean_states)  # revives dead units
@@ -213,7 +250,9 @@ class FFLearner(Learner):
             raise ValueError(f"goodness_from={config.goodness_from} but the net has {len(hidden)} hidden layers")
         self.cfg = config
         self.num_classes = num_classes
-        self.net = FFNet(input_dim, tuple(hidden), num_classes, config.readout_from, self.generator, self.device_)
+        self.net = FFNet(input_dim, tuple(hidden), num_classes, config.readout_from, self.generator, self.device_,
+                         activation=config.activation)
+        self._sign = goodness_sign(config.goodness)
         layers = self.net.layers
         self.optimizers = [
             make_optimizer(config.optimizer, [l.weight for l in layers], [l.bias for l in layers]),
@@ -278,7 +317,7 @@ class FFLearner(Learner):
         cfg = self.cfg
         signal, p_pos, p_neg = ff_layer_signal(
             states, batch, self._theta(states.shape[1]), cfg.temperature,
-            self.net.mean_states(i), cfg.peer_norm, cfg.peer_decay, goodness,
+            self.net.mean_states(i), cfg.peer_norm, cfg.peer_decay, self._sign, cfg.activation, goodness,
         )
         eps = 1e-7
         metrics[f"ff_loss/layer{i + 1}"] = -(torch.log(p_pos + eps).mean() + torch.log(1 - p_neg + eps).mean())
@@ -301,8 +340,9 @@ class FFLearner(Learner):
         return torch.mm(h.to(w.dtype), w).float().add_(bias)
 
     @staticmethod
-    def _next_states(prev: torch.Tensor, prev_sumsq: torch.Tensor, w: torch.Tensor, bias: torch.Tensor):
-        """relu(normalize_rows(prev) @ w + bias) without materializing the normalized rows.
+    def _next_states(prev: torch.Tensor, prev_sumsq: torch.Tensor, w: torch.Tensor, bias: torch.Tensor,
+                     activation: str = "relu"):
+        """f(normalize_rows(prev) @ w + bias) without materializing the normalized rows.
 
         normalize_rows divides row n by rms_n, so its product with w is (prev @ w) * r_n with
         r_n = 1 / rms_n, computed from the sum of squares the caller already has (the goodness).
@@ -310,7 +350,8 @@ class FFLearner(Learner):
         """
         r = 1.0 / ((prev_sumsq / prev.shape[1]).sqrt() + NORM_EPS)  # (N,)
         prev_m = prev.to(w.dtype)
-        states = torch.addcmul(bias, torch.mm(prev_m, w), r[:, None]).relu_()
+        z = torch.addcmul(bias, torch.mm(prev_m, w), r[:, None])
+        states = z.relu_() if activation == "relu" else activate(z, activation)
         return states, r[:, None], prev_m
 
     def _step_fast(self, images: torch.Tensor, y: torch.Tensor, sink: _GradientSink):
@@ -339,12 +380,12 @@ class FFLearner(Learner):
         readout_grads: list[torch.Tensor] = []
         if cfg.readout:  # --- neutral pass -> readout update and hard negative labels -------------
             r_neu = inv_rms(C * (s / C) ** 2)[:, None]  # (B, 1)
-            states = torch.relu((shared + (s / C) * W1[:C].sum(0)) * r_neu + b1)  # (B, H1)
+            states = activate((shared + (s / C) * W1[:C].sum(0)) * r_neu + b1, cfg.activation)  # (B, H1)
             sumsq = states.square().sum(1)
             normed: list[torch.Tensor | None] = []  # kept only for the layers the readout reads
             keep = cfg.readout_from
             for i, layer in enumerate(net.layers[1:], start=1):
-                nxt, r_prev, _ = self._next_states(states, sumsq, Wm[i], layer.bias)
+                nxt, r_prev, _ = self._next_states(states, sumsq, Wm[i], layer.bias, self.cfg.activation)
                 normed.append(states * r_prev if i - 1 >= keep else None)
                 states, sumsq = nxt, nxt.square().sum(1)
             normed.append(normalize_rows(states))
@@ -368,7 +409,8 @@ class FFLearner(Learner):
         s, B, D = self.cfg.label_strength, len(y), img.shape[1]
         W1, b1 = self.net.layers[0].weight, self.net.layers[0].bias
         r = (1.0 / (((sq_img + s * s) / D).sqrt() + NORM_EPS))[:, None].repeat(2, 1)  # (2B, 1): any one-hot label
-        states = torch.cat([shared + s * W1[y], shared + s * W1[y_neg]]).mul_(r).add_(b1).relu_()  # (2B, H1)
+        z = torch.cat([shared + s * W1[y], shared + s * W1[y_neg]]).mul_(r).add_(b1)
+        states = activate(z, self.cfg.activation)  # (2B, H1)
         sumsq = states.square().sum(1)  # goodness, and the next layer's normalization
         signal = self._layer_signal(0, states, B, metrics, sumsq)  # (2B, H1)
         scaled = signal * r  # the input row is x * r, so dC/dW = x^T (signal * r)
@@ -388,7 +430,7 @@ class FFLearner(Learner):
         process (parallel/ff_pipeline.py). Returns its states (2B, H) and sums of squares (2B,)."""
         layer = self.net.layers[i]
         B = len(prev) // 2
-        states, r_prev, prev_m = self._next_states(prev, prev_sumsq, w, layer.bias)  # (2B, H)
+        states, r_prev, prev_m = self._next_states(prev, prev_sumsq, w, layer.bias, self.cfg.activation)  # (2B, H)
         sumsq = states.square().sum(1)
         signal = self._layer_signal(i, states, B, metrics, sumsq)
         # dC/dW = normalize_rows(prev)^T signal = prev^T (signal * r_prev)
@@ -462,18 +504,18 @@ class FFLearner(Learner):
         shared = self._total_input(img, Wm[0], torch.zeros_like(b1))  # (B, H1)
         label_rows = W1[:C][None] if labels is None else W1[labels]  # (1, C, H1) or (B, k, H1)
         z = (shared[:, None, :] + s * label_rows) * r[:, None, None] + b1  # (B, k, H1)
-        states = z.relu_().reshape(B * k, -1)  # row b*k + j: image b with its j-th label
+        states = activate(z, self.cfg.activation).reshape(B * k, -1)  # row b*k + j: image b with its j-th label
         sumsq = states.square().sum(1)
         scores = sumsq.clone() if self.cfg.goodness_from == 0 else torch.zeros_like(sumsq)
         for i, layer in enumerate(net.layers[1:], start=1):
-            states, _, _ = self._next_states(states, sumsq, Wm[i], layer.bias)
+            states, _, _ = self._next_states(states, sumsq, Wm[i], layer.bias, self.cfg.activation)
             sumsq = states.square().sum(1)
             if i >= self.cfg.goodness_from:
                 scores += sumsq
         if labels is not None:  # labels off the shortlist score -inf
             full = torch.full((B, C), float("-inf"), device=images.device)
-            return full.scatter_(1, labels, scores.reshape(B, k))
-        return scores.reshape(B, C)
+            return full.scatter_(1, labels, scores.reshape(B, k) * self._sign)
+        return scores.reshape(B, C) * self._sign  # neg-sum-squares: the label with the least activity
 
     @torch.no_grad()
     def goodness_scores_reference(self, images: torch.Tensor) -> torch.Tensor:
@@ -482,8 +524,9 @@ class FFLearner(Learner):
         cols = []
         for k in range(self.num_classes):
             labels = torch.full((B,), k, dtype=torch.long, device=images.device)
-            states = self.net.forward_states(embed_label(images, one_hot(labels, self.cfg.label_strength)))
-            cols.append(sum(st.square().sum(1) for st in states[self.cfg.goodness_from :]))
+            x = embed_label(images, one_hot(labels, self.cfg.label_strength, self.num_classes))
+            states = self.net.forward_states(x)
+            cols.append(self._sign * sum(st.square().sum(1) for st in states[self.cfg.goodness_from :]))
         return torch.stack(cols, dim=1)
 
     @torch.no_grad()
@@ -494,7 +537,7 @@ class FFLearner(Learner):
             return self.net.readout_logits([normalize_rows(st) for st in self.net.forward_states(x)])
         h, normed = normalize_rows(x), []
         for layer, w in zip(self.net.layers, self._matmul_weights()):
-            h = normalize_rows(self._total_input(h, w, layer.bias).relu_())
+            h = normalize_rows(activate(self._total_input(h, w, layer.bias), self.cfg.activation))
             normed.append(h)
         return self.net.readout_logits(normed)
 

@@ -1,0 +1,61 @@
+"""Smoke tests: every experiment of the rest of the FF paper runs its `fast` preset end to end and
+beats chance (10% accuracy for digits) by a clear margin."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import needs_mnist
+
+from mortalnet.api import run
+
+
+def _run(name, tmp_path, overrides=()):
+    out = tmp_path / name
+    summary = run(name, "fast", seed=0, overrides=list(overrides), out=out, progress=False)
+    stored = json.loads((out / "summary.json").read_text())
+    assert stored["test_error"] == summary["test_error"]
+    for plot in stored.get("plots", []):
+        assert (out / "plots" / plot).is_file()
+    return stored
+
+
+@needs_mnist
+@pytest.mark.parametrize("name, bound", [
+    ("ff-jitter", 0.4),
+    ("ff-unsupervised", 0.25),
+    ("ff-local-rf", 0.25),
+    ("ff-recurrent", 0.25),
+])
+def test_fast_preset_on_real_mnist_beats_chance(name, bound, tmp_path):
+    s = _run(name, tmp_path)
+    assert s["test_error"] < bound, s["test_error"]
+
+
+def test_sequence_fast_preset_on_the_builtin_text(tmp_path):
+    """30 symbols: chance is 96.7% error; the fast preset trains on 20 strings of the built-in excerpt."""
+    s = _run("ff-sequence", tmp_path)
+    models = s["models"]
+    assert models["ff-teacher-forcing"]["test_error"] < 0.85 and models["backprop"]["test_error"] < 0.85
+    assert models["ff-self-generated"]["train_error_softmax"] < 0.7
+    for m in models.values():
+        assert m["test_bits_per_char"] < 8 and m["train_bits_per_char"] < s["unigram_bits_per_char"]
+    assert all(len(t) == 100 for texts in s["samples"].values() for t in texts)
+
+
+@needs_mnist
+def test_blackbox_fast_preset(tmp_path):
+    s = _run("blackbox", tmp_path)
+    m = s["models"]
+    assert m["ff"]["test_error"] < 0.35 and m["ff-box"]["test_error"] < 0.35
+    assert m["backprop-box"]["status"] == "failed" and "no derivative" in m["backprop-box"]["error"]
+    assert m["backprop-box-torch"]["layer1_mean_grad_norm"] == 0.0  # nothing reaches layer 1
+    assert m["backprop"]["test_error"] < 0.2
+
+
+def test_cifar10_fast_preset_on_generated_images(tmp_path):
+    s = _run("ff-cifar10", tmp_path)
+    assert s["data_source"] == "synthetic"
+    assert s["models"]["ff-2"]["test_error"] < 0.6 and s["models"]["backprop-2"]["test_error"] < 0.6
+    assert "test_error_softmax" in s["models"]["ff-2"]

@@ -1,0 +1,56 @@
+"""ff-sequence negatives: teacher forcing never repeats the positive; self-generated strings are the net's own."""
+
+from __future__ import annotations
+
+import torch
+
+from mortalnet.data.text import TextConfig, load_corpus, windows
+from mortalnet.nets.ff import embed_label, one_hot
+from mortalnet.rules.ff_sequence import FFSequenceLearner, sequence_inputs
+from mortalnet.rules.forward_forward import FFConfig, FFLearner
+
+
+def test_teacher_forcing_negatives_differ_from_the_positive_at_the_predicted_position():
+    corpus = load_corpus(TextConfig(source="builtin", train_strings=20, valid_strings=4))
+    ctx, nxt = windows(corpus.train, 10)
+    learner = FFLearner(FFLearner.quick_config(), (40, 40), input_dim=330, num_classes=30, seed=0)
+    x = sequence_inputs(ctx, 30)
+    for _ in range(3):  # train a little so that some predictions are right and some wrong
+        for i in range(0, len(nxt), 100):
+            learner.train_batch(x[i : i + 100], nxt[i : i + 100])
+    logits = learner.softmax_logits(x)
+    pred = logits.argmax(1)
+    assert (pred == nxt).any() and (pred != nxt).any()
+    for _ in range(3):
+        neg = learner._sample_negative_labels(logits, nxt)
+        x_pos = embed_label(x, one_hot(nxt, 1.0, 30))
+        x_neg = embed_label(x, one_hot(neg, 1.0, 30))
+        wrong = pred != nxt
+        assert (neg[wrong] != nxt[wrong]).all()  # where the prediction is wrong
+        assert (neg != nxt).all()  # and everywhere: the true character is excluded
+        assert not (x_neg == x_pos).all(1).any()
+        assert torch.equal(x_neg[:, 30:], x_pos[:, 30:])  # same context, only the last character differs
+
+
+def test_self_generated_strings_keep_the_real_start_and_are_the_networks_samples():
+    corpus = load_corpus(TextConfig(source="builtin", train_strings=20, valid_strings=4))
+    learner = FFSequenceLearner(FFConfig(), (32, 32), corpus.train, regenerate_every=5, seed=0)
+    ctx, nxt = windows(corpus.train, 10)
+    x = sequence_inputs(ctx, 30)
+    m = learner.train_batch(x[:50], nxt[:50])
+    gen = learner.generated
+    assert torch.equal(gen[:, :10], corpus.train[:, :10])
+    assert not torch.equal(gen[:, 10:], corpus.train[:, 10:])
+    assert float(m["negative_equals_positive"]) < 0.2
+    before = gen.clone()
+    for _ in range(4):
+        learner.train_batch(x[:50], nxt[:50])
+    assert torch.equal(learner.generated, before)  # not regenerated before `regenerate_every` steps
+    learner.train_batch(x[:50], nxt[:50])
+    assert not torch.equal(learner.generated, before)
+    # regenerating replays the same sampler: generate() with a copy of the generator gives the strings
+    g = torch.Generator().manual_seed(3)
+    a = learner.generate(corpus.train[:, :10], 100, g)
+    g.manual_seed(3)
+    b = learner.generate(corpus.train[:, :10], 100, g)
+    assert torch.equal(a, b)
