@@ -89,6 +89,11 @@ class DigitalLayer(nn.Module):
         """Copies of W (in, out) and b (out,)."""
         return self.weight.clone(), self.bias.clone()
 
+    def nominal_steps(self) -> tuple[torch.Tensor, float]:
+        """Weight change of one write pulse: none, a digital layer is written exactly (zeros, as for
+        a device with continuous cells)."""
+        return torch.zeros(self.weight.shape[0], 1, device=self.weight.device), 0.0
+
     @torch.no_grad()
     def program(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
         """Set W and b."""
