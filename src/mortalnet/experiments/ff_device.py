@@ -57,6 +57,12 @@ def _paper(hardware: str = "mild") -> FFDeviceExpConfig:
                              training=TrainingConfig(epochs=20, eval_every=5))
 
 
+def _short(hardware: str = "mild") -> FFDeviceExpConfig:
+    """A reduced-scale comparison of devices that fits a few minutes of one CPU thread: 3x500, 5 epochs."""
+    return FFDeviceExpConfig(hidden=(500, 500, 500), rule=FFDeviceConfig(hardware=hardware),
+                             training=TrainingConfig(epochs=5, eval_every=5))
+
+
 def energy_summary(learner: FFDeviceLearner, train_counts: OpCounts, test_counts: OpCounts, n_test: int,
                    model: EnergyModel) -> dict[str, Any]:
     """Training and per-test-image energy of a device learner, and of the same work done digitally.
@@ -110,6 +116,9 @@ class FFDevice(SupervisedExperiment):
         "paper": _paper,
         "paper-ideal": lambda: _paper("ideal"),
         "paper-harsh": lambda: _paper("harsh"),
+        "short": _short,
+        "short-ideal": lambda: _short("ideal"),
+        "short-harsh": lambda: _short("harsh"),
     }
     references: dict[str, Reference] = {}
 

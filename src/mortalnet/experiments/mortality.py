@@ -81,6 +81,12 @@ def _paper(hardware: str = "mild") -> MortalityConfig:
                            training=TrainingConfig(epochs=10, eval_every=5))
 
 
+def _short(hardware: str = "mild") -> MortalityConfig:
+    """A reduced-scale run that fits a few minutes of one CPU thread: 3x500, 3 epochs, 5 copies."""
+    return MortalityConfig(hidden=(500, 500, 500), rule=FFDeviceConfig(hardware=hardware),
+                           training=TrainingConfig(epochs=3, eval_every=3))
+
+
 @contextmanager
 def scaled_lr(learner: FFDeviceLearner, factor: float) -> Iterator[None]:
     """Multiply every optimizer's base learning rate by `factor` inside the block."""
@@ -109,6 +115,8 @@ class Mortality(Experiment):
         "paper": _paper,
         "paper-ideal": lambda: _paper("ideal"),
         "paper-harsh": lambda: _paper("harsh"),
+        "short": _short,
+        "short-harsh": lambda: _short("harsh"),
     }
     references: dict[str, Reference] = {}
 
