@@ -52,6 +52,8 @@ class Experiment:
     Config: ClassVar[type]
     presets: ClassVar[dict[str, Callable[[], Any]]] = {}
     references: ClassVar[dict[str, Reference]] = {}
+    headline: ClassVar[str] = ""
+    """What `test_error` measures when it is not a test error rate (e.g. "1 - cosine"); shown by the report."""
 
     def run(self, config: Any, ctx: RunContext) -> dict[str, Any]:
         """Run; return summary fields (must include `test_error`, a fraction)."""

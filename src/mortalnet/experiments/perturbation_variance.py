@@ -131,6 +131,7 @@ class PerturbationVariance(Experiment):
     Config = PerturbationVarianceConfig
     presets = {"fast": _fast, "paper": _paper}
     references: dict[str, Reference] = {}
+    headline = "not an error rate: 1 - cosine of activity perturbation's estimate with the gradient, widest net"
 
     def run(self, config: PerturbationVarianceConfig, ctx: RunContext) -> dict[str, Any]:
         t0 = time.perf_counter()

@@ -83,6 +83,7 @@ class SmallLrEquivalence(Experiment):
     Config = SmallLrEquivalenceConfig
     presets = {"fast": _fast, "paper": _paper}
     references = {}
+    headline = "not an error rate: 1 - cosine of activity perturbation's and backprop's weight changes at the smallest lr"
 
     def run(self, config: SmallLrEquivalenceConfig, ctx: RunContext) -> dict[str, Any]:
         t0 = time.perf_counter()

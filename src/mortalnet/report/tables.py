@@ -131,8 +131,9 @@ def render(results: str | Path) -> str:
         load_text = f" (load {statistics.fmean(loads):.1f})" if loads else ""
         machines = ", ".join(sorted({r.get("machine", "?") for r in runs}))
         seeds = ", ".join(str(r["seed"]) for r in runs)
+        headline = f" ({exp.headline})" if exp is not None and exp.headline else ""
         lines.append(
-            f"| {exp_name} | {preset} | {seeds} | {fmt_pct(m, sd, len(errs))} | {'; '.join(others) or '-'} "
+            f"| {exp_name} | {preset} | {seeds} | {fmt_pct(m, sd, len(errs))}{headline} | {'; '.join(others) or '-'} "
             f"| {ref_text} | {fmt_seconds(wall)}{load_text} | {machines} |"
         )
         first = runs[0]
