@@ -24,6 +24,7 @@ EXPERIMENTS: Registry[type] = Registry(
         "mortalnet.experiments.ff_sequence",
         "mortalnet.experiments.blackbox",
         "mortalnet.experiments.ff_cifar10",
+        "mortalnet.experiments.compression",
     ),
 )
 register_experiment = EXPERIMENTS.register
