@@ -12,6 +12,7 @@ import torch
 
 from mortalnet.api import run
 from mortalnet.coding import arithmetic as ac
+from mortalnet.experiments import get_experiment
 from mortalnet.nets.char_model import one_hot_padded, padded_windows
 
 
@@ -22,6 +23,8 @@ def _run(name, tmp_path, overrides=()):
     assert stored["test_error"] == summary["test_error"]
     for plot in stored.get("plots", []):
         assert (out / "plots" / plot).is_file()
+    section = get_experiment(name).report_section([stored])  # built from the summary alone
+    assert f"**{name} / fast**" in section and "|---|" in section
     return stored
 
 
@@ -102,4 +105,90 @@ def test_compression_fast_preset_codes_the_held_out_text(tmp_path):
     assert s["models"]["backprop"]["test_bits_per_char"] < 4.1
     assert s["models"]["backprop"]["train_bits_per_char"] < s["unigram_bits_per_char"]
     for k in ("gzip", "bz2", "xz"):
-        assert s["compressors"][k]["alone"] > 0 and s["compressors"][k]["given_train"] > 0
+        c = s["compressors"][k]
+        assert c["alone"] > 0 and c["given_train"] > 0 and c["roundtrip_exact"]
+
+
+# ------------------------------------------------------------------------------------------------
+# label-noise
+# ------------------------------------------------------------------------------------------------
+from conftest import needs_mnist  # noqa: E402
+
+from mortalnet.data.label_noise import corrupt_labels  # noqa: E402
+from mortalnet.rules.base import Learner  # noqa: E402
+from mortalnet.training import TrainingConfig, fit  # noqa: E402
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.2, 0.5, 0.8, 1.0])
+def test_corruption_has_the_asked_rate_and_never_keeps_the_true_label(rate):
+    y = torch.arange(1000) % 10
+    noisy, mask = corrupt_labels(y, rate, 10, seed=3)
+    assert int(mask.sum()) == round(rate * 1000)
+    assert (noisy[mask] != y[mask]).all() and (noisy[~mask] == y[~mask]).all()
+    assert ((noisy != y).float().mean().item()) == pytest.approx(rate)
+    assert noisy.min() >= 0 and noisy.max() <= 9
+    again, mask2 = corrupt_labels(y, rate, 10, seed=3)
+    assert torch.equal(again, noisy) and torch.equal(mask2, mask)
+
+
+def test_corruption_depends_on_the_seed_is_nested_across_rates_and_spreads_over_wrong_classes():
+    y = torch.zeros(20000, dtype=torch.long)
+    a, ma = corrupt_labels(y, 0.5, 10, seed=0)
+    b, _ = corrupt_labels(y, 0.5, 10, seed=1)
+    assert not torch.equal(a, b)
+    lo, ml = corrupt_labels(y, 0.2, 10, seed=0)
+    assert (ma[ml]).all() and torch.equal(lo[ml], a[ml])  # the 20% set is inside the 50% set, same labels
+    counts = torch.bincount(a[ma], minlength=10)
+    assert counts[0] == 0 and (counts[1:] > 0.8 * 10000 / 9).all()  # ~uniform over the 9 wrong classes
+    with pytest.raises(ValueError, match="rate must be in"):
+        corrupt_labels(y, 1.5, 10, seed=0)
+
+
+class _Recorder(Learner):
+    """Records which label each example (its index is x[:, 0]) gets in every epoch."""
+
+    primary_metric = "error"
+
+    def __init__(self):
+        super().__init__(0)
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.optimizers = [torch.optim.SGD([self.w], lr=0.0)]
+        self.seen: list[dict[int, int]] = []
+        self.steps = 0
+
+    def train_batch(self, x, y):
+        if self.steps % 5 == 0:  # 250 examples / 50 per batch = a new epoch every 5 steps
+            self.seen.append({})
+        self.steps += 1
+        self.seen[-1].update(zip(x[:, 0].long().tolist(), y.tolist()))
+        return {"loss": torch.zeros(())}
+
+    def evaluate(self, x, y):
+        return {"error": 0.0}
+
+
+def test_the_training_loop_sees_the_same_wrong_label_for_an_example_in_every_epoch():
+    y = torch.arange(250) % 10
+    noisy, mask = corrupt_labels(y, 0.5, 10, seed=7)
+    x = torch.arange(250, dtype=torch.float32)[:, None]  # (N, 1): the example's index
+    rec = _Recorder()
+    fit(rec, (x, noisy), None, TrainingConfig(epochs=3, batch_size=50, progress=False, tensorboard=False), seed=7)
+    assert len(rec.seen) == 3
+    expected = dict(enumerate(noisy.tolist()))
+    assert all(epoch == expected for epoch in rec.seen)  # fixed across epochs (shuffled order, same labels)
+    assert sum(rec.seen[0][i] != int(y[i]) for i in range(250)) == 125
+
+
+@needs_mnist
+def test_label_noise_fast_preset(tmp_path):
+    """5000 real MNIST examples: clean-label error bounds; at 50% fixed noise backprop still learns and
+    agrees more with the true training labels than with the wrong ones it was trained on."""
+    s = _run("label-noise", tmp_path)
+    r = {(x["rule"], x["rate"]): x for x in s["results"]}
+    assert r[("backprop", 0.0)]["test_error"] < 0.15
+    assert r[("forward-forward", 0.0)]["test_error"] < 0.3
+    noisy = r[("backprop", 0.5)]
+    assert noisy["corrupted_fraction"] == 0.5 and noisy["test_error"] < 0.3
+    assert noisy["agreement_true"] > noisy["agreement_noisy"] + 0.2
+    assert noisy["corrupted_predicted_true"] > 0.5 > noisy["corrupted_predicted_noisy"]
+    assert s["test_error"] == noisy["test_error"]  # headline: backprop at 50%

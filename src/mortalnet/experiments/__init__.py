@@ -25,6 +25,7 @@ EXPERIMENTS: Registry[type] = Registry(
         "mortalnet.experiments.blackbox",
         "mortalnet.experiments.ff_cifar10",
         "mortalnet.experiments.compression",
+        "mortalnet.experiments.label_noise",
     ),
 )
 register_experiment = EXPERIMENTS.register

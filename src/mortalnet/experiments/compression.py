@@ -132,15 +132,20 @@ def split_points(n: int, config: CompressionTextConfig) -> tuple[int, int]:
     return a, b
 
 
-def compressed_sizes(held: bytes, train: bytes, level: int) -> dict[str, dict[str, int]]:
-    """Bytes of gzip / bz2 / xz of `held` alone and given `train` (size(train+held) - size(train))."""
+def compressed_sizes(held: bytes, train: bytes, level: int) -> dict[str, dict[str, Any]]:
+    """Bytes of gzip / bz2 / xz of `held` alone and given `train` (size(train+held) - size(train)),
+    and whether decompressing `held`'s file gives it back."""
     fns = {
-        "gzip": lambda b: gzip.compress(b, compresslevel=level, mtime=0),
-        "bz2": lambda b: bz2.compress(b, compresslevel=level),
-        "xz": lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME),
+        "gzip": (lambda b: gzip.compress(b, compresslevel=level, mtime=0), gzip.decompress),
+        "bz2": (lambda b: bz2.compress(b, compresslevel=level), bz2.decompress),
+        "xz": (lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), lzma.decompress),
     }
-    return {name: {"alone": len(fn(held)), "given_train": len(fn(train + held)) - len(fn(train))}
-            for name, fn in fns.items()}
+    out = {}
+    for name, (comp, decomp) in fns.items():
+        alone = comp(held)
+        out[name] = {"alone": len(alone), "given_train": len(comp(train + held)) - len(comp(train)),
+                     "roundtrip_exact": decomp(alone) == held}
+    return out
 
 
 @register_experiment("compression")
@@ -284,7 +289,8 @@ class Compression(Experiment):
                            f"| {ms([r['coded_bits_per_char'] for r in rows])} "
                            f"| {ms([r['coded_bytes'] for r in rows], '{:.0f}')} | {'yes' if ok else 'NO'} |")
             for k, r in runs[0]["compressors"].items():
-                out.append(f"| {k} | - | {r['alone_bits_per_char']:.3f} | {r['alone']} | yes (stdlib) |")
+                out.append(f"| {k} | - | {r['alone_bits_per_char']:.3f} | {r['alone']} "
+                           f"| {'yes' if r.get('roundtrip_exact') else 'NO'} |")
                 out.append(f"| {k}, given the training text | - | {r['given_train_bits_per_char']:.3f} "
                            f"| {r['given_train']} | - |")
             out.append(f"| unigram (training counts) | {runs[0]['unigram_bits_per_char']:.3f} | - | - | - |")
