@@ -26,6 +26,7 @@ EXPERIMENTS: Registry[type] = Registry(
         "mortalnet.experiments.ff_cifar10",
         "mortalnet.experiments.compression",
         "mortalnet.experiments.label_noise",
+        "mortalnet.experiments.fast_weights",
     ),
 )
 register_experiment = EXPERIMENTS.register
