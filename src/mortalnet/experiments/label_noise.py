@@ -10,7 +10,8 @@ each rule (the backprop MLP and supervised FF, built with `create_rule`) is trai
 loop on the noisy labels. Validation uses the CLEAN validation labels (watched, never used for
 selection: the last epoch is tested); the test set is clean and used once per (rule, rate).
 
-Besides the test error, the trained net's predictions on the training images are compared with
+Besides the test error, the trained net's predictions (its rule's primary test: the output argmax
+for backprop, the label with the highest goodness for FF) on the training images are compared with
 the TRUE training labels and with the NOISY ones it was trained on, overall and on the corrupted
 examples alone: a net that "finds" the wrong labels predicts the true label of a corrupted
 example; a net that memorized them predicts the wrong one it was given.
