@@ -24,6 +24,9 @@ EXPERIMENTS: Registry[type] = Registry(
         "mortalnet.experiments.ff_sequence",
         "mortalnet.experiments.blackbox",
         "mortalnet.experiments.ff_cifar10",
+        "mortalnet.experiments.compression",
+        "mortalnet.experiments.label_noise",
+        "mortalnet.experiments.fast_weights",
     ),
 )
 register_experiment = EXPERIMENTS.register
