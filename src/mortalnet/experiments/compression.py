@@ -159,6 +159,7 @@ class Compression(Experiment):
     Config = CompressionConfig
     presets = {"fast": _fast, "paper": _paper}
     references = {}
+    headline = "next-character error of the headline model on the held-out text; bits per character below"
 
     def _learner(self, model: str, config: CompressionConfig, ctx: RunContext):
         C, c = len(ALPHABET), config.context
