@@ -117,6 +117,7 @@ class Mortality(Experiment):
         "paper-harsh": lambda: _paper("harsh"),
         "short": _short,
         "short-harsh": lambda: _short("harsh"),
+        "short-ideal": lambda: _short("ideal"),
     }
     references: dict[str, Reference] = {}
 
