@@ -54,7 +54,7 @@ def main() -> None:
         print(f"{name:45s} {ranks} x {threads} threads: {rate(results):8.0f} examples/s {note}")
 
     add("FF, one process", 1, cores, spawn(pipeline_rank, 1, (ff_random,), threads_per_rank=cores))
-    add(f"FF layer pipeline", K, 1, spawn(pipeline_rank, K, (ff_random,), threads_per_rank=1),
+    add("FF layer pipeline", K, 1, spawn(pipeline_rank, K, (ff_random,), threads_per_rank=1),
         "random negatives, no readout, as the one-process row")
     add("FF data parallel (hard negatives + readout)", K, 1, spawn(data_parallel_rank, K, (ff_hard,), threads_per_rank=1),
         "gradients all-reduced per layer")

@@ -14,7 +14,6 @@ Prints and writes (results/benchmarks/ff_throughput-<device>.json):
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import replace
 from pathlib import Path

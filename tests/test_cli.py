@@ -92,3 +92,7 @@ def test_seeds_option_runs_one_record_per_seed(tmp_path):
     assert main(args) == 0
     seeds = sorted(json.loads(p.read_text())["seed"] for p in tmp_path.glob("seed*/summary.json"))
     assert seeds == [0, 1]
+    one = ["run", "backprop-mlp", "--preset", "fast", "--seeds", "2", "--out", str(tmp_path),
+           "--set", "data.source=synthetic", "--set", "training.epochs=1", "--quiet"]
+    assert main(one) == 0  # a single seed given with --seeds goes to DIR/seed<k> too
+    assert json.loads((tmp_path / "seed2" / "summary.json").read_text())["seed"] == 2

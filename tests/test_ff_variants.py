@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mortalnet.nets.ff import activate, activation_slope, embed_label, normalize_rows, one_hot
+from mortalnet.nets.ff import activate, activation_slope, embed_label, one_hot
 from mortalnet.rules.forward_forward import FFConfig, FFLearner, ff_layer_signal, ff_probs
 
 

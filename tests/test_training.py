@@ -6,8 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -121,3 +119,29 @@ def test_kill_minus_nine_then_resume_gives_the_same_numbers(tmp_path):
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
     env = json.loads((tmp_path / "killed" / "env.json").read_text())
     assert len(env["resumed"]) == 1
+
+
+@pytest.mark.multiprocess
+def test_a_multi_model_run_resumes_each_model_where_it_stopped(tmp_path):
+    """fast-weights trains several models in sub-folders: kill -9 during the first model, resume, and
+    every model's numbers equal those of an uninterrupted run (the killed model continues from its
+    checkpoint instead of starting over; the next one starts fresh)."""
+    common = ["run", "fast-weights", "--preset", "fast", "--quiet",
+              "--set", "data.train=256", "--set", "data.valid=64", "--set", "data.test=64",
+              "--set", "hidden_sizes=8", "--set", "models=rnn,lstm",
+              "--set", "training.epochs=3", "--set", "training.checkpoint_every=1", "--set", "training.eval_every=1"]
+    whole = _cli(common + ["--out", str(tmp_path / "whole")])
+    assert whole.returncode == 0, whole.stderr
+    killed = _cli(common + ["--out", str(tmp_path / "killed")], env={"MORTALNET_FAULT_KILL_AFTER_EPOCH": "2"})
+    assert killed.returncode == -9
+    assert not (tmp_path / "killed" / "lstm-8").exists()  # died inside the first model
+    before = RunDir(tmp_path / "killed" / "rnn-8").metrics()
+    assert [row["epoch"] for row in before] == [1, 2]
+    resumed = _cli(["run", "--resume", str(tmp_path / "killed"), "--quiet"])
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "whole" / "summary.json").read_text())["results"]
+    b = json.loads((tmp_path / "killed" / "summary.json").read_text())["results"]
+    assert [(r["model"], r["test_error"], r["valid_error"], r["train_error"]) for r in a] == \
+           [(r["model"], r["test_error"], r["valid_error"], r["train_error"]) for r in b]
+    after = RunDir(tmp_path / "killed" / "rnn-8").metrics()
+    assert after[:2] == before and after[2]["epoch"] == 3  # continued at epoch 3: epochs 1-2 (and their timings) kept

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mortalnet.optim import OptimizerConfig
 from mortalnet.rules.backprop import MLP

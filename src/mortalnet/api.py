@@ -90,7 +90,7 @@ def run(
             raise RunError(f"{run_dir.path} already finished; see its summary.json")
         _, meta = run_dir.load_checkpoint() if run_dir.checkpoint_path.exists() else ({}, {})
         earlier_seconds = float(meta.get("train_seconds", 0.0))
-        resuming = run_dir.checkpoint_path.exists()
+        resuming = True  # the experiment continues each model that has a checkpoint (ctx.resumes)
     else:
         exp = get_experiment(experiment)
         config = preset_config(experiment, preset, overrides)

@@ -79,7 +79,7 @@ def _cmd_run(args) -> None:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else [args.seed]
     for seed in seeds:
         out = args.out
-        if out is not None and len(seeds) > 1:
+        if out is not None and args.seeds:  # --seeds: always DIR/seed<k>, however many
             out = str(Path(out) / f"seed{seed}")
         summary = run(
             args.experiment, preset=args.preset, seed=seed, overrides=args.set, out=out,

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from mortalnet.data.mnist import MnistConfig, MnistData
 from mortalnet.experiments import register_experiment
 from mortalnet.experiments.base import Reference, RunContext, SupervisedExperiment
-from mortalnet.optim import OptimizerConfig
 from mortalnet.report import plots
 from mortalnet.rules.backprop import BackpropConfig, BackpropLearner
 from mortalnet.training import TrainingConfig

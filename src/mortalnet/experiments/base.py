@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
@@ -16,7 +16,7 @@ import torch
 from mortalnet.data.mnist import MnistData, load_mnist
 from mortalnet.rules.base import Learner
 from mortalnet.runs import RunDir
-from mortalnet.training import fit
+from mortalnet.training import TrainingConfig, fit
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,27 @@ class RunContext:
     device: torch.device
     run: RunDir | None = None
     resume: bool = False
+    """True in a run continued with `--resume`; each model then continues from its own checkpoint if it has one."""
     progress: bool = True
+
+    def sub_run(self, name: str) -> tuple[RunDir | None, bool]:
+        """The directory `<run>/<name>` of one of several models trained in this run, and whether to resume
+        it. A resumed run continues each model from its own last checkpoint; a model that had finished is
+        loaded, not trained again. (None, False) when the run keeps nothing on disk."""
+        if self.run is None:
+            return None, False
+        sub = RunDir(self.run.path / name)
+        sub.path.mkdir(parents=True, exist_ok=True)
+        return sub, self.resumes(sub)
+
+    def resumes(self, run: RunDir | None) -> bool:
+        """Whether `run` (this run's directory or one model's folder) continues from its checkpoint: only in
+        a resumed run, and only where a checkpoint was written before the interruption."""
+        return bool(self.resume and run is not None and run.checkpoint_path.exists())
+
+    def loop_settings(self, training: TrainingConfig) -> TrainingConfig:
+        """`training` with the progress bar turned off when the run is quiet."""
+        return training if self.progress else replace(training, progress=False)
 
 
 class Experiment:
@@ -92,9 +112,9 @@ class SupervisedExperiment(Experiment):
         train = data.train.tensors(ctx.device)
         valid = data.valid.tensors(ctx.device) if len(data.valid) else None
         t_data = time.perf_counter() - t0
-        training = config.training if ctx.progress else _quiet(config.training)
+        training = ctx.loop_settings(config.training)
         result = fit(
-            learner, train, valid, training, ctx.seed, run=ctx.run, resume=ctx.resume,
+            learner, train, valid, training, ctx.seed, run=ctx.run, resume=ctx.resumes(ctx.run),
             transform=self.train_transform(config),
         )
         t_eval = time.perf_counter()
@@ -129,8 +149,3 @@ class SupervisedExperiment(Experiment):
         return {"epoch": meta.get("epoch"), "test_error": test[learner.primary_metric],
                 **{f"test/{k}": v for k, v in test.items()}}
 
-
-def _quiet(training):
-    from dataclasses import replace
-
-    return replace(training, progress=False)

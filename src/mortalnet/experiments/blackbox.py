@@ -17,7 +17,7 @@ models on MNIST, one table:
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,7 +30,6 @@ from mortalnet.nets.blackbox import NoDerivativeError, NumpyQuantizer, opaque, t
 from mortalnet.optim import OptimizerConfig
 from mortalnet.rules.backprop import BackpropConfig, BackpropLearner
 from mortalnet.rules.ff_layerwise import FFLayerwiseConfig, FFLayerwiseLearner
-from mortalnet.runs import RunDir
 from mortalnet.training import TrainingConfig, fit
 
 MODELS = ("ff", "ff-box", "backprop", "backprop-box", "backprop-box-torch")
@@ -141,13 +140,8 @@ class BlackBox(Experiment):
         for model in config.models:
             learner = self._learner(model, config, ctx)
             training = config.training if model.startswith("ff") else config.backprop_training
-            if not ctx.progress:
-                training = replace(training, progress=False)
-            sub = None
-            if ctx.run is not None:
-                sub = RunDir(ctx.run.path / model)
-                sub.path.mkdir(parents=True, exist_ok=True)
-            resume = bool(ctx.resume and sub is not None and sub.checkpoint_path.exists())
+            training = ctx.loop_settings(training)
+            sub, resume = ctx.sub_run(model)
             w1 = (learner.layers[0].weight if model.startswith("ff") else learner.net.linears[0].weight).clone()
             try:
                 fitted = fit(learner, train, valid if len(valid[1]) else None, training, ctx.seed, run=sub,

@@ -29,7 +29,7 @@ import lzma
 import math
 import statistics
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,7 +44,6 @@ from mortalnet.optim import OptimizerConfig
 from mortalnet.report import plots
 from mortalnet.rules.backprop import BackpropConfig, BackpropLearner
 from mortalnet.rules.forward_forward import FFConfig, FFLearner
-from mortalnet.runs import RunDir
 from mortalnet.training import TrainingConfig, fit
 
 MODELS = ("backprop", "ff")
@@ -182,13 +181,8 @@ class Compression(Experiment):
         for model in config.models:
             learner = self._learner(model, config, ctx)
             training = config.backprop_training if model == "backprop" else config.ff_training
-            if not ctx.progress:
-                training = replace(training, progress=False)
-            sub = None
-            if ctx.run is not None:
-                sub = RunDir(ctx.run.path / model)
-                sub.path.mkdir(parents=True, exist_ok=True)
-            resume = bool(ctx.resume and sub is not None and sub.checkpoint_path.exists())
+            training = ctx.loop_settings(training)
+            sub, resume = ctx.sub_run(model)
 
             def xy(k: str, model=model):
                 w, y = windows[k]

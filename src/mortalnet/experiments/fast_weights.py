@@ -18,7 +18,7 @@ RNN and LSTM of the same size do much worse at 20 units.
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -30,7 +30,6 @@ from mortalnet.nets.fast_weights import FastWeightsRNN, LSTMClassifier, PlainRNN
 from mortalnet.optim import OptimizerConfig
 from mortalnet.report import plots
 from mortalnet.rules.sequence_backprop import SequenceBackpropLearner
-from mortalnet.runs import RunDir
 from mortalnet.training import TrainingConfig, fit
 
 MODELS = ("fast-weights", "rnn", "lstm")
@@ -113,7 +112,7 @@ class FastWeights(Experiment):
         for m in config.models:
             if m not in MODELS:
                 raise ValueError(f"unknown model {m!r}; valid: {', '.join(MODELS)}")
-        training = config.training if ctx.progress else replace(config.training, progress=False)
+        training = ctx.loop_settings(config.training)
         results: list[dict[str, Any]] = []
         histories: dict[str, list] = {}
         for size in config.hidden_sizes:
@@ -121,11 +120,7 @@ class FastWeights(Experiment):
                 net = self.build_net(model, size, config, ctx.seed)
                 learner = SequenceBackpropLearner(net, config.optimizer, config.grad_clip, seed=ctx.seed,
                                                   device=ctx.device)
-                sub = None
-                if ctx.run is not None:
-                    sub = RunDir(ctx.run.path / f"{model}-{size}")
-                    sub.path.mkdir(parents=True, exist_ok=True)
-                resume = bool(ctx.resume and sub is not None and sub.checkpoint_path.exists())
+                sub, resume = ctx.sub_run(f"{model}-{size}")
                 valid = splits["valid"] if len(splits["valid"][1]) else None
                 fitted = fit(learner, splits["train"], valid, training, ctx.seed, run=sub, resume=resume)
                 histories[f"{model}-{size}"] = fitted.history

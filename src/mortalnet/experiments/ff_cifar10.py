@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -36,7 +36,6 @@ from mortalnet.optim import OptimizerConfig, make_optimizer
 from mortalnet.rules.backprop import BackpropConfig
 from mortalnet.rules.base import Learner
 from mortalnet.rules.ff_layerwise import FFLayerwiseConfig, FFLayerwiseLearner
-from mortalnet.runs import RunDir
 from mortalnet.training import TrainingConfig, fit
 
 
@@ -159,13 +158,8 @@ class FFCifar10(Experiment):
                 name = f"{model}-{depth}"
                 learner = self._learner(model, depth, config, ctx)
                 training = config.training if model == "ff" else config.backprop_training
-                if not ctx.progress:
-                    training = replace(training, progress=False)
-                sub = None
-                if ctx.run is not None:
-                    sub = RunDir(ctx.run.path / name)
-                    sub.path.mkdir(parents=True, exist_ok=True)
-                resume = bool(ctx.resume and sub is not None and sub.checkpoint_path.exists())
+                training = ctx.loop_settings(training)
+                sub, resume = ctx.sub_run(name)
                 fitted = fit(learner, train, valid, training, ctx.seed, run=sub, resume=resume)
                 res = learner.evaluate(*test)
                 results[name] = {"rule": model, "depth": depth, "test_error": res[learner.primary_metric],

@@ -92,18 +92,13 @@ def train_on_device(config: Any, ctx: RunContext, data: MnistData) -> tuple[FFDe
     and return it with the fit result and the device operations spent by training alone."""
     learner = FFDeviceLearner(config.rule, config.hidden, input_dim=784, num_classes=10, seed=ctx.seed,
                               device=ctx.device)
-    training = config.training if ctx.progress else _quiet(config.training)
+    training = ctx.loop_settings(config.training)
     result = fit(learner, data.train.tensors(ctx.device), data.valid.tensors(ctx.device) if len(data.valid) else None,
-                 training, ctx.seed, run=ctx.run, resume=ctx.resume)
+                 training, ctx.seed, run=ctx.run, resume=ctx.resumes(ctx.run))
     # validation passes run isolated, so the counters hold training alone (initial programming
     # included); on resume they come back from the sealed checkpoint
     return learner, result, learner.hardware.counts()
 
-
-def _quiet(training: TrainingConfig) -> TrainingConfig:
-    from dataclasses import replace
-
-    return replace(training, progress=False)
 
 
 @register_experiment("ff-device")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
@@ -34,7 +34,6 @@ from mortalnet.report import plots
 from mortalnet.rules.backprop import BackpropConfig, BackpropLearner
 from mortalnet.rules.forward_forward import FFConfig, FFLearner
 from mortalnet.rules.ff_sequence import FFSequenceLearner, sequence_inputs
-from mortalnet.runs import RunDir
 from mortalnet.training import TrainingConfig, fit
 
 MODELS = ("ff-teacher-forcing", "ff-self-generated", "backprop")
@@ -126,15 +125,8 @@ class FFSequence(Experiment):
         for model in config.models:
             learner = self._learner(model, config, corpus.train.to(dev), steps, ctx)
             training = config.backprop_training if model == "backprop" else config.training
-            if not ctx.progress:
-                from dataclasses import replace
-
-                training = replace(training, progress=False)
-            sub = None
-            if ctx.run is not None:
-                sub = RunDir(ctx.run.path / model)
-                sub.path.mkdir(parents=True, exist_ok=True)
-            resume = bool(ctx.resume and sub is not None and sub.checkpoint_path.exists())
+            training = ctx.loop_settings(training)
+            sub, resume = ctx.sub_run(model)
             fitted = fit(learner, inputs(model, "train"), inputs(model, "valid"), training, ctx.seed, run=sub,
                          resume=resume)
             histories[model] = fitted.history

@@ -6,9 +6,8 @@ normalization, per-label goodness test over hidden layers 2..L and the neutral-p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from mortalnet.data.mnist import MnistConfig, MnistData

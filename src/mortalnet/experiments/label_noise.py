@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -35,7 +35,6 @@ from mortalnet.report import plots
 from mortalnet.rules import create_rule
 from mortalnet.rules.backprop import BackpropConfig
 from mortalnet.rules.forward_forward import FFConfig
-from mortalnet.runs import RunDir
 from mortalnet.training import TrainingConfig, fit
 
 RULES = ("backprop", "forward-forward")
@@ -117,15 +116,10 @@ class LabelNoise(Experiment):
             y_noisy, corrupted = corrupt_labels(y_true, rate, 10, ctx.seed)  # drawn once, fixed for all epochs
             for rule in config.rules:
                 rule_cfg, hidden, training = self._rule(rule, config)
-                if not ctx.progress:
-                    training = replace(training, progress=False)
+                training = ctx.loop_settings(training)
                 learner = create_rule(rule, rule_cfg, hidden=hidden, input_dim=784, num_classes=10, seed=ctx.seed,
                                       device=dev)
-                sub = None
-                if ctx.run is not None:
-                    sub = RunDir(ctx.run.path / f"{rule}-noise{rate:g}")
-                    sub.path.mkdir(parents=True, exist_ok=True)
-                resume = bool(ctx.resume and sub is not None and sub.checkpoint_path.exists())
+                sub, resume = ctx.sub_run(f"{rule}-noise{rate:g}")
                 fitted = fit(learner, (x_train, y_noisy), valid, training, ctx.seed, run=sub, resume=resume)
                 key = learner.primary_metric
                 test = learner.evaluate(x_test, y_test)  # the only use of the test set

@@ -23,8 +23,7 @@ import numpy as np
 
 from mortalnet.data.mnist import MnistConfig, load_mnist
 from mortalnet.experiments import register_experiment
-from mortalnet.experiments.base import Experiment, Reference, RunContext, _quiet
-from mortalnet.experiments.perturbation_variance import _pm
+from mortalnet.experiments.base import Experiment, Reference, RunContext
 from mortalnet.optim import OptimizerConfig
 from mortalnet.report import plots
 from mortalnet.rules import create_rule
@@ -205,7 +204,7 @@ class PerturbationMnist(Experiment):
         resume = sub is not None and sub.checkpoint_path.exists()
         if sub is not None:
             sub.path.mkdir(parents=True, exist_ok=True)
-        training = config.training if ctx.progress else _quiet(config.training)
+        training = ctx.loop_settings(config.training)
         result = fit(learner, train, valid, training, ctx.seed, run=sub, resume=resume)
         t = time.perf_counter()
         err = learner.evaluate(*test)

@@ -16,12 +16,10 @@ The headline `test_error` is 1 - cosine of B at the smallest learning rate.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from mortalnet.data.mnist import MnistConfig, load_mnist

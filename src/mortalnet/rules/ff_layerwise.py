@@ -26,7 +26,7 @@ layer boundary. What this module adds is layer-agnostic wiring:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -34,44 +34,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from mortalnet.data.negatives import hybrid_negatives
-from mortalnet.nets.ff import NORM_EPS, Activation, FFDense, activate, normalize_rows
+from mortalnet.nets.ff import NORM_EPS, FFDense, activate, normalize_rows
 from mortalnet.nets.local import LocallyConnected2d
 from mortalnet.optim import OptimizerConfig, make_optimizer
 from mortalnet.rules import register_rule
 from mortalnet.rules.base import Learner
-from mortalnet.rules.forward_forward import ff_layer_signal, goodness_sign
+from mortalnet.rules.forward_forward import FFObjectiveConfig, ff_layer_signal, goodness_sign
 
 BlackBox = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
-class FFLayerwiseConfig:
+class FFLayerwiseConfig(FFObjectiveConfig):
     """Forward-Forward on a stack of dense or locally connected layers (defaults: ffnew.m's recipe)."""
 
-    optimizer: OptimizerConfig = field(
-        default_factory=lambda: OptimizerConfig(name="smoothed-sgd", lr=0.01, momentum=0.9, weight_decay=0.001)
-    )
-    """Optimizer of the FF layers (ffnew.m: smoothed gradients 0.9, lr 0.01, weight cost 0.001)."""
-    readout_lr: float = 0.1
-    """Learning rate of the linear softmax readout (ffnew.m epsilonsup)."""
-    readout_weight_cost: float = 0.003
-    """Weight cost of the softmax readout (ffnew.m supwc)."""
-    threshold_per_unit: float = 1.0
-    """theta = threshold_per_unit * number of units in the layer."""
-    temperature: float = 1.0
-    """Divides (G - theta) inside the logistic."""
-    peer_norm: float = 0.03
-    """Strength of peer normalization (ffnew.m lambdamean); 0 turns it off."""
-    peer_decay: float = 0.9
-    """Smoothing of each unit's running mean activity used by peer normalization."""
-    goodness: Literal["sum-squares", "neg-sum-squares"] = "sum-squares"
-    """sum-squares: positive data has G > theta; neg-sum-squares: positive data has G < theta."""
-    activation: Activation = "relu"
-    """Hidden nonlinearity: relu | leaky-relu | softplus."""
     negatives: Literal["hard", "random", "hybrid"] = "hard"
     """hard/random: supervised (wrong label from the neutral-pass softmax / uniform); hybrid: unsupervised hybrid images."""
-    label_strength: float = 1.0
-    """Size of the one-hot label input (supervised)."""
     readout_layers: int = 3
     """The softmax reads the normalized activities of the last N hidden layers (ffnew.m: layers 2..4 = 3)."""
     goodness_from: int = 1

@@ -21,44 +21,25 @@ hidden layers and averaged over iterations 3-5, is highest; or the bottom-up sof
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from mortalnet.nets.ff import Activation, activate, activation_slope, normalize_rows
+from mortalnet.nets.ff import activate, activation_slope, normalize_rows
 from mortalnet.nets.recurrent import RecurrentFFNet
 from mortalnet.optim import OptimizerConfig, make_optimizer
 from mortalnet.rules import register_rule
 from mortalnet.rules.base import Learner
-from mortalnet.rules.forward_forward import ff_layer_signal, goodness_sign
+from mortalnet.rules.forward_forward import FFObjectiveConfig, ff_layer_signal, goodness_sign
 
 
 @dataclass(frozen=True)
-class FFRecurrentConfig:
-    """Recurrent FF hyper-parameters (the FF defaults are ffnew.m's; the dynamics the paper's sec. 4)."""
+class FFRecurrentConfig(FFObjectiveConfig):
+    """Recurrent FF hyper-parameters (the FF defaults are ffnew.m's; the dynamics the paper's sec. 4).
+    Peer normalization's running means are updated once per trained iteration."""
 
-    optimizer: OptimizerConfig = field(
-        default_factory=lambda: OptimizerConfig(name="smoothed-sgd", lr=0.01, momentum=0.9, weight_decay=0.001)
-    )
-    """Optimizer of the FF weights (up, down, biases)."""
-    readout_lr: float = 0.1
-    """Learning rate of the bottom-up softmax readout."""
-    readout_weight_cost: float = 0.003
-    """Weight cost of the softmax readout."""
-    threshold_per_unit: float = 1.0
-    """theta = threshold_per_unit * layer width."""
-    temperature: float = 1.0
-    """Divides (G - theta) inside the logistic."""
-    peer_norm: float = 0.03
-    """Strength of peer normalization; 0 turns it off."""
-    peer_decay: float = 0.9
-    """Smoothing of the running mean activities (updated once per trained iteration)."""
-    goodness: Literal["sum-squares", "neg-sum-squares"] = "sum-squares"
-    """sum-squares: positive data has G > theta; neg-sum-squares: G < theta."""
-    activation: Activation = "relu"
-    """Hidden nonlinearity."""
     damping: float = 0.3
     """New state = damping * old + (1 - damping) * computed (paper: 0.3 old + 0.7 new)."""
     iterations: int = 8
@@ -69,8 +50,6 @@ class FFRecurrentConfig:
     """First iteration of the goodness average in the per-label test (paper: 3)."""
     test_to: int = 5
     """Last iteration of the goodness average in the per-label test (paper: 5)."""
-    label_strength: float = 1.0
-    """Value of the clamped one-hot label (before normalization)."""
     negatives: Literal["hard", "random"] = "hard"
     """hard: wrong label in proportion to the predicted probabilities; random: uniform wrong label."""
 

@@ -47,13 +47,14 @@ from mortalnet.rules.base import Learner
 
 
 @dataclass(frozen=True)
-class FFConfig:
-    """Hyper-parameters of supervised Forward-Forward (defaults: ffnew.m)."""
+class FFObjectiveConfig:
+    """What every Forward-Forward rule shares: the goodness objective, peer normalization, the label input,
+    the optimizer and the softmax readout (defaults: ffnew.m, the FF paper's Matlab code)."""
 
     optimizer: OptimizerConfig = field(
         default_factory=lambda: OptimizerConfig(name="smoothed-sgd", lr=0.01, momentum=0.9, weight_decay=0.001)
     )
-    """Optimizer of the FF layers (ffnew.m: smoothed gradients 0.9, lr 0.01, weight cost 0.001)."""
+    """Optimizer of the FF weights (ffnew.m: smoothed gradients 0.9, lr 0.01, weight cost 0.001)."""
     readout_lr: float = 0.1
     """Learning rate of the linear softmax readout (ffnew.m epsilonsup)."""
     readout_weight_cost: float = 0.003
@@ -67,7 +68,17 @@ class FFConfig:
     peer_decay: float = 0.9
     """Smoothing of each unit's running mean activity used by peer normalization."""
     label_strength: float = 1.0
-    """Value of the label pixel (ffnew.m labelstrength)."""
+    """Value of the one-hot label input (ffnew.m labelstrength)."""
+    goodness: Literal["sum-squares", "neg-sum-squares"] = "sum-squares"
+    """sum-squares: positive data has G > theta (ffnew.m); neg-sum-squares: positive data has G < theta (paper sec. 2)."""
+    activation: Activation = "relu"
+    """Hidden nonlinearity: relu (paper) | leaky-relu | softplus."""
+
+
+@dataclass(frozen=True)
+class FFConfig(FFObjectiveConfig):
+    """Hyper-parameters of supervised Forward-Forward on dense layers (defaults: ffnew.m)."""
+
     negatives: Literal["hard", "random"] = "hard"
     """hard: wrong label sampled from the neutral-pass softmax (true label excluded); random: uniform wrong label."""
     readout_from: int = 1
@@ -82,10 +93,6 @@ class FFConfig:
     """Per-label test on a shortlist: 0 = score all labels by goodness (exact, the paper's test); k > 0 = rank labels by one neutral pass into the softmax and score only the top k by goodness (cheaper; its agreement with the exact test is measured, not assumed)."""
     precision: Literal["float32", "bfloat16"] = "float32"
     """Matrix products in float32, or in bfloat16 (fast path only): bf16 copies of weights and activities are multiplied (fp32 accumulation inside each product); master weights, smoothed gradients and all other arithmetic stay float32."""
-    goodness: Literal["sum-squares", "neg-sum-squares"] = "sum-squares"
-    """sum-squares: positive data has G > theta (ffnew.m); neg-sum-squares: positive data has G < theta (paper sec. 2)."""
-    activation: Activation = "relu"
-    """Hidden nonlinearity: relu (paper) | leaky-relu | softplus."""
 
 
 def goodness_sign(goodness: str) -> float:

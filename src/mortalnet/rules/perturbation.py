@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mortalnet.hardware.interface import AnalogLayer, NoGradientError
-from mortalnet.optim import OptimizerConfig, make_optimizer
+from mortalnet.optim import make_optimizer
 from mortalnet.rules.base import Learner
 
 Activation = Literal["relu", "linear"]
