@@ -18,21 +18,15 @@ import torch
 
 from mortalnet.optim import OptimizerConfig
 from mortalnet.rules import register_rule
-from mortalnet.rules.perturbation import Estimate, PerturbationLearner, activity_perturbation
+from mortalnet.rules.perturbation import Estimate, PerturbationConfig, PerturbationLearner, activity_perturbation
 
 
 @dataclass(frozen=True)
-class ActivityPerturbationConfig:
+class ActivityPerturbationConfig(PerturbationConfig):
     """Hyper-parameters of activity perturbation."""
 
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="adam", lr=3e-4, momentum=0.9))
     """Optimizer applied to the gradient estimates (the shared ones: smoothed-sgd, sgd, adam, adamw)."""
-    sigma: float = 1e-3
-    """Perturbation scale: each total input moves by sigma * N(0, 1)."""
-    directions: int = 1
-    """Perturbations per example, averaged (each costs a +/- pair of forward passes)."""
-    antithetic: bool = True
-    """Central differences from +/- pairs; False: one-sided differences against the clean pass."""
     mode: Literal["simultaneous", "layerwise"] = "layerwise"
     """layerwise: a pass pair per layer, noise ~ that layer's width; simultaneous: all layers in one pair."""
     mask_inactive: bool = True
@@ -40,10 +34,6 @@ class ActivityPerturbationConfig:
     estimator: Literal["finite-difference", "jvp"] = "finite-difference"
     """finite-difference: forward passes only (black box, works on devices); jvp: exact directional derivatives
     by forward-mode autodiff (Ren et al.'s forward gradient) - needs an exact model, digital layers only."""
-    hardware: str = "digital"
-    """What the layers are: 'digital' or a device preset (ideal, mild, harsh)."""
-    hardware_seed: int = 0
-    """Which physical device instance (device presets only)."""
 
 
 @register_rule("activity-perturbation")

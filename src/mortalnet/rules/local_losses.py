@@ -30,21 +30,15 @@ from torch import nn
 from mortalnet.nets.ff import NORM_EPS
 from mortalnet.optim import OptimizerConfig
 from mortalnet.rules import register_rule
-from mortalnet.rules.perturbation import Estimate, PerturbationLearner, _signed
+from mortalnet.rules.perturbation import Estimate, PerturbationConfig, PerturbationLearner, _signed
 
 
 @dataclass(frozen=True)
-class LocalLossesConfig:
+class LocalLossesConfig(PerturbationConfig):
     """Hyper-parameters of local losses trained by activity perturbation."""
 
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="adam", lr=3e-3, momentum=0.9))
     """Optimizer applied to the gradient estimates (the shared ones: smoothed-sgd, sgd, adam, adamw)."""
-    sigma: float = 1e-3
-    """Perturbation scale: each total input moves by sigma * N(0, 1)."""
-    directions: int = 1
-    """Perturbations per example, averaged (each costs a +/- pair of forward passes of a block)."""
-    antithetic: bool = True
-    """Central differences from +/- pairs; False: one-sided differences against the clean pass."""
     group_size: int = 8
     """Neurons per local loss (must divide every block's width); the block's width = one loss per block."""
     mask_inactive: bool = True
@@ -52,10 +46,6 @@ class LocalLossesConfig:
     normalize: bool = False
     """Scale each block's measured output to unit mean square before the next block and the head (digital;
     the scale is measured on the clean pass and held fixed for the perturbed passes)."""
-    hardware: str = "digital"
-    """What the layers are: 'digital' or a device preset (ideal, mild, harsh)."""
-    hardware_seed: int = 0
-    """Which physical device instance (device presets only)."""
 
 
 @register_rule("local-losses")

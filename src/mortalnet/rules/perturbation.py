@@ -31,11 +31,31 @@ import torch.nn.functional as F
 from torch import nn
 
 from mortalnet.hardware.interface import AnalogLayer, NoGradientError
-from mortalnet.optim import make_optimizer
+from mortalnet.optim import OptimizerConfig, make_optimizer
 from mortalnet.rules.base import Learner
 
 Activation = Literal["relu", "linear"]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (N, C) logits, (N,) labels -> (N,)
+
+
+@dataclass(frozen=True)
+class PerturbationConfig:
+    """What every perturbation rule shares: the optimizer of its gradient estimates, how it perturbs, and
+    what hardware its layers are."""
+
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="adam", lr=1e-3, momentum=0.9))
+    """Optimizer applied to the gradient estimates (the shared ones: smoothed-sgd, sgd, adam, adamw)."""
+    sigma: float = 1e-3
+    """Perturbation scale: each perturbed variable (a weight, or a neuron's total input) moves by sigma * N(0, 1)."""
+    directions: int = 1
+    """Perturbations averaged per step, each a +/- pair of forward passes: per minibatch for weight
+    perturbation, per example for activity perturbation and local losses."""
+    antithetic: bool = True
+    """Central differences from +/- pairs; False: one-sided differences against the clean pass."""
+    hardware: str = "digital"
+    """What the layers are: 'digital' or a device preset (ideal, mild, harsh)."""
+    hardware_seed: int = 0
+    """Which physical device instance (device presets only)."""
 
 
 # ----------------------------------------------------------------------------------------------

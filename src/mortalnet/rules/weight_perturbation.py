@@ -11,35 +11,23 @@ its effect on the total inputs, x E + e, through the device interface.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from mortalnet.optim import OptimizerConfig
 from mortalnet.rules import register_rule
-from mortalnet.rules.perturbation import Estimate, PerturbationLearner, weight_perturbation
+from mortalnet.rules.perturbation import Estimate, PerturbationConfig, PerturbationLearner, weight_perturbation
 
 
 @dataclass(frozen=True)
-class WeightPerturbationConfig:
+class WeightPerturbationConfig(PerturbationConfig):
     """Hyper-parameters of weight perturbation."""
 
-    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="adam", lr=1e-3, momentum=0.9))
-    """Optimizer applied to the gradient estimates (the shared ones: smoothed-sgd, sgd, adam, adamw)."""
-    sigma: float = 1e-3
-    """Perturbation scale: each weight moves by sigma * N(0, 1)."""
-    directions: int = 1
-    """Perturbations per minibatch, averaged (each costs two forward passes with antithetic pairs)."""
-    antithetic: bool = True
-    """Central differences from +/- pairs; False: one-sided differences against the clean pass."""
     estimator: Literal["finite-difference", "jvp"] = "finite-difference"
     """finite-difference: forward passes only (black box, works on devices); jvp: exact directional derivatives
     by forward-mode autodiff (Ren et al.'s forward gradient) - needs an exact model, digital layers only."""
-    hardware: str = "digital"
-    """What the layers are: 'digital' or a device preset (ideal, mild, harsh)."""
-    hardware_seed: int = 0
-    """Which physical device instance (device presets only)."""
 
 
 @register_rule("weight-perturbation")
