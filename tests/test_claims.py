@@ -192,6 +192,8 @@ def test_label_noise_fast_preset(tmp_path):
     assert noisy["agreement_true"] > noisy["agreement_noisy"] + 0.2
     assert noisy["corrupted_predicted_true"] > 0.5 > noisy["corrupted_predicted_noisy"]
     assert s["test_error"] == noisy["test_error"]  # headline: backprop at 50%
+    assert noisy["valid_error_best"] <= noisy["valid_error_clean"]  # the lowest one seen during training
+    assert 1 <= noisy["valid_error_best_epoch"] <= noisy["epochs"]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -84,6 +84,16 @@ def _paper() -> LabelNoiseConfig:
     return LabelNoiseConfig(agreement_subset=10000)
 
 
+def _lowest_validation_error(history: list[dict], key: str) -> dict[str, Any]:
+    """The lowest clean validation error seen during training and its epoch: watched only (the test uses
+    the last epoch), it shows whether a net fits the wrong labels late in training."""
+    seen = [(row[key], row["epoch"]) for row in history if row.get(key) is not None]
+    if not seen:
+        return {}
+    error, epoch = min(seen)
+    return {"valid_error_best": error, "valid_error_best_epoch": epoch}
+
+
 @register_experiment("label-noise")
 class LabelNoise(Experiment):
     name = "label-noise"
@@ -138,6 +148,7 @@ class LabelNoise(Experiment):
                     "test_error": test[key],
                     **{f"test/{k}": v for k, v in test.items()},
                     "valid_error_clean": last.get(f"valid/{key}"),
+                    **_lowest_validation_error(fitted.history, f"valid/{key}"),
                     "corrupted_fraction": corrupted.float().mean().item(),
                     "agreement_true": agree(everything, ta),
                     "agreement_noisy": agree(everything, na),
@@ -188,8 +199,9 @@ class LabelNoise(Experiment):
                        f"clean validation and test labels; agreement on {runs[0]['agreement_examples']} training "
                        "examples)\n")
             out.append("| rule | wrong labels | test error | agrees with true train labels | agrees with noisy "
-                       "train labels | corrupted examples predicted as true label | epochs |")
-            out.append("|---|---|---|---|---|---|---|")
+                       "train labels | corrupted examples predicted as true label | lowest clean validation error "
+                       "during training (epoch) | epochs | seeds |")
+            out.append("|---|---|---|---|---|---|---|---|---|")
             keys = sorted({(r["rule"], r["rate"]) for s in runs for r in s["results"]},
                           key=lambda k: (k[0], k[1]))
 
@@ -201,9 +213,15 @@ class LabelNoise(Experiment):
                 return f"{m:.1%}" + (f" ± {statistics.stdev(vals) * 100:.1f}" if len(vals) > 1 else "")
 
             for rule, rate in keys:
-                rs = [r for s in runs for r in s["results"] if r["rule"] == rule and r["rate"] == rate]
-                out.append(f"| {rule} | {rate:.0%} | {ms([r['test_error'] for r in rs])} "
-                           f"| {ms([r['agreement_true'] for r in rs])} | {ms([r['agreement_noisy'] for r in rs])} "
-                           f"| {ms([r['corrupted_predicted_true'] for r in rs])} | {rs[0]['epochs']} |")
+                rs = [(s["seed"], r) for s in runs for r in s["results"] if r["rule"] == rule and r["rate"] == rate]
+                seeds = ", ".join(str(seed) for seed, _ in rs)
+                rs_ = [r for _, r in rs]
+                best = ms([r.get("valid_error_best") for r in rs_])
+                if best != "-":
+                    best += " (" + ", ".join(str(r["valid_error_best_epoch"]) for r in rs_ if "valid_error_best" in r) + ")"
+                out.append(f"| {rule} | {rate:.0%} | {ms([r['test_error'] for r in rs_])} "
+                           f"| {ms([r['agreement_true'] for r in rs_])} | {ms([r['agreement_noisy'] for r in rs_])} "
+                           f"| {ms([r['corrupted_predicted_true'] for r in rs_])} | {best} | {rs_[0]['epochs']} "
+                           f"| {seeds} |")
             out.append("")
         return "\n".join(out)
