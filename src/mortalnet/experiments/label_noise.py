@@ -200,7 +200,7 @@ class LabelNoise(Experiment):
                        "examples)\n")
             out.append("| rule | wrong labels | test error | agrees with true train labels | agrees with noisy "
                        "train labels | corrupted examples predicted as true label | lowest clean validation error "
-                       "during training (epoch) | epochs | seeds |")
+                       "during training (runs that recorded it) | epochs | seeds |")
             out.append("|---|---|---|---|---|---|---|---|---|")
             keys = sorted({(r["rule"], r["rate"]) for s in runs for r in s["results"]},
                           key=lambda k: (k[0], k[1]))
@@ -216,9 +216,8 @@ class LabelNoise(Experiment):
                 rs = [(s["seed"], r) for s in runs for r in s["results"] if r["rule"] == rule and r["rate"] == rate]
                 seeds = ", ".join(str(seed) for seed, _ in rs)
                 rs_ = [r for _, r in rs]
-                best = ms([r.get("valid_error_best") for r in rs_])
-                if best != "-":
-                    best += " (" + ", ".join(str(r["valid_error_best_epoch"]) for r in rs_ if "valid_error_best" in r) + ")"
+                best = "; ".join(f"{r['valid_error_best']:.1%} (seed {seed}, epoch {r['valid_error_best_epoch']})"
+                                 for seed, r in rs if "valid_error_best" in r) or "-"
                 out.append(f"| {rule} | {rate:.0%} | {ms([r['test_error'] for r in rs_])} "
                            f"| {ms([r['agreement_true'] for r in rs_])} | {ms([r['agreement_noisy'] for r in rs_])} "
                            f"| {ms([r['corrupted_predicted_true'] for r in rs_])} | {best} | {rs_[0]['epochs']} "
