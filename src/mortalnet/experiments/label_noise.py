@@ -213,14 +213,13 @@ class LabelNoise(Experiment):
                 return f"{m:.1%}" + (f" ± {statistics.stdev(vals) * 100:.1f}" if len(vals) > 1 else "")
 
             for rule, rate in keys:
-                rs = [(s["seed"], r) for s in runs for r in s["results"] if r["rule"] == rule and r["rate"] == rate]
-                seeds = ", ".join(str(seed) for seed, _ in rs)
-                rs_ = [r for _, r in rs]
+                seeded = [(s["seed"], r) for s in runs for r in s["results"] if r["rule"] == rule and r["rate"] == rate]
+                rows = [r for _, r in seeded]
                 best = "; ".join(f"{r['valid_error_best']:.1%} (seed {seed}, epoch {r['valid_error_best_epoch']})"
-                                 for seed, r in rs if "valid_error_best" in r) or "-"
-                out.append(f"| {rule} | {rate:.0%} | {ms([r['test_error'] for r in rs_])} "
-                           f"| {ms([r['agreement_true'] for r in rs_])} | {ms([r['agreement_noisy'] for r in rs_])} "
-                           f"| {ms([r['corrupted_predicted_true'] for r in rs_])} | {best} | {rs_[0]['epochs']} "
-                           f"| {seeds} |")
+                                 for seed, r in seeded if "valid_error_best" in r) or "-"
+                out.append(f"| {rule} | {rate:.0%} | {ms([r['test_error'] for r in rows])} "
+                           f"| {ms([r['agreement_true'] for r in rows])} | {ms([r['agreement_noisy'] for r in rows])} "
+                           f"| {ms([r['corrupted_predicted_true'] for r in rows])} | {best} | {rows[0]['epochs']} "
+                           f"| {', '.join(str(seed) for seed, _ in seeded)} |")
             out.append("")
         return "\n".join(out)

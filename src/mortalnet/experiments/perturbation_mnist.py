@@ -31,7 +31,6 @@ from mortalnet.rules.activity_perturbation import ActivityPerturbationConfig
 from mortalnet.rules.backprop import BackpropConfig
 from mortalnet.rules.local_losses import LocalLossesConfig
 from mortalnet.rules.weight_perturbation import WeightPerturbationConfig
-from mortalnet.runs import RunDir
 from mortalnet.training import TrainingConfig, fit
 
 ARMS = ("backprop", "weight-perturbation", "activity-perturbation", "local-losses")
@@ -198,12 +197,9 @@ class PerturbationMnist(Experiment):
     def _train(self, label, rule, rule_cfg, hidden, config, ctx: RunContext, train, valid, test) -> dict[str, Any]:
         learner = create_rule(rule, rule_cfg, hidden=hidden, input_dim=train[0].shape[1], num_classes=10,
                               seed=ctx.seed, device=ctx.device)
-        sub = RunDir(ctx.run.path / "arms" / label) if ctx.run is not None else None
+        sub, resume = ctx.sub_run(f"arms/{label}")
         if sub is not None and sub.exists("result.json"):  # finished before an interruption
             return sub.read_json("result.json")
-        resume = sub is not None and sub.checkpoint_path.exists()
-        if sub is not None:
-            sub.path.mkdir(parents=True, exist_ok=True)
         training = ctx.loop_settings(config.training)
         result = fit(learner, train, valid, training, ctx.seed, run=sub, resume=resume)
         t = time.perf_counter()
