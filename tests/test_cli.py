@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from mortalnet.cli import main
+from mortalnet.runs import RunDir
 
 from conftest import needs_mnist
 
@@ -96,3 +98,30 @@ def test_seeds_option_runs_one_record_per_seed(tmp_path):
            "--set", "data.source=synthetic", "--set", "training.epochs=1", "--quiet"]
     assert main(one) == 0  # a single seed given with --seeds goes to DIR/seed<k> too
     assert json.loads((tmp_path / "seed2" / "summary.json").read_text())["seed"] == 2
+
+
+def test_snapshots_give_the_test_error_curve_after_training(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["run", "backprop-mlp", "--preset", "fast", "--seed", "0", "--out", str(out), "--quiet",
+            "--set", "data.source=synthetic", "--set", "data.train_subset=1000", "--set", "training.epochs=3",
+            "--set", "training.snapshot_every=1"]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == [f"epoch000{e}.safetensors" for e in (1, 2, 3)]
+    assert main(["eval", str(out), "--snapshots"]) == 0
+    rows = json.loads((out / "snapshots.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_seconds"] for r in rows] == [m["train_seconds"] for m in metrics]  # the clock at each epoch
+    # the last snapshot is the final model: its test error is the run's
+    assert rows[-1]["test_error"] == pytest.approx(summary["test_error"], abs=1e-6)
+    first, _ = RunDir(out).load_checkpoint(out / "snapshots" / "epoch0001.safetensors")
+    last, meta = RunDir(out).load_checkpoint(out / "snapshots" / "epoch0003.safetensors")
+    assert meta["epoch"] == 3 and any(not torch.equal(first[k], last[k]) for k in first)
+    # a run that kept none says how to get them
+    bare = tmp_path / "bare"
+    assert main(["run", "backprop-mlp", "--preset", "fast", "--out", str(bare), "--quiet",
+                 "--set", "data.source=synthetic", "--set", "training.epochs=1"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(bare), "--snapshots"]) == 1
+    assert "snapshot_every" in capsys.readouterr().err

@@ -59,3 +59,24 @@ def test_cifar10_fast_preset_on_generated_images(tmp_path):
     assert s["data_source"] == "synthetic"
     assert s["models"]["ff-2"]["test_error"] < 0.6 and s["models"]["backprop-2"]["test_error"] < 0.6
     assert "test_error_softmax" in s["models"]["ff-2"]
+
+
+def test_ff_supervised_max_shift_jitters_training_images_by_at_most_that_much(tiny_data):
+    import torch
+
+    from mortalnet.api import preset_config
+    from mortalnet.data.augment import shift_images
+    from mortalnet.experiments import get_experiment
+
+    exp = get_experiment("ff-supervised")
+    assert exp.train_transform(preset_config("ff-supervised", "paper")) is None  # the paper's recipe: no jitter
+    config = preset_config("ff-supervised", "speed")
+    assert config.max_shift == 1
+    x, _ = tiny_data.train.take(64).tensors()
+    out = exp.train_transform(config)(x, torch.Generator().manual_seed(0))
+    n = len(x)
+    shifted = {(dy, dx): shift_images(x, torch.full((n,), dy), torch.full((n,), dx))
+               for dy in (-1, 0, 1) for dx in (-1, 0, 1)}
+    match = torch.stack([(out == s).all(1) for s in shifted.values()])  # (9, n)
+    assert match.any(0).all()  # every image is one of its 9 shifts by at most 1 px
+    assert (~match[list(shifted).index((0, 0))]).sum() > n // 2  # and most were moved

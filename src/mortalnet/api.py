@@ -148,20 +148,36 @@ def run(
     return summary
 
 
-def evaluate(run_path: str | Path, device: str = "auto") -> dict[str, Any]:
-    """Re-evaluate a saved run's checkpoint on the test set; writes <run>/eval.json."""
+def _stored_run(run_path: str | Path, device: str) -> tuple[Any, Any, RunContext]:
+    """(experiment, config, context) of a saved run, for re-evaluation."""
     run_dir = RunDir(Path(run_path))
     if not run_dir.path.is_dir():
         raise RunError(f"{run_dir.path} is not a directory")
     stored = run_dir.read_json("config.json")
     exp = get_experiment(stored["experiment"])
     config = cfgmod.from_dict(exp.Config, stored["config"])
-    dev = resolve_device(device)
-    ctx = RunContext(exp.name, stored["preset"], int(stored["seed"]), dev, run_dir, progress=False)
+    ctx = RunContext(exp.name, stored["preset"], int(stored["seed"]), resolve_device(device), run_dir, progress=False)
+    return exp, config, ctx
+
+
+def evaluate(run_path: str | Path, device: str = "auto") -> dict[str, Any]:
+    """Re-evaluate a saved run's checkpoint on the test set; writes <run>/eval.json."""
+    exp, config, ctx = _stored_run(run_path, device)
     result = exp.evaluate(config, ctx)
-    result = {"experiment": exp.name, "preset": stored["preset"], "seed": stored["seed"], **result}
-    run_dir.write_json("eval.json", result)
+    result = {"experiment": exp.name, "preset": ctx.preset, "seed": ctx.seed, **result}
+    ctx.run.write_json("eval.json", result)
     return result
+
+
+def evaluate_snapshots(run_path: str | Path, device: str = "auto") -> list[dict[str, Any]]:
+    """Test error of every snapshot a run kept (`training.snapshot_every`), with the training seconds at
+    which it was taken: the test-error-vs-time curve, computed after training. Writes <run>/snapshots.json."""
+    exp, config, ctx = _stored_run(run_path, device)
+    if not ctx.run.snapshots():
+        raise RunError(f"{ctx.run.path} has no snapshots (run it with --set training.snapshot_every=N)")
+    rows = exp.evaluate_snapshots(config, ctx)
+    ctx.run.write_json("snapshots.json", rows)
+    return rows
 
 
 def _load_average() -> list[float] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="re-evaluate a saved run on the test set")
     e.add_argument("run_dir")
     e.add_argument("--device", default="auto")
+    e.add_argument("--snapshots", action="store_true",
+                   help="evaluate every snapshot the run kept (training.snapshot_every): test error vs training time")
 
     rep = sub.add_parser("report", help="rebuild the README results section from the records in results/")
     rep.add_argument("--results", default="results")
@@ -70,8 +73,6 @@ def _cmd_config(args) -> None:
 
 
 def _cmd_run(args) -> None:
-    from pathlib import Path
-
     from mortalnet.api import run
 
     if args.resume is None and not args.experiment:
@@ -92,8 +93,13 @@ def _cmd_run(args) -> None:
 
 
 def _cmd_eval(args) -> None:
-    from mortalnet.api import evaluate
+    from mortalnet.api import evaluate, evaluate_snapshots
 
+    if args.snapshots:
+        for row in evaluate_snapshots(args.run_dir, device=args.device):
+            print(f"epoch {row['epoch']:4d}  {row['train_seconds']:8.1f} s  test error {row['test_error']:.2%}")
+        print(f"written: {Path(args.run_dir) / 'snapshots.json'}")
+        return
     result = evaluate(args.run_dir, device=args.device)
     parts = "  ".join(f"{k[5:]} {v:.2%}" for k, v in result.items() if k.startswith("test/"))
     print(f"{result['experiment']} ({args.run_dir}, epoch {result.get('epoch')}): test error "

@@ -9,6 +9,7 @@ A run lives in one directory (default `runs/<experiment>/<preset>-s<seed>-<time>
                        wall_seconds, git_commit (the contract other tools rely on)
     status.json        running | done | failed (with the error) | interrupted
     checkpoint.safetensors   latest state (tensors only, loaded without pickle); epoch in metadata
+    snapshots/epochNNNN.safetensors   the state after chosen epochs (TrainingConfig.snapshot_every)
     plots/*.png        figures written by the experiment
     tb/                TensorBoard events, when the tensorboard package is installed
 
@@ -36,6 +37,7 @@ import torch
 
 SUMMARY_KEYS = ("experiment", "preset", "seed", "test_error", "wall_seconds", "git_commit")
 CHECKPOINT = "checkpoint.safetensors"
+SNAPSHOTS = "snapshots"
 
 
 class RunError(RuntimeError):
@@ -234,22 +236,36 @@ class RunDir:
         atomic_write_bytes(self.path / "metrics.jsonl", text.encode())
 
     # -- checkpoints -------------------------------------------------------------------------
-    def save_checkpoint(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
-        """Atomically save tensors (safetensors, no pickle) with JSON metadata."""
+    def save_checkpoint(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
+                        path: Path | None = None) -> None:
+        """Atomically save tensors (safetensors, no pickle) with JSON metadata (default: the checkpoint)."""
         from safetensors.torch import save
 
         flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         blob = save(flat, metadata={"mortalnet": json.dumps(dict(meta), default=_json_default)})
-        atomic_write_bytes(self.checkpoint_path, blob)
+        atomic_write_bytes(self.checkpoint_path if path is None else path, blob)
 
-    def load_checkpoint(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Load the latest checkpoint: (tensors, metadata). Never unpickles."""
+    def save_snapshot(self, epoch: int, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
+        """Keep the state after `epoch` in snapshots/epochNNNN.safetensors (for curves computed after training)."""
+        folder = self.path / SNAPSHOTS
+        folder.mkdir(exist_ok=True)
+        path = folder / f"epoch{epoch:04d}.safetensors"
+        self.save_checkpoint(tensors, {**meta, "epoch": epoch}, path)
+        return path
+
+    def snapshots(self) -> list[Path]:
+        """The saved snapshots, in epoch order."""
+        folder = self.path / SNAPSHOTS
+        return sorted(folder.glob("epoch*.safetensors")) if folder.is_dir() else []
+
+    def load_checkpoint(self, path: Path | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Load the latest checkpoint, or the snapshot at `path`: (tensors, metadata). Never unpickles."""
         from safetensors import SafetensorError
         from safetensors.torch import load
 
-        path = self.checkpoint_path
+        path = self.checkpoint_path if path is None else Path(path)
         if not path.exists():
-            raise RunError(f"{self.path} has no checkpoint ({CHECKPOINT}) to resume or evaluate from")
+            raise RunError(f"{self.path} has no checkpoint ({path.name}) to resume or evaluate from")
         data = path.read_bytes()
         try:
             tensors = load(data)

@@ -38,6 +38,9 @@ class TrainingConfig:
     """Evaluate on the validation set every N epochs (and always after the last)."""
     checkpoint_every: int = 1
     """Save a checkpoint every N epochs (and always after the last)."""
+    snapshot_every: int = 0
+    """Also keep the state after every N-th epoch in <run>/snapshots/ (0: none); for curves that need the
+    test set, evaluated after training (the test set never enters this loop)."""
     finite_check_every: int = 50
     """Check the training metrics for NaN/inf every N steps (and at every epoch end)."""
     progress: bool = True
@@ -166,10 +169,13 @@ def fit(
             history.append(row)
             if run is not None:
                 run.append_metrics(row)
+                state = None
                 if epoch % config.checkpoint_every == 0 or last:
-                    run.save_checkpoint(
-                        learner.state_tensors(), {"epoch": epoch, "train_seconds": row["train_seconds"]}
-                    )
+                    state = learner.state_tensors()
+                    run.save_checkpoint(state, {"epoch": epoch, "train_seconds": row["train_seconds"]})
+                if config.snapshot_every and epoch % config.snapshot_every == 0:
+                    state = learner.state_tensors() if state is None else state
+                    run.save_snapshot(epoch, state, {"train_seconds": row["train_seconds"]})
             _fault_injection(epoch)
             if writer is not None:
                 for k, v in row.items():

@@ -83,6 +83,10 @@ class Experiment:
         """Re-evaluate a finished run (ctx.run) on the test set."""
         raise NotImplementedError(f"{self.name} has no stand-alone evaluation")
 
+    def evaluate_snapshots(self, config: Any, ctx: RunContext) -> list[dict[str, Any]]:
+        """Evaluate each snapshot of ctx.run (TrainingConfig.snapshot_every) on the test set."""
+        raise NotImplementedError(f"{self.name} keeps no snapshots")
+
 
 class SupervisedExperiment(Experiment):
     """Train one learner on MNIST with the shared loop; test both procedures at the end.
@@ -149,3 +153,15 @@ class SupervisedExperiment(Experiment):
         return {"epoch": meta.get("epoch"), "test_error": test[learner.primary_metric],
                 **{f"test/{k}": v for k, v in test.items()}}
 
+    def evaluate_snapshots(self, config: Any, ctx: RunContext) -> list[dict[str, Any]]:
+        data = self.load_data(config)
+        test_x, test_y = data.test.tensors(ctx.device)
+        learner = self.build_learner(config, ctx)
+        rows = []
+        for path in ctx.run.snapshots():
+            tensors, meta = ctx.run.load_checkpoint(path)
+            learner.load_state_tensors(tensors)
+            test = learner.evaluate(test_x, test_y)
+            rows.append({"epoch": meta.get("epoch"), "train_seconds": meta.get("train_seconds"),
+                         "test_error": test[learner.primary_metric], **{f"test/{k}": v for k, v in test.items()}})
+        return rows

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mortalnet.data.augment import jitter
 from mortalnet.data.mnist import MnistConfig
 from mortalnet.experiments import register_experiment
 from mortalnet.experiments.curves import LearningCurveMixin
@@ -64,6 +63,3 @@ class FFJitter(LearningCurveMixin, FFSupervised):
     Config = FFJitterConfig
     presets = {"fast": _fast, "paper": _paper}
     references = {"paper": Reference(0.0064, "Hinton 2022, sec. 3.3: 4x2000, jittered MNIST, 500 epochs")}
-
-    def train_transform(self, config: FFJitterConfig):
-        return jitter(config.max_shift)
