@@ -155,7 +155,7 @@ def main() -> None:
         "experiment": "ff-supervised",
         "preset": args.preset,
         "config_overrides": [f"training.snapshot_every={args.snapshot_every}"],
-        "machine": f"{machine_label(env)}, {threads} threads",
+        "machine": machine_label(env),  # CPU model and torch threads
         "env": env,
         "git_commit": git_commit(),
         "target_error": args.target_error,
