@@ -8,7 +8,7 @@ itself (torch.multiprocessing) with a timeout on every distributed call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from mortalnet import config as cfgmod
@@ -58,12 +58,23 @@ def _paper() -> FFPipelineConfig:
     return FFPipelineConfig(hidden=(1000, 1000, 1000, 1000), training=TrainingConfig(epochs=20))
 
 
+def _paper_one_process() -> FFPipelineConfig:
+    """The `paper` recipe on one process (one rank owns all layers): the single-process reference."""
+    return replace(_paper(), ranks=1)
+
+
+def _paper_data_parallel() -> FFPipelineConfig:
+    """The `paper` recipe, whole net on each of 2 ranks, each layer's gradient all-reduced."""
+    return replace(_paper(), mode="data-parallel")
+
+
 @register_experiment("ff-pipeline")
 class FFPipeline(Experiment):
     name = "ff-pipeline"
     description = "FF on several processes: layer pipeline (no backward pass) or data-parallel all-reduce"
     Config = FFPipelineConfig
-    presets = {"fast": _fast, "paper": _paper}
+    presets = {"fast": _fast, "paper": _paper, "paper-1-process": _paper_one_process,
+               "paper-data-parallel": _paper_data_parallel}
     references: dict[str, Reference] = {}
 
     def run(self, config: FFPipelineConfig, ctx: RunContext) -> dict[str, Any]:
