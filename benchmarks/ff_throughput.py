@@ -1,11 +1,14 @@
 """FF training throughput next to the machine's own matmul speed, measured in one run.
 
 Prints and writes (results/benchmarks/ff_throughput-<device>.json):
-  * the machine's matmul FLOP/s in float32 (best of square 2000^3 and the FF layer shapes);
+  * the machine's matmul FLOP/s in float32 and in bfloat16 (best of square 2000^3 and the FF layer
+    shapes), and the FF step's achieved FLOP/s over the peak of its own dtype;
   * the FF training step of the given architecture (default: the paper's 784-4x2000, batch 100):
     examples/s and achieved FLOP/s of its matrix products, for the fused fast path and for the
     straightforward path (three full passes as in ffnew.m), and the ratio to the matmul FLOP/s;
-  * the per-label goodness test: images/s with layer 1's image part computed once vs ten times.
+  * the per-label goodness test: images/s with layer 1's image part computed once vs ten times,
+    in bfloat16, and with a shortlist of 3 labels;
+  * one epoch (500 steps + the 10k validation test) against a naive autograd implementation.
 
     python benchmarks/ff_throughput.py                 # paper architecture
     python benchmarks/ff_throughput.py --hidden 1000,1000,1000 --threads 2
@@ -145,10 +148,9 @@ def main() -> None:
     x = torch.rand(B * 20, 784, generator=g).to(device)
     y = (torch.arange(B * 20) % 10).to(device)
 
-    peak, per_shape = matmul_peak(
-        torch.float32, device,
-        [(2000, 2000, 2000), (2 * B, hidden[0], hidden[-1]), (hidden[-1], 2 * B, hidden[-1]), (B, 784, hidden[0])],
-    )
+    shapes = [(2000, 2000, 2000), (2 * B, hidden[0], hidden[-1]), (hidden[-1], 2 * B, hidden[-1]), (B, 784, hidden[0])]
+    peak, per_shape = matmul_peak(torch.float32, device, shapes)
+    peak_bf16, per_shape_bf16 = matmul_peak(torch.bfloat16, device, shapes)
 
     rows = []
     step_time = {}
@@ -203,18 +205,34 @@ def main() -> None:
         state["i"] += 1
 
     t_bf16_step = timeit(bf16_step, args.seconds)
-    t_bf16_eval = timeit(lambda: bf16.predict_batches(bf16.goodness_scores, xe, 100), args.seconds)
+    flops = ff_step_flops(784, hidden, B, True)
+    rows.append({
+        "measurement": "FF training step, fused fast path, bfloat16 products",
+        "examples_per_s": B / t_bf16_step,
+        "ms_per_step": 1e3 * t_bf16_step,
+        "matmul_gflops_per_step": flops / 1e9,
+        "achieved_gflop_s": flops / t_bf16_step / 1e9,
+        "fraction_of_bf16_matmul_peak": flops / t_bf16_step / peak_bf16,
+    })
+    t_bf16_eval = timeit(lambda: bf16.predict_batches(bf16.goodness_scores, xe, 200), args.seconds)
+    # the shortlist test (rule.goodness_shortlist=3): one neutral pass picks 3 labels, only those are
+    # scored; its agreement with the exact test on trained nets is benchmarks/goodness_test.py's job
+    bf16.cfg = replace(bf16.cfg, goodness_shortlist=3)
+    t_bf16_short = timeit(lambda: bf16.predict_batches(bf16.goodness_scores, xe, 200), args.seconds)
+    bf16.cfg = replace(bf16.cfg, goodness_shortlist=0)
     steps_per_epoch, eval_scale = 50_000 // B, 10
     epoch = {
         "naive": steps_per_epoch * t_naive_step + eval_scale * t_naive_eval,
         "float32": steps_per_epoch * step_time[True] + eval_scale * t_fast,
         "bfloat16": steps_per_epoch * t_bf16_step + eval_scale * t_bf16_eval,
+        "bfloat16 with the shortlist-3 test": steps_per_epoch * t_bf16_step + eval_scale * t_bf16_short,
     }
     for name, sec in epoch.items():
         rows.append({"measurement": f"one epoch (50k train + 10k validation goodness test), {name}",
                      "seconds_per_epoch": sec})
     rows.append({"measurement": "per-label goodness test, naive implementation", "images_per_s": 1000 / t_naive_eval})
     rows.append({"measurement": "per-label goodness test, layer 1 shared, bfloat16", "images_per_s": 1000 / t_bf16_eval})
+    rows.append({"measurement": "per-label goodness test, shortlist of 3, bfloat16", "images_per_s": 1000 / t_bf16_short})
 
     env = machine_info(device)
     result = {
@@ -227,6 +245,8 @@ def main() -> None:
         "git_commit": git_commit(),
         "matmul_peak_gflop_s": peak / 1e9,
         "matmul_gflop_s_by_shape": {k: v / 1e9 for k, v in per_shape.items()},
+        "bf16_matmul_peak_gflop_s": peak_bf16 / 1e9,
+        "bf16_matmul_gflop_s_by_shape": {k: v / 1e9 for k, v in per_shape_bf16.items()},
         "rows": rows,
         "ratios": {
             "fast_step_achieved_over_matmul_peak": rows[0]["fraction_of_matmul_peak"],
@@ -235,12 +255,16 @@ def main() -> None:
             "goodness_test_bf16_over_naive_implementation": t_naive_eval / t_bf16_eval,
             "epoch_float32_over_naive_implementation_speed": epoch["naive"] / epoch["float32"],
             "epoch_bfloat16_over_naive_implementation_speed": epoch["naive"] / epoch["bfloat16"],
+            "goodness_test_bf16_shortlist3_over_naive_implementation": t_naive_eval / t_bf16_short,
+            "epoch_bfloat16_shortlist3_over_naive_implementation_speed":
+                epoch["naive"] / epoch["bfloat16 with the shortlist-3 test"],
             "bfloat16_over_float32_step_speed": step_time[True] / t_bf16_step,
+            "bf16_step_achieved_over_bf16_matmul_peak": flops / t_bf16_step / peak_bf16,
         },
     }
     out = Path(args.out) / f"ff_throughput-{device.type}.json"
     atomic_write_json(out, result)
-    print(f"machine: {result['machine']}; matmul peak {peak / 1e9:.0f} GFLOP/s (float32)")
+    print(f"machine: {result['machine']}; matmul peak {peak / 1e9:.0f} GFLOP/s (float32), {peak_bf16 / 1e9:.0f} (bfloat16)")
     for r in rows:
         print("  " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{v}" for k, v in r.items()))
     for k, v in result["ratios"].items():

@@ -75,6 +75,12 @@ def test_ff_supervised_fast_preset_on_real_mnist(tmp_path, capsys):
     assert main(["eval", str(out)]) == 0
     again = json.loads((out / "eval.json").read_text())
     assert again["test_error"] == pytest.approx(summary["test_error"], abs=1e-6)
+    # ... and so does the learner loaded in Python
+    import mortalnet as mn
+
+    learner, cfg = mn.load_learner(out)
+    tx, ty = mn.load_mnist(cfg.data).test.tensors()
+    assert learner.evaluate(tx, ty)["error_goodness"] == pytest.approx(summary["test_error"], abs=1e-6)
     # the same directory cannot be overwritten by accident
     assert main(["run", "ff-supervised", "--preset", "fast", "--out", str(out), "--quiet"]) == 1
     assert "already holds a run" in capsys.readouterr().err

@@ -4,6 +4,7 @@ Public API (imported lazily, so `import mortalnet` does no work):
 
     run, evaluate            run a named experiment / re-evaluate a saved run (api.py)
     evaluate_snapshots       test error of a run's kept snapshots vs training seconds (api.py)
+    load_learner             a saved run's trained learner, for analysis (api.py)
     load_mnist, MnistConfig  the data (data/mnist.py)
     create_rule, list_rules  learning rules (rules/)
     list_experiments         named experiments (experiments/)
@@ -21,6 +22,7 @@ _EXPORTS = {
     "run": "mortalnet.api",
     "evaluate": "mortalnet.api",
     "evaluate_snapshots": "mortalnet.api",
+    "load_learner": "mortalnet.api",
     "load_mnist": "mortalnet.data.mnist",
     "MnistConfig": "mortalnet.data.mnist",
     "create_rule": "mortalnet.rules",

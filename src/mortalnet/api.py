@@ -169,6 +169,21 @@ def evaluate(run_path: str | Path, device: str = "auto") -> dict[str, Any]:
     return result
 
 
+def load_learner(run_path: str | Path, device: str = "auto", checkpoint: str | Path | None = None):
+    """The trained learner of a saved run, for analysis in Python: (learner, config).
+
+    Loads the run's final checkpoint (or the snapshot file `checkpoint`) into a learner built from
+    the run's own config.json, e.g. ``learner, cfg = mn.load_learner("results/ff-supervised/paper/seed0")``
+    then ``learner.evaluate(x, y)``. For experiments that train one learner (SupervisedExperiment)."""
+    exp, config, ctx = _stored_run(run_path, device)
+    if not hasattr(exp, "build_learner"):
+        raise RunError(f"{exp.name} trains several models; load its sub-runs' checkpoints instead")
+    learner = exp.build_learner(config, ctx)
+    tensors, _ = ctx.run.load_checkpoint(None if checkpoint is None else Path(checkpoint))
+    learner.load_state_tensors(tensors)
+    return learner, config
+
+
 def evaluate_snapshots(run_path: str | Path, device: str = "auto") -> list[dict[str, Any]]:
     """Test error of every snapshot a run kept (`training.snapshot_every`), with the training seconds at
     which it was taken: the test-error-vs-time curve, computed after training. Writes <run>/snapshots.json."""

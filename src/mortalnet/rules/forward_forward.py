@@ -193,10 +193,16 @@ class _GradientSink:
         if self.low_precision is None:
             buf.addmm_(a, b, beta=beta, alpha=self._scale(p, scale))
             return
-        prod = torch.mm(a.to(self.low_precision), b.to(self.low_precision))  # fp32-accumulated, rounded
-        if beta != 1.0:
-            buf.mul_(beta)
-        buf.add_(prod, alpha=self._scale(p, scale))
+        # bf16 operands, fp32 accumulation inside torch.mm, the (D, H) result rounded to bf16. The
+        # scale goes into the small (batch, H) factor b, and the product is widened to fp32 before
+        # the add: on CPU an fp32 += bf16 add is ~2.5x slower than widening first, and mul_ + add_
+        # would read the (D, H) buffer twice.
+        lp = self.low_precision
+        prod = torch.mm(a.to(lp), (b * self._scale(p, scale)).to(lp)).float()  # (D, H)
+        if beta == 1.0:
+            buf.add_(prod)
+        else:
+            torch.add(prod, buf, alpha=beta, out=buf)  # buf = beta * buf + prod, one pass
 
     def rows(self, p: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, scale: float) -> None:
         """grad(p)[index[k]] += scale * rows[k]."""

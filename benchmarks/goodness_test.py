@@ -1,0 +1,159 @@
+"""The per-label goodness test: how much cheaper than the naive one, and what a shortlist costs.
+
+The test of Hinton (2022, sec. 3.3) runs each image once per label (10 labels) and picks the
+label with the largest goodness summed over hidden layers 2..L. On trained networks (run records
+that kept their checkpoint, e.g. `ff-supervised --preset paper` seeds 0 and 1) this measures, in
+one invocation:
+
+  * agreement: the validation and test error of the exact test (fused fast path, float32), of the
+    same in bfloat16, and of the shortlist test (`rule.goodness_shortlist=k`: one neutral pass
+    into the softmax readout picks k candidate labels, only those are scored by goodness) for each
+    k, with the number of images whose predicted label differs from the exact test's;
+  * speed, side by side on the first run's trained weights and the same test images (chunks of
+    200 images, as FFLearner.evaluate): the naive implementation (`ff_throughput.NaiveFF`: ten full
+    float32 passes), the library's straightforward path (`goodness_scores_reference`), the exact
+    fast path in float32 and bfloat16, and the shortlist in float32 and bfloat16.
+
+    python benchmarks/goodness_test.py --runs results/ff-supervised/paper/seed0,results/ff-supervised/paper/seed1
+
+Writes results/benchmarks/goodness_test-<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ff_throughput import NaiveFF, timeit  # noqa: E402  (the same naive implementation as ff_throughput)
+
+import mortalnet as mn  # noqa: E402
+from mortalnet.runs import atomic_write_json, git_commit, machine_info, machine_label  # noqa: E402
+
+
+def predictions(learner, x: torch.Tensor, shortlist: int, precision: str) -> torch.Tensor:
+    """Predicted labels (N,) of the per-label goodness test with the given shortlist and precision."""
+    base = learner.cfg
+    learner.cfg = replace(base, goodness_shortlist=shortlist, precision=precision)
+    try:
+        return learner.predict_batches(learner.goodness_scores, x, chunk=200).argmax(1)
+    finally:
+        learner.cfg = base
+
+
+def naive_with_weights(learner) -> NaiveFF:
+    """NaiveFF holding the trained learner's layer weights (nn.Linear stores them transposed)."""
+    hidden = tuple(layer.bias.numel() for layer in learner.net.layers)
+    naive = NaiveFF(hidden)
+    with torch.no_grad():
+        for lin, layer in zip(naive.layers, learner.net.layers):
+            lin.weight.copy_(layer.weight.T)
+            lin.bias.copy_(layer.bias)
+    return naive
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", default="results/ff-supervised/paper/seed0,results/ff-supervised/paper/seed1",
+                    help="comma-separated run directories with a checkpoint (a supervised FF learner)")
+    ap.add_argument("--k", default="1,2,3,4,5", help="shortlist sizes to measure")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--seconds", type=float, default=3.0, help="timing budget per measurement")
+    ap.add_argument("--timing-images", type=int, default=1000)
+    ap.add_argument("--out", default="results/benchmarks")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    ks = [int(k) for k in args.k.split(",")]
+    runs = [r for r in args.runs.split(",") if r]
+
+    # --- speed first (needs an idle machine), side by side on the first run's weights -------------
+    learner, first_cfg = mn.load_learner(runs[0], device="cpu")
+    test_x = mn.load_mnist(first_cfg.data).test.tensors()[0][: args.timing_images]
+    naive = naive_with_weights(learner)
+    timed = {
+        "naive implementation (10 full float32 passes, nn.Linear)":
+            lambda: [naive.goodness_test(test_x[j : j + 200]) for j in range(0, len(test_x), 200)],
+        "library straightforward path (10 full passes)":
+            lambda: learner.predict_batches(learner.goodness_scores_reference, test_x, chunk=200),
+    }
+    for name, k, precision in [("exact, layer 1 shared", 0, "float32"), ("exact, layer 1 shared", 0, "bfloat16")] + [
+        (f"shortlist {k}", k, p) for k in ks for p in ("float32", "bfloat16")
+    ]:
+        timed[f"{name}, {precision}"] = (lambda k=k, p=precision: predictions(learner, test_x, k, p))
+    seconds = {name: timeit(fn, args.seconds) for name, fn in timed.items()}
+    naive_s = seconds["naive implementation (10 full float32 passes, nn.Linear)"]
+    rows = [{"measurement": f"per-label goodness test: {name}", "images_per_s": len(test_x) / s,
+             "speed_over_naive": naive_s / s} for name, s in seconds.items()]
+    # the exact test must agree with the naive one on the trained net (same weights)
+    with torch.no_grad():
+        naive_pred = torch.cat([naive.goodness_test(test_x[j : j + 200]) for j in range(0, len(test_x), 200)]).argmax(1)
+    exact_pred = predictions(learner, test_x, 0, "float32")
+    print("speed measured", flush=True)
+
+    # --- agreement on the trained networks -----------------------------------------------------
+    agreement = []
+    for run in runs:
+        learner, cfg = mn.load_learner(run, device="cpu")
+        data = mn.load_mnist(cfg.data)
+        for split_name, split in (("validation", data.valid), ("test", data.test)):
+            if not len(split):
+                continue
+            x, y = split.tensors()
+            exact = predictions(learner, x, 0, "float32")
+            variants = [("exact", 0, "float32"), ("exact", 0, "bfloat16")]
+            variants += [(f"shortlist {k}", k, p) for k in ks for p in ("float32", "bfloat16")]
+            for name, k, precision in variants:
+                pred = exact if (k, precision) == (0, "float32") else predictions(learner, x, k, precision)
+                agreement.append({
+                    "run": run, "split": split_name, "test": name, "precision": precision,
+                    "errors": int((pred != y).sum()), "images": len(y),
+                    "error": (pred != y).float().mean().item(),
+                    "differs_from_exact": int((pred != exact).sum()),
+                })
+        print(f"{run}: agreement measured")
+
+    env = machine_info(device)
+    hidden = [layer.bias.numel() for layer in learner.net.layers]
+    ratios = {"exact_float32_over_naive_speed": naive_s / seconds["exact, layer 1 shared, float32"],
+              "exact_bfloat16_over_naive_speed": naive_s / seconds["exact, layer 1 shared, bfloat16"]}
+    for k in ks:
+        ratios[f"shortlist{k}_bfloat16_over_naive_speed"] = naive_s / seconds[f"shortlist {k}, bfloat16"]
+    result = {
+        "benchmark": "goodness_test",
+        "command": "python benchmarks/goodness_test.py " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
+        "architecture": f"784-{'-'.join(map(str, hidden))} (trained: {runs[0]})",
+        "machine": machine_label(env),
+        "env": env,
+        "git_commit": git_commit(),
+        "rows": rows,
+        "agreement": agreement,
+        "exact_equals_naive_on_timing_images": bool(torch.equal(naive_pred, exact_pred)),
+        "ratios": ratios,
+        "notes": [
+            "speed: images/s of the 10-label test on the same trained weights and images, one process, measured "
+            "side by side; speed_over_naive = naive seconds / these seconds",
+            "agreement: errors of each variant on the runs' validation and test sets, and how many images get a "
+            "different label from the exact float32 test",
+        ],
+    }
+    out = Path(args.out) / f"goodness_test-{device.type}.json"
+    atomic_write_json(out, result)
+    print(f"machine: {result['machine']}; {result['architecture']}")
+    for r in rows:
+        print(f"  {r['measurement']}: {r['images_per_s']:.0f} images/s, {r['speed_over_naive']:.2f}x naive")
+    for a in agreement:
+        print(f"  {a['run']} {a['split']:<10} {a['test']:<12} {a['precision']:<8} errors {a['errors']:>4} / "
+              f"{a['images']}, differs from exact on {a['differs_from_exact']}")
+    print(f"  exact test == naive test on the timing images: {result['exact_equals_naive_on_timing_images']}")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
