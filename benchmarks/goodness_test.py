@@ -56,6 +56,24 @@ def naive_with_weights(learner) -> NaiveFF:
     return naive
 
 
+def agreement_table(agreement: list[dict]) -> list[dict]:
+    """One row per test variant: its errors on each run's validation and test set, and how many
+    images (all runs and splits together) get a different label from the exact float32 test."""
+    variants = list(dict.fromkeys((a["test"], a["precision"]) for a in agreement))
+    runs = list(dict.fromkeys(a["run"] for a in agreement))
+    rows = []
+    for test, precision in variants:
+        mine = [a for a in agreement if (a["test"], a["precision"]) == (test, precision)]
+        row = {"test": test, "precision": precision}
+        for split in ("validation", "test"):
+            errs = [str(a["errors"]) for run in runs for a in mine if a["run"] == run and a["split"] == split]
+            row[f"{split} errors (per run)"] = ", ".join(errs)
+        row["images labelled differently from exact float32"] = sum(a["differs_from_exact"] for a in mine)
+        row["images compared"] = sum(a["images"] for a in mine)
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", default="results/ff-supervised/paper/seed0,results/ff-supervised/paper/seed1",
@@ -64,6 +82,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--seconds", type=float, default=3.0, help="timing budget per measurement")
     ap.add_argument("--timing-images", type=int, default=1000)
+    ap.add_argument("--agreement-threads", type=int, default=0,
+                    help="torch threads for the agreement part, which needs no idle machine (0 = --threads)")
     ap.add_argument("--out", default="results/benchmarks")
     args = ap.parse_args()
     if args.threads:
@@ -95,6 +115,8 @@ def main() -> None:
         naive_pred = torch.cat([naive.goodness_test(test_x[j : j + 200]) for j in range(0, len(test_x), 200)]).argmax(1)
     exact_pred = predictions(learner, test_x, 0, "float32")
     print("speed measured", flush=True)
+    if args.agreement_threads:
+        torch.set_num_threads(args.agreement_threads)
 
     # --- agreement on the trained networks -----------------------------------------------------
     agreement = []
@@ -133,6 +155,8 @@ def main() -> None:
         "env": env,
         "git_commit": git_commit(),
         "rows": rows,
+        "tables": [{"title": f"Agreement with the exact test on the trained networks ({', '.join(runs)}; "
+                             "errors out of 10,000 images per set)", "rows": agreement_table(agreement)}],
         "agreement": agreement,
         "exact_equals_naive_on_timing_images": bool(torch.equal(naive_pred, exact_pred)),
         "ratios": ratios,

@@ -77,6 +77,15 @@ def render_benchmarks(results: str | Path) -> str:
             out.append("|" + "---|" * len(cols))
             for r in rows:
                 out.append("| " + " | ".join(_fmt_value(r.get(c, "")) for c in cols) + " |")
+        for table in data.get("tables", []):  # further tables: {"title": ..., "rows": [{column: value}]}
+            cols = list(dict.fromkeys(k for r in table["rows"] for k in r))
+            out.append("")
+            out.append(table.get("title", ""))
+            out.append("")
+            out.append("| " + " | ".join(cols) + " |")
+            out.append("|" + "---|" * len(cols))
+            for r in table["rows"]:
+                out.append("| " + " | ".join(_fmt_value(r.get(c, "")) for c in cols) + " |")
         ratios = data.get("ratios", {})
         if ratios:
             out.append("")
