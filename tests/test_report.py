@@ -30,6 +30,18 @@ def test_table_shows_mean_and_sd_over_seeds_and_the_reference(tmp_path):
     assert "error_softmax: 2.00% ± 0.00" in block
 
 
+def test_benchmark_records_render_their_rows_ratios_and_extra_tables(tmp_path):
+    bench = tmp_path / "benchmarks"
+    bench.mkdir()
+    record = {"benchmark": "b", "machine": "m", "command": "python benchmarks/b.py",
+              "rows": [{"measurement": "x", "images_per_s": 1234.5}], "ratios": {"x_over_naive": 5.25},
+              "tables": [{"title": "Agreement", "rows": [{"test": "shortlist 3", "differs": 4}]}]}
+    (bench / "b-cpu.json").write_text(json.dumps(record))
+    block = tables.render_benchmarks(tmp_path)
+    assert "| x | 1.23e+03 |" in block and "x_over_naive = 5.25" in block
+    assert "Agreement\n\n| test | differs |\n|---|---|\n| shortlist 3 | 4 |" in block
+
+
 def test_splice_replaces_only_the_block():
     text = f"intro\n{tables.BEGIN}\nold\n{tables.END}\noutro\n"
     new = tables.splice(text, "new\n")
