@@ -218,7 +218,7 @@ def main() -> None:
     # the shortlist test (rule.goodness_shortlist=3): one neutral pass picks 3 labels, only those are
     # scored; its agreement with the exact test on trained nets is benchmarks/goodness_test.py's job
     bf16.cfg = replace(bf16.cfg, goodness_shortlist=3)
-    t_bf16_short = timeit(lambda: bf16.predict_batches(bf16.goodness_scores, xe, 200), args.seconds)
+    t_bf16_short = timeit(lambda: bf16.predict_batches(bf16.goodness_scores, xe, bf16.goodness_chunk), args.seconds)
     bf16.cfg = replace(bf16.cfg, goodness_shortlist=0)
     steps_per_epoch, eval_scale = 50_000 // B, 10
     epoch = {

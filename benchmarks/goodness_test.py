@@ -9,8 +9,8 @@ one invocation:
     same in bfloat16, and of the shortlist test (`rule.goodness_shortlist=k`: one neutral pass
     into the softmax readout picks k candidate labels, only those are scored by goodness) for each
     k, with the number of images whose predicted label differs from the exact test's;
-  * speed, side by side on the first run's trained weights and the same test images (chunks of
-    200 images, as FFLearner.evaluate): the naive implementation (`ff_throughput.NaiveFF`: ten full
+  * speed, side by side on the first run's trained weights and the same test images (in chunks of
+    about 2000 image-label rows, as FFLearner.evaluate: 200 images, or 666 with a shortlist of 3): the naive implementation (`ff_throughput.NaiveFF`: ten full
     float32 passes), the library's straightforward path (`goodness_scores_reference`), the exact
     fast path in float32 and bfloat16, and the shortlist in float32 and bfloat16.
 
@@ -40,7 +40,7 @@ def predictions(learner, x: torch.Tensor, shortlist: int, precision: str) -> tor
     base = learner.cfg
     learner.cfg = replace(base, goodness_shortlist=shortlist, precision=precision)
     try:
-        return learner.predict_batches(learner.goodness_scores, x, chunk=200).argmax(1)
+        return learner.predict_batches(learner.goodness_scores, x, chunk=learner.goodness_chunk).argmax(1)
     finally:
         learner.cfg = base
 

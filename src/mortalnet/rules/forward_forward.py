@@ -559,9 +559,16 @@ class FFLearner(Learner):
         """Every layer's states for images with the given label pixels (for plots and analysis)."""
         return self.net.forward_states(embed_label(images, label_pixels))
 
+    @property
+    def goodness_chunk(self) -> int:
+        """Images per call of goodness_scores in evaluate: about 2000 rows (image, label) per matrix
+        product whatever the shortlist (200 images x 10 labels, 666 x 3): cache-friendly."""
+        k = self.cfg.goodness_shortlist
+        return 2000 // (k if 0 < k < self.num_classes else self.num_classes)
+
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        good = self.predict_batches(self.goodness_scores, x, chunk=200)  # 2000 rows: cache-friendly
+        good = self.predict_batches(self.goodness_scores, x, chunk=self.goodness_chunk)
         out = {"error_goodness": (good.argmax(1) != y).float().mean().item()}
         if self.cfg.readout:
             soft = self.predict_batches(self.softmax_logits, x)
