@@ -114,6 +114,7 @@ def main() -> None:
     with torch.no_grad():
         naive_pred = torch.cat([naive.goodness_test(test_x[j : j + 200]) for j in range(0, len(test_x), 200)]).argmax(1)
     exact_pred = predictions(learner, test_x, 0, "float32")
+    env = machine_info(device)  # the machine as timed (before the agreement part changes the threads)
     print("speed measured", flush=True)
     if args.agreement_threads:
         torch.set_num_threads(args.agreement_threads)
@@ -140,7 +141,6 @@ def main() -> None:
                 })
         print(f"{run}: agreement measured")
 
-    env = machine_info(device)
     hidden = [layer.bias.numel() for layer in learner.net.layers]
     ratios = {"exact_float32_over_naive_speed": naive_s / seconds["exact, layer 1 shared, float32"],
               "exact_bfloat16_over_naive_speed": naive_s / seconds["exact, layer 1 shared, bfloat16"]}
