@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from mortalnet.rules.forward_forward import FFConfig, FFLearner
-from mortalnet.runs import atomic_write_json, git_commit, machine_info, machine_label
+from mortalnet.runs import atomic_write_json, benchmark_provenance, machine_info
 
 
 def timeit(fn, min_seconds: float = 2.0, warmup: int = 3) -> float:
@@ -236,13 +236,7 @@ def main() -> None:
 
     env = machine_info(device)
     result = {
-        "benchmark": "ff_throughput",
-        "command": "python benchmarks/ff_throughput.py " + " ".join(
-            f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
-        "architecture": f"784-{'-'.join(map(str, hidden))}, batch {B}, float32",
-        "machine": machine_label(env),
-        "env": env,
-        "git_commit": git_commit(),
+        **benchmark_provenance("ff_throughput", args, f"784-{'-'.join(map(str, hidden))}, batch {B}, float32", env),
         "matmul_peak_gflop_s": peak / 1e9,
         "matmul_gflop_s_by_shape": {k: v / 1e9 for k, v in per_shape.items()},
         "bf16_matmul_peak_gflop_s": peak_bf16 / 1e9,

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ff_throughput import NaiveFF, timeit  # noqa: E402  (the same naive implementation as ff_throughput)
 
 import mortalnet as mn  # noqa: E402
-from mortalnet.runs import atomic_write_json, git_commit, machine_info, machine_label  # noqa: E402
+from mortalnet.runs import atomic_write_json, benchmark_provenance, machine_info  # noqa: E402
 
 
 def predictions(learner, x: torch.Tensor, shortlist: int, precision: str) -> torch.Tensor:
@@ -147,13 +147,7 @@ def main() -> None:
     for k in ks:
         ratios[f"shortlist{k}_bfloat16_over_naive_speed"] = naive_s / seconds[f"shortlist {k}, bfloat16"]
     result = {
-        "benchmark": "goodness_test",
-        "command": "python benchmarks/goodness_test.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
-        "architecture": f"784-{'-'.join(map(str, hidden))} (trained: {runs[0]})",
-        "machine": machine_label(env),
-        "env": env,
-        "git_commit": git_commit(),
+        **benchmark_provenance("goodness_test", args, f"784-{'-'.join(map(str, hidden))} (trained: {runs[0]})", env),
         "rows": rows,
         "tables": [{"title": f"Agreement with the exact test on the trained networks ({', '.join(runs)}; "
                              "errors out of 10,000 images per set)", "rows": agreement_table(agreement)}],

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from mortalnet.nets.local import LocallyConnected2d, default_tile
-from mortalnet.runs import atomic_write_json, git_commit, machine_info, machine_label
+from mortalnet.runs import atomic_write_json, benchmark_provenance, machine_info
 
 
 def timeit(fn, min_seconds: float, warmup: int = 2) -> float:
@@ -95,16 +95,11 @@ def main() -> None:
     })
     best = min(step_time, key=step_time.get)
     env = machine_info("cpu")
+    architecture = (f"locally connected {c}x{H}x{W} -> {args.channels}x{H}x{W}, {args.kernel}x{args.kernel} "
+                    f"receptive fields ({true_macs / 1e6:.2f}M multiply-adds per example), FF step on "
+                    f"{rows} rows (forward + weight contraction), float32")
     out = {
-        "benchmark": "locally_connected",
-        "command": "python benchmarks/locally_connected.py " + " ".join(
-            f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
-        "architecture": (f"locally connected {c}x{H}x{W} -> {args.channels}x{H}x{W}, {args.kernel}x{args.kernel} "
-                         f"receptive fields ({true_macs / 1e6:.2f}M multiply-adds per example), FF step on "
-                         f"{rows} rows (forward + weight contraction), float32"),
-        "machine": machine_label(env),
-        "env": env,
-        "git_commit": git_commit(),
+        **benchmark_provenance("locally_connected", args, architecture, env),
         "rows": results,
         "notes": [f"load average {load_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the end on "
                   f"{os.cpu_count()} CPUs: on a busy machine every timing is inflated, not always equally"],

@@ -55,3 +55,15 @@ def test_readme_results_block_is_up_to_date(monkeypatch):
     assert not tables.update_readme("results", "README.md", check=True), (
         "README.md's results block is stale: run `mortalnet report`"
     )
+
+
+def test_benchmark_provenance_names_the_command_machine_and_commit():
+    import argparse
+
+    from mortalnet.runs import benchmark_provenance, machine_info
+
+    args = argparse.Namespace(agreement_threads=1, seconds=3.0, out="results/benchmarks")
+    head = benchmark_provenance("goodness_test", args, "784-10", machine_info("cpu"))
+    assert head["command"] == "python benchmarks/goodness_test.py --agreement-threads 1 --seconds 3.0"
+    assert head["benchmark"] == "goodness_test" and head["architecture"] == "784-10"
+    assert head["machine"].endswith("threads") and head["git_commit"]

@@ -170,6 +170,14 @@ def machine_label(env: Mapping[str, Any]) -> str:
     return f"{env.get('cpu', 'CPU')}, {env.get('torch_threads', '?')} threads"
 
 
+def benchmark_provenance(name: str, args: Any, architecture: str, env: Mapping[str, Any]) -> dict[str, Any]:
+    """The head of a benchmark record: name, the command line that reproduces it (every argparse
+    option but --out), what was measured, the machine (label and details) and the git commit."""
+    options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out")
+    return {"benchmark": name, "command": f"python benchmarks/{name}.py {options}", "architecture": architecture,
+            "machine": machine_label(env), "env": env, "git_commit": git_commit()}
+
+
 def _now() -> str:
     return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
