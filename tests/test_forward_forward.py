@@ -239,3 +239,50 @@ def test_without_readout_layers_train_the_same_and_only_goodness_is_tested():
     assert set(b.evaluate(x, y)) == {"error_goodness"}
     with pytest.raises(ValueError, match="need the softmax readout"):
         tiny(readout=False)  # hard negatives need it
+
+
+def test_compiled_update_equals_the_eager_bf16_update(monkeypatch):
+    """rule.compile_update: one compiled pass per layer gives the eager bf16 step's weights, smoothed
+    gradients and metrics to float rounding, over several steps (lr changing between them)."""
+    import mortalnet.rules.forward_forward as ff
+
+    calls = []
+    run = ff._run_compiled
+    monkeypatch.setattr(ff, "_run_compiled", lambda *args: calls.append(args[2].shape) or run(*args))
+    eager, compiled = tiny(seed=5, precision="bfloat16"), tiny(seed=5, precision="bfloat16", compile_update=True)
+    for step in range(4):
+        x, y = images(32, seed=step), torch.arange(32) % 10
+        for learner in (eager, compiled):
+            learner.set_lr_scale(1.0 - 0.2 * step)
+            metrics = learner.train_batch(x, y)
+        for pe, pc in zip(eager.net.layers, compiled.net.layers):
+            torch.testing.assert_close(pc.weight, pe.weight, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(compiled.optimizers[0].state[pc.weight]["smoothed_grad"],
+                                       eager.optimizers[0].state[pe.weight]["smoothed_grad"], rtol=1e-5, atol=1e-6)
+    assert all(torch.isfinite(v).all() for v in metrics.values())
+    # layers 2 and 3 take the compiled pass every step; layer 1 (label rows added after its
+    # product) keeps the eager update
+    assert calls == [(12, 10), (10, 8)] * 4
+
+
+def test_compiled_update_weight_copies_are_dropped_when_a_weight_changes():
+    """The bf16 copies the compiled update writes serve the next step only while the fp32 weight is
+    untouched; any other write (a checkpoint load, a hand edit) makes the learner convert afresh."""
+    learner = tiny(seed=6, precision="bfloat16", compile_update=True)
+    learner.train_batch(images(32), torch.arange(32) % 10)
+    w = learner.net.layers[1].weight
+    cached = learner._matmul_weights()[1]
+    assert cached is learner._weight_copies[id(w)][2]
+    torch.testing.assert_close(cached, w.to(torch.bfloat16), rtol=0, atol=0)
+    with torch.no_grad():
+        w.add_(1.0)
+    fresh = learner._matmul_weights()[1]
+    assert fresh is not cached
+    torch.testing.assert_close(fresh, w.to(torch.bfloat16), rtol=0, atol=0)
+
+
+def test_compiled_update_is_refused_where_it_does_not_apply():
+    with pytest.raises(ValueError, match="compile_update"):
+        tiny(compile_update=True)  # float32
+    with pytest.raises(ValueError, match="compile_update"):
+        tiny(compile_update=True, precision="bfloat16", fast=False)

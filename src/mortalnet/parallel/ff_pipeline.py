@@ -93,7 +93,7 @@ def pipeline_rank(rank: int, world: int, spec: dict[str, Any]) -> dict[str, Any]
                 if max_steps and steps >= max_steps:
                     break
                 _fault_injection(rank, steps)
-                sink, metrics = _GradientSink(learner.optimizers[0], learner._low_precision()), {}
+                sink, metrics = learner.gradient_sink(), {}
                 if rank == 0:
                     xb, yb = x_train[idx], y_train[idx]
                     y_neg = learner._sample_negative_labels(None, yb)  # random wrong labels

@@ -93,6 +93,8 @@ class FFConfig(FFObjectiveConfig):
     """Per-label test on a shortlist: 0 = score all labels by goodness (exact, the paper's test); k > 0 = rank labels by one neutral pass into the softmax and score only the top k by goodness (cheaper; its agreement with the exact test is measured, not assumed)."""
     precision: Literal["float32", "bfloat16"] = "float32"
     """Matrix products in float32, or in bfloat16 (fast path only): bf16 copies of weights and activities are multiplied (fp32 accumulation inside each product); master weights, smoothed gradients and all other arithmetic stay float32."""
+    compile_update: bool = False
+    """bfloat16 fast path with smoothed-sgd only: fold each layer's bf16 gradient product into the smoothed gradient and update the weight in one torch.compile'd pass over the weights instead of four eager ones (needs a working torch.compile, i.e. a C++ compiler on CPU; compiling takes ~10-20 s at the first step). The same arithmetic as the eager update, to float rounding."""
 
 
 def goodness_sign(goodness: str) -> float:
@@ -155,6 +157,29 @@ def ff_layer_signal(
     return signal, p_pos, p_neg
 
 
+def smoothed_update(prod: torch.Tensor, smoothed: torch.Tensor, weight: torch.Tensor, beta: torch.Tensor,
+                    lr: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
+    """ffnew.m's update of one weight matrix from its (already scaled) bf16 gradient product prod (D, H):
+        smoothed = beta * smoothed + prod;   weight = decay * weight - lr * smoothed
+    with decay = 1 - lr * weight_cost; returns the new weight in prod's dtype (the next step's
+    matmul copy). Written for torch.compile, which turns it into one pass over smoothed and weight
+    (eager PyTorch needs five, the bf16 copy included); the scalars are 0-d tensors so that a
+    changing learning rate does not trigger a recompilation."""
+    smoothed.mul_(beta).add_(prod.float())
+    weight.mul_(decay).sub_(smoothed * lr)
+    return weight.to(prod.dtype)
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def compiled_smoothed_update():
+    """`smoothed_update` compiled with torch.compile (once per process, on first use)."""
+    if "smoothed_update" not in _COMPILED:
+        _COMPILED["smoothed_update"] = torch.compile(smoothed_update)
+    return _COMPILED["smoothed_update"]
+
+
 class _GradientSink:
     """Receives a step's descent gradients piece by piece: products a @ b, rows, vectors.
 
@@ -164,12 +189,19 @@ class _GradientSink:
     With any other optimizer it fills `.grad` and `done` calls `optimizer.step()` per layer.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, low_precision: torch.dtype | None = None) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, low_precision: torch.dtype | None = None,
+                 compile_update: bool = False, weight_copies: dict | None = None) -> None:
         self.optimizer = optimizer
         self.low_precision = low_precision
         self.fused = isinstance(optimizer, SmoothedSGD)
         self.groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
         self.started: set[int] = set()
+        # compile_update: a parameter's first bf16 product waits here, (product, beta), until `done`
+        # applies it and the weight update in one compiled pass (FFConfig.compile_update)
+        self.deferred = compile_update and self.fused and low_precision is not None
+        self.pending: dict[int, tuple[torch.Tensor, float]] = {}
+        # the compiled update also writes the new weight's bf16 copy: {id(p): (version, data_ptr, copy)}
+        self.weight_copies = {} if weight_copies is None else weight_copies
 
     def _buffer(self, p: torch.Tensor) -> tuple[torch.Tensor, float]:
         """(buffer, beta) to accumulate into: the smoothed gradient (fused) or p.grad."""
@@ -198,7 +230,12 @@ class _GradientSink:
         # the add: on CPU an fp32 += bf16 add is ~2.5x slower than widening first, and mul_ + add_
         # would read the (D, H) buffer twice.
         lp = self.low_precision
-        prod = torch.mm(a.to(lp), (b * self._scale(p, scale)).to(lp)).float()  # (D, H)
+        prod = torch.mm(a.to(lp), (b * self._scale(p, scale)).to(lp))  # (D, H) bf16
+        if self.deferred and beta != 1.0:
+            self.pending[id(p)] = (prod, beta)
+            return
+        self._flush(p)
+        prod = prod.float()
         if beta == 1.0:
             buf.add_(prod)
         else:
@@ -206,6 +243,7 @@ class _GradientSink:
 
     def rows(self, p: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, scale: float) -> None:
         """grad(p)[index[k]] += scale * rows[k]."""
+        self._flush(p)
         buf, beta = self._buffer(p)
         if beta != 1.0:
             buf.mul_(beta)
@@ -213,10 +251,18 @@ class _GradientSink:
 
     def vector(self, p: torch.Tensor, v: torch.Tensor, scale: float) -> None:
         """grad(p) += scale * v."""
+        self._flush(p)
         buf, beta = self._buffer(p)
         if beta != 1.0:
             buf.mul_(beta)
         buf.add_(v, alpha=self._scale(p, scale))
+
+    def _flush(self, p: torch.Tensor) -> None:
+        """Apply p's deferred product to its smoothed gradient now (another contribution follows)."""
+        if id(p) in self.pending:
+            prod, beta = self.pending.pop(id(p))
+            buf = self.optimizer.state[p]["smoothed_grad"]
+            torch.add(prod.float(), buf, alpha=beta, out=buf)
 
     def done(self, *params: torch.Tensor) -> None:
         """The gradients of `params` are complete: update them now."""
@@ -225,9 +271,23 @@ class _GradientSink:
         for p in params:
             group = self.groups[id(p)]
             lr, wc = group["lr"], group["weight_cost"]
+            if id(p) in self.pending:  # the product, the smoothing and the update in one pass
+                prod, beta = self.pending.pop(id(p))
+                copy = _run_compiled(prod, self.optimizer.state[p]["smoothed_grad"], p, beta, lr, 1.0 - lr * wc)
+                self.weight_copies[id(p)] = (p._version, p.data_ptr(), copy)
+                continue
             if wc:
                 p.mul_(1.0 - lr * wc)  # ffnew.m: w += lr (g - wc w), the weight cost unsmoothed
             p.add_(self.optimizer.state[p]["smoothed_grad"], alpha=-lr)
+
+
+def _run_compiled(prod, smoothed, weight, beta: float, lr: float, decay: float) -> torch.Tensor:
+    scalars = [torch.tensor(v, dtype=smoothed.dtype, device=smoothed.device) for v in (beta, lr, decay)]
+    try:
+        return compiled_smoothed_update()(prod, smoothed, weight, *scalars)
+    except Exception as exc:  # torch.compile needs a C++ compiler on CPU (Triton on GPU)
+        raise RuntimeError(f"rule.compile_update=true but torch.compile failed ({type(exc).__name__}: "
+                           f"{str(exc)[:300]}); run with rule.compile_update=false") from exc
 
 
 @register_rule("forward-forward")
@@ -261,8 +321,13 @@ class FFLearner(Learner):
                              "set rule.readout=true, or rule.negatives=random and rule.goodness_shortlist=0")
         if config.goodness_from >= len(hidden):
             raise ValueError(f"goodness_from={config.goodness_from} but the net has {len(hidden)} hidden layers")
+        if config.compile_update and not (config.precision == "bfloat16" and config.fast
+                                          and config.optimizer.name == "smoothed-sgd"):
+            raise ValueError("rule.compile_update fuses the bf16 fast path's smoothed-sgd update: it needs "
+                             "rule.precision=bfloat16, rule.fast=true and rule.optimizer.name=smoothed-sgd")
         self.cfg = config
         self.num_classes = num_classes
+        self._weight_copies: dict[int, tuple[int, int, torch.Tensor]] = {}  # see _GradientSink
         self.net = FFNet(input_dim, tuple(hidden), num_classes, config.readout_from, self.generator, self.device_,
                          activation=config.activation)
         self._sign = goodness_sign(config.goodness)
@@ -286,7 +351,7 @@ class FFLearner(Learner):
     def train_batch(self, x: torch.Tensor, y: torch.Tensor) -> Mapping[str, torch.Tensor]:
         """One FF step on images x (B, 784) with labels y (B,)."""
         if self.cfg.fast:
-            sink = _GradientSink(self.optimizers[0], self._low_precision())
+            sink = self.gradient_sink()
             readout_grads, metrics = self._step_fast(x, y, sink)
             if not sink.fused:
                 self.optimizers[0].step()
@@ -337,13 +402,27 @@ class FFLearner(Learner):
         metrics[f"pair_error/layer{i + 1}"] = (p_neg > p_pos).float().mean()
         return signal
 
+    def gradient_sink(self) -> _GradientSink:
+        """Where one fast step's gradients go (its layers are updated as they complete)."""
+        return _GradientSink(self.optimizers[0], self._low_precision(), self.cfg.compile_update, self._weight_copies)
+
     def _low_precision(self) -> torch.dtype | None:
         return torch.bfloat16 if self.cfg.precision == "bfloat16" else None
 
     def _matmul_weights(self) -> list[torch.Tensor]:
         """The weights as the products use them: the fp32 masters, or bf16 copies."""
         lp = self._low_precision()
-        return [l.weight if lp is None else l.weight.to(lp) for l in self.net.layers]
+        if lp is None:
+            return [l.weight for l in self.net.layers]
+        return [self._weight_copy(l.weight, lp) for l in self.net.layers]
+
+    def _weight_copy(self, w: torch.Tensor, lp: torch.dtype) -> torch.Tensor:
+        """w in dtype lp: the copy the compiled update wrote, if w has not changed since (its version
+        counter and storage tell), else a fresh conversion."""
+        version, ptr, copy = self._weight_copies.get(id(w), (None, None, None))
+        if copy is not None and version == w._version and ptr == w.data_ptr():
+            return copy
+        return w.to(lp)
 
     @staticmethod
     def _total_input(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
