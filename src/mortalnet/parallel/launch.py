@@ -72,6 +72,9 @@ def _entry(rank: int, fn: Callable, world_size: int, backend: str, timeout_s: fl
         result = fn(rank, world_size, *args)
         if result is not None:
             Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+        # leave together: a rank that tears down gloo while another still works (rank 0 evaluating)
+        # was seen to abort ("terminate called without an active exception") on a loaded machine
+        dist.barrier()
     finally:
         try:
             dist.destroy_process_group()
