@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import socket
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -72,14 +73,19 @@ def _entry(rank: int, fn: Callable, world_size: int, backend: str, timeout_s: fl
         result = fn(rank, world_size, *args)
         if result is not None:
             Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
-        # leave together: a rank that tears down gloo while another still works (rank 0 evaluating)
-        # was seen to abort ("terminate called without an active exception") on a loaded machine
-        dist.barrier()
+        dist.barrier()  # leave together: no rank tears gloo down while another still uses it
     finally:
         try:
             dist.destroy_process_group()
         except Exception:  # noqa: BLE001 - the group may be broken already
             pass
+    # Success: the result is on disk. Leave without interpreter finalization, where gloo's worker
+    # threads can still hold tensors and abort the process ("terminate called without an active
+    # exception", SIGABRT; seen now and then on a loaded machine). Failures raise above instead,
+    # so that mp.spawn carries the traceback to the parent.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def spawn(fn: Callable[..., dict | None], world_size: int, args: tuple = (), backend: str = "gloo",
