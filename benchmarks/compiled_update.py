@@ -1,0 +1,89 @@
+"""The bf16 FF step with and without `rule.compile_update`, timed in interleaved blocks.
+
+Two learners of the same net (bf16 products; one eager, one with the compiled update) take turns:
+`--blocks` blocks of `--steps` training steps each, alternating, so that both see the same machine
+state; the record keeps every block's ms per step and the ratio of the medians, for each thread
+count. Writes results/benchmarks/compiled_update-<device>.json.
+
+    python benchmarks/compiled_update.py                       # 784-4x2000, batch 100, 1 and 2 threads
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from mortalnet.rules.forward_forward import FFConfig, FFLearner
+from mortalnet.runs import atomic_write_json, benchmark_provenance, machine_info
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hidden", default="2000,2000,2000,2000")
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--threads", default="1,2", help="thread counts to measure, comma-separated")
+    ap.add_argument("--blocks", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=15, help="training steps per timed block")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default="results/benchmarks")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    hidden = tuple(int(h) for h in args.hidden.split(","))
+    B = args.batch
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(B * 20, 784, generator=g).to(device)
+    y = (torch.arange(B * 20) % 10).to(device)
+
+    learners = {
+        name: FFLearner(replace(FFConfig(), precision="bfloat16", compile_update=compiled), hidden, seed=0,
+                        device=device)
+        for name, compiled in (("eager", False), ("compiled", True))
+    }
+
+    def block(learner: FFLearner) -> float:
+        t0 = time.perf_counter()
+        for i in range(args.steps):
+            j = i % 20
+            learner.train_batch(x[j * B : (j + 1) * B], y[j * B : (j + 1) * B])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return 1e3 * (time.perf_counter() - t0) / args.steps
+
+    rows, ratios = [], {}
+    for threads in (int(t) for t in args.threads.split(",")):
+        torch.set_num_threads(threads)
+        for learner in learners.values():  # warm-up; compiles the update on first use
+            block(learner)
+        ms: dict[str, list[float]] = {name: [] for name in learners}
+        for _ in range(args.blocks):
+            for name, learner in learners.items():
+                ms[name].append(block(learner))
+        for name in learners:
+            rows.append({"measurement": f"bf16 FF step, {name} update, {threads} thread(s)",
+                         "median_ms_per_step": statistics.median(ms[name]),
+                         "min_ms_per_step": min(ms[name]), "max_ms_per_step": max(ms[name])})
+        ratios[f"compiled_over_eager_step_speed_{threads}_threads"] = (
+            statistics.median(ms["eager"]) / statistics.median(ms["compiled"]))
+
+    env = machine_info(device)
+    result = {
+        **benchmark_provenance("compiled_update", args, f"784-{'-'.join(map(str, hidden))}, batch {B}, bfloat16", env),
+        "rows": rows,
+        "ratios": ratios,
+    }
+    out = Path(args.out) / f"compiled_update-{device.type}.json"
+    atomic_write_json(out, result)
+    for r in rows:
+        print("  " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{v}" for k, v in r.items()))
+    for k, v in ratios.items():
+        print(f"  {k}: {v:.2f}")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
