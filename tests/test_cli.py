@@ -131,3 +131,32 @@ def test_snapshots_give_the_test_error_curve_after_training(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(bare), "--snapshots"]) == 1
     assert "snapshot_every" in capsys.readouterr().err
+
+
+def test_refit_readout_trains_only_the_softmax_and_records_both_errors(tmp_path, capsys):
+    """`mortalnet eval RUN --refit-readout N`: the linear softmax is trained afresh on the frozen FF
+    layers; FF weights and the checkpoint stay as they were, the refit's training error falls, and
+    validation/test errors before and after land in readout_refit.json."""
+    import hashlib
+
+    import torch
+
+    import mortalnet as mn
+
+    out = tmp_path / "unsup"
+    assert main(["run", "ff-unsupervised", "--preset", "fast", "--out", str(out), "--quiet",
+                 "--set", "data.source=synthetic", "--set", "training.epochs=1"]) == 0
+    digest = hashlib.sha256((out / "checkpoint.safetensors").read_bytes()).hexdigest()
+    learner, _ = mn.load_learner(out)
+    ff_weights = [layer.weight.clone() for layer in learner.layers]
+    assert main(["eval", str(out), "--refit-readout", "6"]) == 0
+    assert "refit for 6 epochs" in capsys.readouterr().out
+    record = json.loads((out / "readout_refit.json").read_text())
+    errors = record["train_error_by_epoch"]
+    assert len(errors) == 6 and errors[-1] < errors[0], errors
+    assert record["valid_error_after"] <= record["valid_error_before"], record
+    assert 0.0 <= record["test_error_after"] < 0.5, record
+    assert hashlib.sha256((out / "checkpoint.safetensors").read_bytes()).hexdigest() == digest
+    learner.refit_readout(*mn.load_mnist(mn.MnistConfig(source="synthetic")).train.tensors(), epochs=1)
+    for before, layer in zip(ff_weights, learner.layers):
+        assert torch.equal(before, layer.weight)

@@ -23,6 +23,7 @@ _EXPORTS = {
     "evaluate": "mortalnet.api",
     "evaluate_snapshots": "mortalnet.api",
     "load_learner": "mortalnet.api",
+    "refit_readout": "mortalnet.api",
     "load_mnist": "mortalnet.data.mnist",
     "MnistConfig": "mortalnet.data.mnist",
     "create_rule": "mortalnet.rules",

@@ -184,6 +184,33 @@ def load_learner(run_path: str | Path, device: str = "auto", checkpoint: str | P
     return learner, config
 
 
+def refit_readout(run_path: str | Path, epochs: int = 20, device: str = "auto") -> dict[str, Any]:
+    """Refit a saved FF run's linear softmax on its frozen final layers, then test it.
+
+    For the rules with a readout on the last layers' normalized activities (ff-unsupervised,
+    ff-local-rf): `learner.refit_readout` on the training images (the run's seed orders them),
+    then the softmax test error on validation and test before and after. The checkpoint is not
+    changed; writes <run>/readout_refit.json."""
+
+    exp, config, ctx = _stored_run(run_path, device)
+    learner, _ = load_learner(run_path, device)
+    if not hasattr(learner, "refit_readout"):
+        raise RunError(f"{exp.name}'s learner has no linear readout on frozen layers to refit")
+    data = exp.load_data(config)
+    splits = {"valid": data.valid.tensors(ctx.device), "test": data.test.tensors(ctx.device)}
+    before = {k: learner.evaluate(*xy)["error_softmax"] for k, xy in splits.items() if len(xy[1])}
+    t0 = time.perf_counter()
+    train_errors = learner.refit_readout(*data.train.tensors(ctx.device), epochs=epochs, seed=ctx.seed)
+    seconds = time.perf_counter() - t0
+    after = {k: learner.evaluate(*xy)["error_softmax"] for k, xy in splits.items() if len(xy[1])}
+    result = {"experiment": exp.name, "preset": ctx.preset, "seed": ctx.seed, "epochs": epochs,
+              **{f"{k}_error_before": v for k, v in before.items()},
+              **{f"{k}_error_after": v for k, v in after.items()},
+              "train_error_by_epoch": train_errors, "refit_seconds": seconds, "git_commit": git_commit()}
+    ctx.run.write_json("readout_refit.json", result)
+    return result
+
+
 def evaluate_snapshots(run_path: str | Path, device: str = "auto") -> list[dict[str, Any]]:
     """Test error of every snapshot a run kept (`training.snapshot_every`), with the training seconds at
     which it was taken: the test-error-vs-time curve, computed after training. Writes <run>/snapshots.json."""

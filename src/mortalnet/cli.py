@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--snapshots", action="store_true",
                    help="evaluate every snapshot the run kept (training.snapshot_every): test error vs training time")
+    e.add_argument("--refit-readout", type=int, default=0, metavar="EPOCHS",
+                   help="ff-unsupervised/ff-local-rf: train the linear softmax afresh on the frozen final layers "
+                        "for EPOCHS epochs, then test it (writes readout_refit.json; the checkpoint is unchanged)")
 
     rep = sub.add_parser("report", help="rebuild the README results section from the records in results/")
     rep.add_argument("--results", default="results")
@@ -93,8 +96,16 @@ def _cmd_run(args) -> None:
 
 
 def _cmd_eval(args) -> None:
-    from mortalnet.api import evaluate, evaluate_snapshots
+    from mortalnet.api import evaluate, evaluate_snapshots, refit_readout
 
+    if args.refit_readout:
+        r = refit_readout(args.run_dir, epochs=args.refit_readout, device=args.device)
+        for split in ("valid", "test"):
+            if f"{split}_error_before" in r:
+                print(f"{split} error (softmax): {r[f'{split}_error_before']:.2%} as trained alongside FF, "
+                      f"{r[f'{split}_error_after']:.2%} refit for {r['epochs']} epochs on the frozen layers")
+        print(f"written: {Path(args.run_dir) / 'readout_refit.json'}")
+        return
     if args.snapshots:
         for row in evaluate_snapshots(args.run_dir, device=args.device):
             print(f"epoch {row['epoch']:4d}  {row['train_seconds']:8.1f} s  test error {row['test_error']:.2%}")

@@ -36,7 +36,7 @@ from torch import nn
 from mortalnet.data.negatives import hybrid_negatives
 from mortalnet.nets.ff import NORM_EPS, FFDense, activate, normalize_rows
 from mortalnet.nets.local import LocallyConnected2d
-from mortalnet.optim import OptimizerConfig, make_optimizer
+from mortalnet.optim import OptimizerConfig, make_optimizer, schedule_factor, set_lr_scale
 from mortalnet.rules import register_rule
 from mortalnet.rules.base import Learner
 from mortalnet.rules.forward_forward import FFObjectiveConfig, ff_layer_signal, goodness_sign
@@ -212,6 +212,41 @@ class FFLayerwiseLearner(Learner):
     def readout_logits(self, states: list[torch.Tensor]) -> torch.Tensor:
         """Linear softmax logits (N, C) from the normalized states of the readout layers."""
         return sum(normalize_rows(s) @ w for s, w in zip(states[self.readout_from:], self.readout))
+
+    @torch.no_grad()
+    def refit_readout(self, x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int = 100,
+                      seed: int = 0, chunk: int = 1000) -> list[float]:
+        """Train the linear softmax afresh on the frozen FF layers; returns the training error per epoch.
+
+        The paper (sec. 3.2) reads the unsupervised net out with "a softmax that is trained to predict
+        the label" from the normalized activities of the last three layers; during FF training that
+        softmax (trained alongside, as ffnew.m does) chases features that are still moving. Here the
+        features of x (N, D) are computed once (N x sum of readout widths floats), the readout is
+        zeroed, and the rule's own readout optimizer (readout_lr, readout_weight_cost) runs `epochs`
+        epochs, lr constant for the first half and then linearly to 0. No FF layer changes.
+        """
+        feats = [torch.cat(parts) for parts in zip(*(
+            [normalize_rows(s) for s in self.forward_states(x[i : i + chunk])[self.readout_from:]]
+            for i in range(0, len(x), chunk)))]  # per readout layer: (N, U_l)
+        for w in self.readout:
+            w.zero_()
+        opt = make_optimizer(self.cfg.optimizer, list(self.readout), lr=self.cfg.readout_lr,
+                             weight_decay=self.cfg.readout_weight_cost)
+        self.optimizers[1] = opt  # the readout's optimizer state now belongs to the refit readout
+        g = torch.Generator(device=x.device).manual_seed(seed)
+        errors = []
+        for epoch in range(1, epochs + 1):
+            set_lr_scale(opt, schedule_factor("half-then-linear", epoch, epochs))
+            wrong = 0
+            for idx in torch.randperm(len(x), generator=g, device=x.device).split(batch_size):
+                logits = sum(h[idx] @ w for h, w in zip(feats, self.readout))  # (B, C)
+                delta = (torch.softmax(logits, 1) - F.one_hot(y[idx], self.num_classes)) / len(idx)
+                for h, w in zip(feats, self.readout):
+                    w.grad = h[idx].T @ delta
+                opt.step()
+                wrong += int((logits.argmax(1) != y[idx]).sum())
+            errors.append(wrong / len(x))
+        return errors
 
     # ------------------------------------------------------------------------------------------
     # Training
