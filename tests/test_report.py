@@ -30,6 +30,16 @@ def test_table_shows_mean_and_sd_over_seeds_and_the_reference(tmp_path):
     assert "error_softmax: 2.00% ± 0.00" in block
 
 
+def test_readout_refits_beside_summaries_are_tabled(tmp_path):
+    for seed, (before, after) in enumerate([(0.020, 0.015), (0.022, 0.017)]):
+        _summary(tmp_path / f"s{seed}", experiment="ff-unsupervised", seed=seed, test_error=before)
+        (tmp_path / f"s{seed}" / "readout_refit.json").write_text(json.dumps(
+            {"epochs": 20, "valid_error_before": before, "valid_error_after": after,
+             "test_error_before": before, "test_error_after": after}))
+    block = tables.render(tmp_path)
+    assert "| ff-unsupervised | paper | 0, 1 | 20 | 2.10% ± 0.14 → 1.60% ± 0.14 | 2.10% ± 0.14 → 1.60% ± 0.14 |" in block
+
+
 def test_benchmark_records_render_their_rows_ratios_and_extra_tables(tmp_path):
     bench = tmp_path / "benchmarks"
     bench.mkdir()

@@ -98,6 +98,34 @@ def render_benchmarks(results: str | Path) -> str:
     return "\n".join(out)
 
 
+def render_readout_refits(summaries: list[dict[str, Any]]) -> str:
+    """Table of the `readout_refit.json` files kept beside run summaries (`mortalnet eval RUN
+    --refit-readout N`): softmax test error as trained alongside FF and refit on the frozen layers."""
+    groups: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
+    for s in summaries:
+        path = Path(s["_dir"]) / "readout_refit.json"
+        if path.is_file():
+            r = json.loads(path.read_text())
+            groups[(s["experiment"], s["preset"], int(r["epochs"]))].append({**r, "seed": s["seed"]})
+    if not groups:
+        return ""
+    lines = ["Linear softmax refit on the frozen FF layers (`mortalnet eval RUN --refit-readout N`; "
+             "the table above reports the softmax trained alongside FF):", "",
+             "| experiment | preset | seeds | refit epochs | valid error: alongside → refit | "
+             "test error: alongside → refit |", "|---|---|---|---|---|---|"]
+    for (exp_name, preset, epochs), runs in sorted(groups.items()):
+        runs.sort(key=lambda r: r["seed"])
+        cells = []
+        for split in ("valid", "test"):
+            before = [r[f"{split}_error_before"] for r in runs if f"{split}_error_before" in r]
+            after = [r[f"{split}_error_after"] for r in runs if f"{split}_error_after" in r]
+            cells.append(f"{fmt_pct(*mean_sd(before), len(before))} → {fmt_pct(*mean_sd(after), len(after))}"
+                         if before and after else "-")
+        seeds = ", ".join(str(r["seed"]) for r in runs)
+        lines.append(f"| {exp_name} | {preset} | {seeds} | {epochs} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
+
+
 def render(results: str | Path) -> str:
     """The markdown block (without markers) for all runs under `results`."""
     from mortalnet.experiments import EXPERIMENTS, get_experiment
@@ -152,6 +180,9 @@ def render(results: str | Path) -> str:
     out = "\n".join(lines) + "\n"
     if plot_lines:
         out += "\nPlots:\n" + "\n".join(plot_lines) + "\n"
+    refits = render_readout_refits(summaries)
+    if refits:
+        out += "\n" + refits
     # experiment-specific sections
     for exp_name in sorted({k[0] for k in keys}):
         exp = exp_or_none(exp_name)
