@@ -8,9 +8,10 @@ goodness averaged over iterations 3-5. Paper: 1.31% test error (2-3 hidden layer
 epochs).
 
 Compute on this project's machine: one training step costs 8 iterations of two passes through
-every recurrent connection, so 2 x 2000 would take ~15 minutes an epoch on one CPU core (60 epochs:
-~15 hours). The `paper` preset keeps the dynamics, iterations, test and the 60 epochs and uses two
-hidden layers of 1000 (about 1.2 hours); `--set hidden=2000,2000` is the paper's width.
+every recurrent connection; with two hidden layers of 1000 an epoch took ~2 minutes on one CPU
+core shared with another run (60 epochs: 1.9 hours), and 2 x 2000 costs about four times that. The
+`paper` preset keeps the dynamics, iterations, test and the 60 epochs and uses two hidden layers
+of 1000; `--set hidden=2000,2000` is the paper's width.
 """
 
 from __future__ import annotations
