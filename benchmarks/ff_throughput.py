@@ -197,46 +197,33 @@ def main() -> None:
 
     t_naive_step = timeit(naive_step, args.seconds)
     t_naive_eval = timeit(lambda: [naive.goodness_test(x[j : j + 200]) for j in range(0, 1000, 200)], args.seconds)
-    bf16 = FFLearner(replace(FFConfig(), precision="bfloat16"), hidden, seed=0, device=device)
-    state["i"] = 0
-
-    def bf16_step():
-        i = state["i"] % 20
-        bf16.train_batch(x[i * B : (i + 1) * B], y[i * B : (i + 1) * B])
-        state["i"] += 1
-
-    t_bf16_step = timeit(bf16_step, args.seconds)
     flops = ff_step_flops(784, hidden, B, True)
-    rows.append({
-        "measurement": "FF training step, fused fast path, bfloat16 products",
-        "examples_per_s": B / t_bf16_step,
-        "ms_per_step": 1e3 * t_bf16_step,
-        "matmul_gflops_per_step": flops / 1e9,
-        "achieved_gflop_s": flops / t_bf16_step / 1e9,
-        "fraction_of_bf16_matmul_peak": flops / t_bf16_step / peak_bf16,
-    })
+
+    def time_bf16_step(learner: FFLearner, label: str) -> float:
+        """Seconds per training step of `learner` over the 20 benchmark batches; appends its row."""
+        state["i"] = 0
+
+        def step():
+            i = state["i"] % 20
+            learner.train_batch(x[i * B : (i + 1) * B], y[i * B : (i + 1) * B])
+            state["i"] += 1
+
+        sec = timeit(step, args.seconds)
+        rows.append({"measurement": label, "examples_per_s": B / sec, "ms_per_step": 1e3 * sec,
+                     "matmul_gflops_per_step": flops / 1e9, "achieved_gflop_s": flops / sec / 1e9,
+                     "fraction_of_bf16_matmul_peak": flops / sec / peak_bf16})
+        return sec
+
+    bf16 = FFLearner(replace(FFConfig(), precision="bfloat16"), hidden, seed=0, device=device)
+    t_bf16_step = time_bf16_step(bf16, "FF training step, fused fast path, bfloat16 products")
     # the same step with rule.compile_update: the smoothed-gradient and weight update of each layer
     # in one torch.compile'd pass (compiled during the warm-up steps, outside the timing)
     t_compiled_step = None
     try:
         compiled = FFLearner(replace(FFConfig(), precision="bfloat16", compile_update=True), hidden, seed=0,
                              device=device)
-        state["i"] = 0
-
-        def compiled_step():
-            i = state["i"] % 20
-            compiled.train_batch(x[i * B : (i + 1) * B], y[i * B : (i + 1) * B])
-            state["i"] += 1
-
-        t_compiled_step = timeit(compiled_step, args.seconds)
-        rows.append({
-            "measurement": "FF training step, fused fast path, bfloat16 products, compiled update",
-            "examples_per_s": B / t_compiled_step,
-            "ms_per_step": 1e3 * t_compiled_step,
-            "matmul_gflops_per_step": flops / 1e9,
-            "achieved_gflop_s": flops / t_compiled_step / 1e9,
-            "fraction_of_bf16_matmul_peak": flops / t_compiled_step / peak_bf16,
-        })
+        t_compiled_step = time_bf16_step(
+            compiled, "FF training step, fused fast path, bfloat16 products, compiled update")
     except RuntimeError as exc:  # torch.compile unavailable (no C++ compiler): the row is left out
         print(f"compiled update not measured: {exc}")
     t_bf16_eval = timeit(lambda: bf16.predict_batches(bf16.goodness_scores, xe, 200), args.seconds)
