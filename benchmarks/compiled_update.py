@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from mortalnet.rules.forward_forward import FFConfig, FFLearner
-from mortalnet.runs import atomic_write_json, benchmark_provenance, machine_info
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ff_throughput import benchmark_batches  # noqa: E402  (the same 20 batches as ff_throughput)
+
+from mortalnet.rules.forward_forward import FFConfig, FFLearner  # noqa: E402
+from mortalnet.runs import atomic_write_json, benchmark_provenance, machine_info  # noqa: E402
 
 
 def main() -> None:
@@ -35,9 +39,7 @@ def main() -> None:
     device = torch.device(args.device)
     hidden = tuple(int(h) for h in args.hidden.split(","))
     B = args.batch
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(B * 20, 784, generator=g).to(device)
-    y = (torch.arange(B * 20) % 10).to(device)
+    x, y = benchmark_batches(B, device)
 
     learners = {
         name: FFLearner(replace(FFConfig(), precision="bfloat16", compile_update=compiled), hidden, seed=0,

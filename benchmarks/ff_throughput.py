@@ -41,6 +41,14 @@ def timeit(fn, min_seconds: float = 2.0, warmup: int = 3) -> float:
             return dt / n
 
 
+def benchmark_batches(batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 20 fixed minibatches the step benchmarks cycle through: uniform images (20B, 784), labels (20B,)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch * 20, 784, generator=g).to(device)
+    y = (torch.arange(batch * 20) % 10).to(device)
+    return x, y
+
+
 def matmul_peak(dtype: torch.dtype, device: torch.device, shapes) -> tuple[float, dict]:
     """Best matmul FLOP/s over square and FF-shaped products; also each shape's FLOP/s."""
     per_shape = {}
@@ -145,9 +153,7 @@ def main() -> None:
     device = torch.device(args.device)
     hidden = tuple(int(h) for h in args.hidden.split(","))
     B = args.batch
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(B * 20, 784, generator=g).to(device)
-    y = (torch.arange(B * 20) % 10).to(device)
+    x, y = benchmark_batches(B, device)
 
     shapes = [(2000, 2000, 2000), (2 * B, hidden[0], hidden[-1]), (hidden[-1], 2 * B, hidden[-1]), (B, 784, hidden[0])]
     peak, per_shape = matmul_peak(torch.float32, device, shapes)
