@@ -52,6 +52,22 @@ def test_benchmark_records_render_their_rows_ratios_and_extra_tables(tmp_path):
     assert "Agreement\n\n| test | differs |\n|---|---|\n| shortlist 3 | 4 |" in block
 
 
+def test_mean_sd_text_writes_the_sd_of_percentages_in_points_and_skips_missing_values():
+    assert tables.mean_sd_text([0.0123]) == "1.23%"
+    assert tables.mean_sd_text([0.01, 0.02, None]) == "1.50% ± 0.71"
+    assert tables.mean_sd_text([0.01, 0.02], ".1%") == "1.5% ± 0.7"
+    assert tables.mean_sd_text([2.5, 3.5], ".3f") == "3.000 ± 0.707"
+    assert tables.mean_sd_text([1000.0, 1004.0], ".3g", ".2g") == "1e+03 ± 2.8"
+    assert tables.mean_sd_text([None]) == "-"
+
+
+def test_runs_by_preset_puts_named_presets_first_and_sorts_seeds():
+    runs = [{"preset": p, "seed": s} for p, s in [("b", 1), ("paper", 2), ("a", 0), ("paper", 0), ("b", 0)]]
+    grouped = tables.runs_by_preset(runs, order=["paper", "missing"])
+    assert [p for p, _ in grouped] == ["paper", "a", "b"]
+    assert [[r["seed"] for r in rs] for _, rs in grouped] == [[0, 2], [0], [0, 1]]
+
+
 def test_splice_replaces_only_the_block():
     text = f"intro\n{tables.BEGIN}\nold\n{tables.END}\noutro\n"
     new = tables.splice(text, "new\n")

@@ -28,6 +28,7 @@ from mortalnet.experiments import register_experiment
 from mortalnet.experiments.base import Experiment, RunContext
 from mortalnet.nets.blackbox import NoDerivativeError, NumpyQuantizer, opaque, torch_quantizer
 from mortalnet.optim import OptimizerConfig
+from mortalnet.report.tables import mean_sd_text, runs_by_preset
 from mortalnet.rules.backprop import BackpropConfig, BackpropLearner
 from mortalnet.rules.ff_layerwise import FFLayerwiseConfig, FFLayerwiseLearner
 from mortalnet.training import TrainingConfig, fit
@@ -177,9 +178,6 @@ class BlackBox(Experiment):
 
     def report_section(self, summaries: list[dict]) -> str:
         """One table per preset: each model's test error (mean +- sd over seeds) or why it failed."""
-        by_preset: dict[str, list[dict]] = {}
-        for s in summaries:
-            by_preset.setdefault(s["preset"], []).append(s)
         notes = {
             "ff": "FF, no box",
             "ff-box": "FF, box between layers 1 and 2",
@@ -188,8 +186,7 @@ class BlackBox(Experiment):
             "backprop-box-torch": "backprop through the same box written in torch",
         }
         out = []
-        for preset, runs in sorted(by_preset.items()):
-            runs = sorted(runs, key=lambda r: r["seed"])
+        for preset, runs in runs_by_preset(summaries):
             box = runs[0]["box"]
             out.append(f"**blackbox / {preset}** ({len(runs)} seed(s); box: fixed random orthogonal mixing, "
                        f"tanh, {box['bits']}-bit converter, in NumPy, after hidden layer {box['after_layer']})\n")
@@ -201,14 +198,11 @@ class BlackBox(Experiment):
                     msg = rows[0]["error"].split(":")[0]
                     out.append(f"| {notes.get(model, model)} | - | - | fails: `NoDerivativeError` ({msg}) |")
                     continue
-                errs = [r["test_error"] for r in rows]
-                m = statistics.fmean(errs)
-                sd = f" ± {statistics.stdev(errs) * 100:.2f}" if len(errs) > 1 else ""
                 change = statistics.fmean(r["layer1_weight_change"] for r in rows)
                 outcome = "learns"
                 if model == "backprop-box-torch":
                     outcome = (f"largest layer-1 gradient norm {max(r['layer1_mean_grad_norm'] for r in rows):.1g}: "
                                "layer 1 never learns (weight decay only); only the layers above the box train")
-                out.append(f"| {notes.get(model, model)} | {m:.2%}{sd} | {change:.3f} | {outcome} |")
+                out.append(f"| {notes.get(model, model)} | {mean_sd_text(r['test_error'] for r in rows)} | {change:.3f} | {outcome} |")
             out.append("")
         return "\n".join(out)

@@ -27,7 +27,6 @@ import bz2
 import gzip
 import lzma
 import math
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from mortalnet.experiments.base import Experiment, RunContext
 from mortalnet.nets.char_model import bits_per_char, coder_model, model_inputs, next_char_logits, padded_windows
 from mortalnet.optim import OptimizerConfig
 from mortalnet.report import plots
+from mortalnet.report.tables import mean_sd_text, runs_by_preset
 from mortalnet.rules.backprop import BackpropConfig, BackpropLearner
 from mortalnet.rules.forward_forward import FFConfig, FFLearner
 from mortalnet.training import TrainingConfig, fit
@@ -265,18 +265,9 @@ class Compression(Experiment):
 
     def report_section(self, summaries: list[dict]) -> str:
         """Bits per character of each model's arithmetic-coded file and of each compressor (mean +- sd)."""
-        by_preset: dict[str, list[dict]] = {}
-        for s in summaries:
-            by_preset.setdefault(s["preset"], []).append(s)
         out = []
-        for preset, runs in sorted(by_preset.items()):
-            runs = sorted(runs, key=lambda r: r["seed"])
+        for preset, runs in runs_by_preset(summaries):
             t = runs[0]["text"]
-
-            def ms(vals: list[float], fmt: str = "{:.3f}") -> str:
-                m = statistics.fmean(vals)
-                return fmt.format(m) + (f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else "")
-
             out.append(f"**compression / {preset}** ({len(runs)} seed(s); {t['source']}, {t['train_chars']} training "
                        f"characters, held-out text = characters {t['test_span'][0]}..{t['test_span'][1]} "
                        f"({t['test_chars']} characters, 30 symbols))\n")
@@ -285,9 +276,9 @@ class Compression(Experiment):
             for model in runs[0]["models"]:
                 rows = [r["models"][model] for r in runs if model in r["models"]]
                 ok = all(r["roundtrip_exact"] for r in rows)
-                out.append(f"| arithmetic coder + {model} | {ms([r['test_bits_per_char'] for r in rows])} "
-                           f"| {ms([r['coded_bits_per_char'] for r in rows])} "
-                           f"| {ms([r['coded_bytes'] for r in rows], '{:.0f}')} | {'yes' if ok else 'NO'} |")
+                out.append(f"| arithmetic coder + {model} | {mean_sd_text([r['test_bits_per_char'] for r in rows], '.3f')} "
+                           f"| {mean_sd_text([r['coded_bits_per_char'] for r in rows], '.3f')} "
+                           f"| {mean_sd_text([r['coded_bytes'] for r in rows], '.0f')} | {'yes' if ok else 'NO'} |")
             for k, r in runs[0]["compressors"].items():
                 out.append(f"| {k} | - | {r['alone_bits_per_char']:.3f} | {r['alone']} "
                            f"| {'yes' if r.get('roundtrip_exact') else 'NO'} |")

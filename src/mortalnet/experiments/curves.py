@@ -6,6 +6,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from mortalnet.report.tables import runs_by_preset
+
 
 class LearningCurveMixin:
     """For a `SupervisedExperiment`: adds `valid_curve` [[epoch, validation error], ...] to the summary
@@ -19,13 +21,8 @@ class LearningCurveMixin:
         return summary
 
     def report_section(self, summaries: list[dict]) -> str:
-        by_preset: dict[str, list[dict]] = {}
-        for s in summaries:
-            if s.get("valid_curve"):
-                by_preset.setdefault(s["preset"], []).append(s)
         out = []
-        for preset, runs in sorted(by_preset.items()):
-            runs = sorted(runs, key=lambda r: r["seed"])
+        for preset, runs in runs_by_preset(s for s in summaries if s.get("valid_curve")):
             epochs = sorted({e for r in runs for e, _ in r["valid_curve"]})
             means = []
             for e in epochs:

@@ -17,7 +17,6 @@ RNN and LSTM of the same size do much worse at 20 units.
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,6 +28,7 @@ from mortalnet.experiments.base import Experiment, Reference, RunContext
 from mortalnet.nets.fast_weights import FastWeightsRNN, LSTMClassifier, PlainRNN
 from mortalnet.optim import OptimizerConfig
 from mortalnet.report import plots
+from mortalnet.report.tables import mean_sd_text, runs_by_preset
 from mortalnet.rules.sequence_backprop import SequenceBackpropLearner
 from mortalnet.training import TrainingConfig, fit
 
@@ -163,12 +163,8 @@ class FastWeights(Experiment):
 
     def report_section(self, summaries: list[dict]) -> str:
         """Test error per (model, recurrent units), mean +- sd over seeds."""
-        by_preset: dict[str, list[dict]] = {}
-        for s in summaries:
-            by_preset.setdefault(s["preset"], []).append(s)
         out = []
-        for preset, runs in sorted(by_preset.items()):
-            runs = sorted(runs, key=lambda r: r["seed"])
+        for preset, runs in runs_by_preset(summaries):
             task = runs[0]["task"]
             out.append(f"**fast-weights / {preset}** ({len(runs)} seed(s); {task['pairs']} pairs, "
                        f"{task['train']} training sequences, e.g. `{task['examples'][0]}`; fast weights in the "
@@ -178,14 +174,8 @@ class FastWeights(Experiment):
             keys = list(dict.fromkeys((r["model"], r["hidden"]) for s in runs for r in s["results"]))
             for model, size in sorted(keys, key=lambda k: (k[1], MODELS.index(k[0]) if k[0] in MODELS else 9)):
                 rs = [r for s in runs for r in s["results"] if r["model"] == model and r["hidden"] == size]
-
-                def ms(key: str) -> str:
-                    vals = [r[key] for r in rs]
-                    m = statistics.fmean(vals)
-                    return f"{m:.2%}" + (f" ± {statistics.stdev(vals) * 100:.2f}" if len(vals) > 1 else "")
-
                 ref = REFERENCE_ERRORS.get((model, size), "-")
-                out.append(f"| {model} | {size} | {ms('test_error')} | {ms('train_error')} | {rs[0]['parameters']} "
+                out.append(f"| {model} | {size} | {mean_sd_text(r['test_error'] for r in rs)} | {mean_sd_text(r['train_error'] for r in rs)} | {rs[0]['parameters']} "
                            f"| {rs[0]['epochs']} | {ref} |")
             out.append("")
         return "\n".join(out)

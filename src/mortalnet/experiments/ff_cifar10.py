@@ -33,6 +33,7 @@ from mortalnet.experiments.base import Experiment, Reference, RunContext
 from mortalnet.nets.ff import normalize_rows
 from mortalnet.nets.local import LocallyConnected2d
 from mortalnet.optim import OptimizerConfig, make_optimizer
+from mortalnet.report.tables import runs_by_preset
 from mortalnet.rules.backprop import BackpropConfig
 from mortalnet.rules.base import Learner
 from mortalnet.rules.ff_layerwise import FFLayerwiseConfig, FFLayerwiseLearner
@@ -178,11 +179,8 @@ class FFCifar10(Experiment):
         }
 
     def report_section(self, summaries: list[dict]) -> str:
-        by_preset: dict[str, list[dict]] = {}
-        for s in summaries:
-            by_preset.setdefault(s["preset"], []).append(s)
         out = []
-        for preset, runs in sorted(by_preset.items()):
+        for preset, runs in runs_by_preset(summaries):
             src = runs[0].get("data_source", "?")
             out.append(f"**ff-cifar10 / {preset}** ({len(runs)} seed(s); data: {src})\n")
             out.append("| model | hidden layers | test error (goodness / backprop) | test error (softmax) | epochs |")

@@ -19,6 +19,7 @@ from mortalnet.experiments import register_experiment
 from mortalnet.experiments.base import Reference, RunContext, SupervisedExperiment
 from mortalnet.hardware import EnergyModel, OpCounts, energy_report
 from mortalnet.report import plots
+from mortalnet.report.tables import mean_sd_text, runs_by_preset
 from mortalnet.rules.ff_device import FFDeviceConfig, FFDeviceLearner
 from mortalnet.training import TrainingConfig, fit
 
@@ -163,23 +164,16 @@ class FFDevice(SupervisedExperiment):
 
     def report_section(self, summaries: list[dict]) -> str:
         """Test error and energy per preset (mean +- sd over seeds), and mild's gap to ideal."""
-        groups: dict[str, list[dict]] = {}
-        for s in summaries:
-            groups.setdefault(s["preset"], []).append(s)
-        order = [p for p in self.presets if p in groups] + sorted(set(groups) - set(self.presets))
         lines = ["### ff-device: FF on simulated analog devices", "",
                  "| preset | device | net, epochs | seeds | test error (goodness) | softmax test | training energy: device | "
                  "device + digital learner | same workload digital fp32 | per test image: device / digital fp32 |",
                  "|---|---|---|---|---|---|---|---|---|---|"]
 
         def ms(vals: list[float], pct: bool = True) -> str:
-            m = statistics.fmean(vals)
-            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            return f"{m:.2%} ± {sd * 100:.2f}" if pct else f"{m:.3g} ± {sd:.2g}" if len(vals) > 1 else f"{m:.3g}"
+            return mean_sd_text(vals) if pct else mean_sd_text(vals, ".3g", ".2g")
 
         means = {}
-        for p in order:
-            runs = sorted(groups[p], key=lambda s: s["seed"])
+        for p, runs in runs_by_preset(summaries, order=list(self.presets)):
             r0 = runs[0]
             means[r0["hardware"]] = statistics.fmean(r["test_error"] for r in runs)
             net = "x".join(str(h) for h in r0.get("hidden", [])) + f", {r0.get('epochs')}"

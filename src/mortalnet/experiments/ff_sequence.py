@@ -20,7 +20,6 @@ gives no number.
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +30,7 @@ from mortalnet.experiments import register_experiment
 from mortalnet.experiments.base import Experiment, RunContext
 from mortalnet.optim import OptimizerConfig
 from mortalnet.report import plots
+from mortalnet.report.tables import mean_sd_text, runs_by_preset
 from mortalnet.rules.backprop import BackpropConfig, BackpropLearner
 from mortalnet.rules.forward_forward import FFConfig, FFLearner
 from mortalnet.rules.ff_sequence import FFSequenceLearner, sequence_inputs
@@ -203,12 +203,8 @@ class FFSequence(Experiment):
 
     def report_section(self, summaries: list[dict]) -> str:
         """Per-model table (mean +- sd over seeds) and the first seed's samples."""
-        by_preset: dict[str, list[dict]] = {}
-        for s in summaries:
-            by_preset.setdefault(s["preset"], []).append(s)
         out = []
-        for preset, runs in sorted(by_preset.items()):
-            runs = sorted(runs, key=lambda r: r["seed"])
+        for preset, runs in runs_by_preset(summaries):
             out.append(f"**ff-sequence / {preset}** ({len(runs)} seed(s); {runs[0]['corpus']['source']}, "
                        f"{runs[0]['corpus']['train_strings']} training strings, "
                        f"{runs[0]['corpus']['test_windows']} test predictions)\n")
@@ -216,19 +212,12 @@ class FFSequence(Experiment):
             out.append("|---|---|---|---|---|---|")
             for model in runs[0]["models"]:
                 rows = [r["models"][model] for r in runs if model in r["models"]]
+                def accuracy(key: str) -> str:  # the records hold error rates
+                    return mean_sd_text((1 - r[key] for r in rows if r.get(key) is not None), ".1%")
 
-                def ms(key, pct=True, acc=True):
-                    vals = [(1 - v if acc else v) for v in (r.get(key) for r in rows) if v is not None]
-                    if not vals:
-                        return "-"
-                    m = statistics.fmean(vals)
-                    sd = statistics.stdev(vals) if len(vals) > 1 else None
-                    if pct:
-                        return f"{m:.1%}" + (f" ± {sd * 100:.1f}" if sd is not None else "")
-                    return f"{m:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
-
-                out.append(f"| {model} | {ms('test_error')} | {ms('test_error_softmax')} "
-                           f"| {ms('test_bits_per_char', pct=False, acc=False)} | {ms('train_error')} "
+                bits = mean_sd_text([r.get("test_bits_per_char") for r in rows], ".2f")
+                out.append(f"| {model} | {accuracy('test_error')} | {accuracy('test_error_softmax')} "
+                           f"| {bits} | {accuracy('train_error')} "
                            f"| {rows[0]['epochs']} |")
             out.append(f"\nUnigram baseline: {runs[0]['unigram_bits_per_char']:.2f} bits/char. FF accuracy is "
                        "the candidate character with the highest goodness; softmax = the linear readout.\n")

@@ -19,7 +19,6 @@ example; a net that memorized them predicts the wrong one it was given.
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +31,7 @@ from mortalnet.experiments import register_experiment
 from mortalnet.experiments.base import Experiment, Reference, RunContext
 from mortalnet.optim import OptimizerConfig
 from mortalnet.report import plots
+from mortalnet.report.tables import mean_sd_text, runs_by_preset
 from mortalnet.rules import create_rule
 from mortalnet.rules.backprop import BackpropConfig
 from mortalnet.rules.forward_forward import FFConfig
@@ -189,12 +189,8 @@ class LabelNoise(Experiment):
 
     def report_section(self, summaries: list[dict]) -> str:
         """Test error and agreement per (rule, noise rate), mean +- sd over seeds."""
-        by_preset: dict[str, list[dict]] = {}
-        for s in summaries:
-            by_preset.setdefault(s["preset"], []).append(s)
         out = []
-        for preset, runs in sorted(by_preset.items()):
-            runs = sorted(runs, key=lambda r: r["seed"])
+        for preset, runs in runs_by_preset(summaries):
             out.append(f"**label-noise / {preset}** ({len(runs)} seed(s); {runs[0]['n_train']} training examples, "
                        f"clean validation and test labels; agreement on {runs[0]['agreement_examples']} training "
                        "examples)\n")
@@ -204,22 +200,14 @@ class LabelNoise(Experiment):
             out.append("|---|---|---|---|---|---|---|---|---|")
             keys = sorted({(r["rule"], r["rate"]) for s in runs for r in s["results"]},
                           key=lambda k: (k[0], k[1]))
-
-            def ms(vals: list) -> str:
-                vals = [v for v in vals if v is not None]
-                if not vals:
-                    return "-"
-                m = statistics.fmean(vals)
-                return f"{m:.1%}" + (f" ± {statistics.stdev(vals) * 100:.1f}" if len(vals) > 1 else "")
-
             for rule, rate in keys:
                 seeded = [(s["seed"], r) for s in runs for r in s["results"] if r["rule"] == rule and r["rate"] == rate]
                 rows = [r for _, r in seeded]
                 best = "; ".join(f"{r['valid_error_best']:.1%} (seed {seed}, epoch {r['valid_error_best_epoch']})"
                                  for seed, r in seeded if "valid_error_best" in r) or "-"
-                out.append(f"| {rule} | {rate:.0%} | {ms([r['test_error'] for r in rows])} "
-                           f"| {ms([r['agreement_true'] for r in rows])} | {ms([r['agreement_noisy'] for r in rows])} "
-                           f"| {ms([r['corrupted_predicted_true'] for r in rows])} | {best} | {rows[0]['epochs']} "
+                out.append(f"| {rule} | {rate:.0%} | {mean_sd_text([r['test_error'] for r in rows], '.1%')} "
+                           f"| {mean_sd_text([r['agreement_true'] for r in rows], '.1%')} | {mean_sd_text([r['agreement_noisy'] for r in rows], '.1%')} "
+                           f"| {mean_sd_text([r['corrupted_predicted_true'] for r in rows], '.1%')} | {best} | {rows[0]['epochs']} "
                            f"| {', '.join(str(seed) for seed, _ in seeded)} |")
             out.append("")
         return "\n".join(out)

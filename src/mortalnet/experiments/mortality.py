@@ -25,6 +25,7 @@ from mortalnet.experiments.ff_device import energy_summary, train_on_device
 from mortalnet.hardware import EnergyModel
 from mortalnet.optim import OptimizerConfig
 from mortalnet.report import plots
+from mortalnet.report.tables import mean_sd_text, runs_by_preset
 from mortalnet.rules.ff_device import FFDeviceConfig, FFDeviceLearner
 from mortalnet.rules.forward_forward import FFConfig
 from mortalnet.training import TrainingConfig, fit
@@ -215,26 +216,16 @@ class Mortality(Experiment):
 
     def report_section(self, summaries: list[dict]) -> str:
         """Copy and drift tables per preset, means (and spread) over seeds, from the summaries."""
-        groups: dict[str, list[dict]] = {}
-        for s in summaries:
-            groups.setdefault(s["preset"], []).append(s)
-        order = [p for p in self.presets if p in groups] + sorted(set(groups) - set(self.presets))
-
-        def ms(vals: list[float]) -> str:
-            m = statistics.fmean(vals)
-            return f"{m:.2%} ± {statistics.stdev(vals) * 100:.2f}" if len(vals) > 1 else f"{m:.2%}"
-
         lines = ["### mortality: A's weights on other instances, and A drifting", "",
                  "| preset | device | seeds | A: test error | A on the copy-test images | copies B1..Bn: mean error "
                  "| worst copy | drop (copies − A) |", "|---|---|---|---|---|---|---|---|"]
         drift: dict[tuple, list[str]] = {}  # one drift table per set of drift times
-        for p in order:
-            runs = sorted(groups[p], key=lambda s: s["seed"])
+        for p, runs in runs_by_preset(summaries, order=list(self.presets)):
             r0 = runs[0]
             n_copies = len(r0["copy_errors"])
             lines.append(
-                f"| {p} | {r0['hardware']} | {', '.join(str(r['seed']) for r in runs)} | {ms([r['test_error'] for r in runs])} "
-                f"| {ms([r['a_error_eval_images'] for r in runs])} | {ms([r['copies_mean_error'] for r in runs])} "
+                f"| {p} | {r0['hardware']} | {', '.join(str(r['seed']) for r in runs)} | {mean_sd_text([r['test_error'] for r in runs])} "
+                f"| {mean_sd_text([r['a_error_eval_images'] for r in runs])} | {mean_sd_text([r['copies_mean_error'] for r in runs])} "
                 f"({n_copies} per seed) | {max(r['copies_worst_error'] for r in runs):.2%} "
                 f"| {statistics.fmean(r['copy_drop'] for r in runs) * 100:+.2f} points |"
             )

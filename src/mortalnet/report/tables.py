@@ -36,6 +36,34 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
     return mean, sd
 
 
+def mean_sd_text(values, spec: str = ".2%", sd_spec: str | None = None) -> str:
+    """'mean ± sd' of the values that are not None ('-' if none; the mean alone for one value).
+
+    `spec` formats the mean (e.g. ".2%", ".3f"); the sd uses `sd_spec`, by default the same
+    precision, and for a percentage it is written in percentage points (".2%" -> "1.23% ± 0.05").
+    """
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "-"
+    text = format(statistics.fmean(vals), spec)
+    if len(vals) > 1:
+        sd = statistics.stdev(vals)
+        if spec.endswith("%"):
+            text += " ± " + format(sd * 100, sd_spec or spec[:-1] + "f")
+        else:
+            text += " ± " + format(sd, sd_spec or spec)
+    return text
+
+
+def runs_by_preset(summaries, order=()) -> list[tuple[str, list[dict[str, Any]]]]:
+    """[(preset, its runs sorted by seed)]: presets named in `order` first (in that order), then by name."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for s in summaries:
+        groups[s["preset"]].append(s)
+    names = [p for p in order if p in groups] + sorted(set(groups) - set(order))
+    return [(p, sorted(groups[p], key=lambda s: s["seed"])) for p in names]
+
+
 def fmt_pct(mean: float, sd: float | None = None, n: int = 1) -> str:
     if sd is None or n < 2:
         return f"{mean:.2%}"
