@@ -90,3 +90,20 @@ def test_goodness_test_averages_iterations_three_to_five():
     torch.testing.assert_close(g[0, 7, 3], sum(s.square().sum() for s in direct[4]))
     with pytest.raises(ValueError, match="test_from"):
         FFRecurrentLearner(replace(FFRecurrentConfig(), test_to=9), (5,), input_dim=30)
+
+
+def test_bfloat16_products_give_the_float32_update_and_test_within_bf16_rounding():
+    cfg = replace(FFRecurrentConfig(), negatives="random", iterations=3, test_to=3)
+    exact = FFRecurrentLearner(cfg, (64, 48), input_dim=30, num_classes=4, seed=0)
+    low = FFRecurrentLearner(replace(cfg, precision="bfloat16"), (64, 48), input_dim=30, num_classes=4, seed=0)
+    x = torch.rand(16, 30, generator=torch.Generator().manual_seed(2))
+    y = torch.arange(16) % 4
+    scores = exact.goodness_scores(x), low.goodness_scores(x)
+    assert not torch.equal(*scores)  # the bf16 path was taken...
+    torch.testing.assert_close(scores[1], scores[0], rtol=2e-2, atol=1e-3)  # ...and is close
+    exact.train_batch(x, y)
+    low.train_batch(x, y)
+    params = lambda learner: [*learner.net.up, *learner.net.down, *learner.net.bias]  # noqa: E731
+    for p32, p16 in zip(params(exact), params(low)):
+        assert p16.dtype == torch.float32 and p16.grad.dtype == torch.float32  # fp32 master weights
+        assert (p16.grad - p32.grad).norm() <= 0.02 * p32.grad.norm()

@@ -10,6 +10,11 @@ t-1 (synchronous update), and is damped:
 
 with h_0 = x and h_{L+1} = the label for all t. The image part norm(x) W_up_1 is the same at
 every step and is computed once.
+
+The products can run in bfloat16: `product_weights(torch.bfloat16)` gives bf16 copies of the
+weights (made once per training step and reused by all its iterations), and every method that
+multiplies takes them as `weights`; the normalized activities are cast to the weights' dtype, each
+product accumulates in fp32 inside the matmul, and its result (a total input) is float32.
 """
 
 from __future__ import annotations
@@ -18,6 +23,16 @@ import torch
 from torch import nn
 
 from mortalnet.nets.ff import Activation, activate, normalize_rows
+
+Weights = tuple[list[torch.Tensor], list[torch.Tensor]]
+"""(up, down) as the products use them: the fp32 parameters or their low-precision copies."""
+
+
+def product(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """a (N, D) @ w (D, H) in w's dtype (a is cast to it); the result in float32 (N, H)."""
+    if w.dtype == torch.float32:
+        return a @ w
+    return torch.mm(a.to(w.dtype), w).float()
 
 
 class RecurrentFFNet(nn.Module):
@@ -58,42 +73,54 @@ class RecurrentFFNet(nn.Module):
     def hidden(self) -> tuple[int, ...]:
         return tuple(b.shape[0] for b in self.bias)
 
+    def product_weights(self, dtype: torch.dtype = torch.float32) -> Weights:
+        """(up, down) for the products: the parameters themselves (float32) or copies in `dtype`."""
+        if dtype == torch.float32:
+            return list(self.up), list(self.down)
+        return [w.to(dtype) for w in self.up], [w.to(dtype) for w in self.down]
+
     def label_layer(self, labels: torch.Tensor) -> torch.Tensor:
         """(N,) labels -> (N, C) normalized one-hot top layer (the label is clamped)."""
         onehot = torch.nn.functional.one_hot(labels, self.num_classes).float() * self.label_strength
         return normalize_rows(onehot)
 
-    def image_input(self, images: torch.Tensor) -> torch.Tensor:
+    def image_input(self, images: torch.Tensor, weights: Weights | None = None) -> torch.Tensor:
         """norm(x) W_up_1: (N, D) -> (N, H_1), the same at every time step."""
-        return normalize_rows(images) @ self.up[0]
+        up, _ = weights or self.product_weights()
+        return product(normalize_rows(images), up[0])
 
-    def bottom_up(self, image_in: torch.Tensor) -> list[torch.Tensor]:
+    def bottom_up(self, image_in: torch.Tensor, weights: Weights | None = None) -> list[torch.Tensor]:
         """Step 0: a single bottom-up pass (no top-down input): [h_l(0)] (N, H_l)."""
+        up, _ = weights or self.product_weights()
         states = [activate(image_in + self.bias[0], self.activation)]
         for l in range(1, len(self.bias)):
-            states.append(activate(normalize_rows(states[-1]) @ self.up[l] + self.bias[l], self.activation))
+            states.append(activate(product(normalize_rows(states[-1]), up[l]) + self.bias[l], self.activation))
         return states
 
-    def total_inputs(self, image_in: torch.Tensor, label_top: torch.Tensor,
-                     states: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def total_inputs(self, image_in: torch.Tensor, label_top: torch.Tensor, states: list[torch.Tensor],
+                     weights: Weights | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """z_l(t) for every layer from the states at t-1; also the normalized inputs each layer saw.
 
-        Returns (z, seen) where seen[l] = (norm(h_{l-1}(t-1)) or None for l = 0, norm(h_{l+1}(t-1)) or label).
+        Returns (z, seen) where seen[l] = (norm(h_{l-1}(t-1)) or None for l = 0, norm(h_{l+1}(t-1)) or
+        label), in the weights' dtype (what the products multiplied).
         """
+        up, down = weights or self.product_weights()
+        dtype = up[0].dtype
         L = len(states)
-        normed = [normalize_rows(s) for s in states]
+        normed = [normalize_rows(s).to(dtype) for s in states]
         z, seen = [], []
         for l in range(L):
             below = normed[l - 1] if l > 0 else None
-            above = normed[l + 1] if l + 1 < L else label_top
-            zl = (image_in if l == 0 else below @ self.up[l]) + above @ self.down[l] + self.bias[l]
+            above = normed[l + 1] if l + 1 < L else label_top.to(dtype)
+            zl = (image_in if l == 0 else product(below, up[l])) + product(above, down[l]) + self.bias[l]
             z.append(zl)
             seen.append((below, above))
         return z, seen
 
-    def step(self, image_in: torch.Tensor, label_top: torch.Tensor, states: list[torch.Tensor]):
+    def step(self, image_in: torch.Tensor, label_top: torch.Tensor, states: list[torch.Tensor],
+             weights: Weights | None = None):
         """One synchronous damped update: returns (new states, total inputs, inputs seen)."""
-        z, seen = self.total_inputs(image_in, label_top, states)
+        z, seen = self.total_inputs(image_in, label_top, states, weights)
         a = self.damping
         new = [a * s + (1.0 - a) * activate(zl, self.activation) for s, zl in zip(states, z)]
         return new, z, seen

@@ -9,7 +9,9 @@ label is right, low when it is wrong. Its update uses only what the layer saw:
     dC/dz_l(t) = (1 - damping) f'(z_l(t)) * [ff_layer_signal of h_l(t)]     (old state held fixed)
     dW_up_l   += norm(h_{l-1}(t-1))^T dC,   dW_down_l += norm(h_{l+1}(t-1))^T dC
 
-averaged over the trained iterations; no derivative crosses a layer or a time step.
+averaged over the trained iterations; no derivative crosses a layer or a time step. Each weight's
+sum over iterations is one product: the inputs and signals of all trained iterations are stacked
+along the batch dimension, (T 2B, H_in)^T @ (T 2B, H_l).
 
 Negative data: the same image with a wrong label chosen in proportion to the predicted
 probabilities of the wrong classes; the prediction is a linear softmax on the normalized
@@ -28,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from mortalnet.nets.ff import activate, activation_slope, normalize_rows
-from mortalnet.nets.recurrent import RecurrentFFNet
+from mortalnet.nets.recurrent import RecurrentFFNet, product
 from mortalnet.optim import OptimizerConfig, make_optimizer
 from mortalnet.rules import register_rule
 from mortalnet.rules.base import Learner
@@ -52,6 +54,8 @@ class FFRecurrentConfig(FFObjectiveConfig):
     """Last iteration of the goodness average in the per-label test (paper: 5)."""
     negatives: Literal["hard", "random"] = "hard"
     """hard: wrong label in proportion to the predicted probabilities; random: uniform wrong label."""
+    precision: Literal["float32", "bfloat16"] = "float32"
+    """Matrix products (the iterations' total inputs, the weight updates, the test) in float32, or in bfloat16: bf16 copies of the weights, made once per step, times bf16 activities, fp32 accumulation inside each product; weights, states, signals and the rest stay float32."""
 
 
 @register_rule("ff-recurrent")
@@ -76,6 +80,7 @@ class FFRecurrentLearner(Learner):
         if not 1 <= config.train_from <= config.iterations:
             raise ValueError(f"train_from must be in 1..iterations, got {config.train_from}")
         self.cfg = config
+        self.product_dtype = torch.bfloat16 if config.precision == "bfloat16" else torch.float32
         self.num_classes = num_classes
         self._sign = goodness_sign(config.goodness)
         self.net = RecurrentFFNet(input_dim, tuple(hidden), num_classes, config.damping, config.label_strength,
@@ -134,9 +139,10 @@ class FFRecurrentLearner(Learner):
         cfg, net = self.cfg, self.net
         B, L = len(x), len(net.bias)
         metrics: dict[str, torch.Tensor] = {}
+        weights = net.product_weights(self.product_dtype)  # bf16 copies: once per step, for all iterations
         # step 0: label-free bottom-up pass -> readout update and negative labels
-        image_in = net.image_input(x)  # (B, H1)
-        init = net.bottom_up(image_in)
+        image_in = net.image_input(x, weights)  # (B, H1)
+        init = net.bottom_up(image_in, weights)
         normed = [normalize_rows(s) for s in init]
         logits = sum(h @ w for h, w in zip(normed, self.readout))  # (B, C)
         delta = (torch.softmax(logits, 1) - F.one_hot(y, self.num_classes)) / B
@@ -149,13 +155,15 @@ class FFRecurrentLearner(Learner):
         image_in2 = torch.cat([image_in, image_in])
         label_top = torch.cat([net.label_layer(y), net.label_layer(y_neg)])  # (2B, C)
         states = [torch.cat([s, s]) for s in init]
-        g_up = [torch.zeros_like(w) for w in net.up]
-        g_down = [torch.zeros_like(w) for w in net.down]
+        # per layer, what each trained iteration's products saw and its signal: [(2B, H_in)], [(2B, H_l)]
+        below_seen: list[list[torch.Tensor]] = [[] for _ in range(L)]
+        above_seen: list[list[torch.Tensor]] = [[] for _ in range(L)]
+        signals: list[list[torch.Tensor]] = [[] for _ in range(L)]
         g_b = [torch.zeros_like(b) for b in net.bias]
         image_signal = torch.zeros_like(image_in)  # sum over steps and pos/neg rows of layer 1's signal
         trained = 0
         for t in range(1, cfg.iterations + 1):
-            new, z, seen = net.step(image_in2, label_top, states)
+            new, z, seen = net.step(image_in2, label_top, states, weights)
             if t >= cfg.train_from:
                 trained += 1
                 for l in range(L):
@@ -164,11 +172,17 @@ class FFRecurrentLearner(Learner):
                     if l == 0:
                         image_signal += sig[:B] + sig[B:]
                     else:
-                        g_up[l] += below.T @ sig
-                    g_down[l] += above.T @ sig
+                        below_seen[l].append(below)
+                    above_seen[l].append(above)
+                    signals[l].append(sig)
                     g_b[l] += sig.sum(0)
             states = new
-        g_up[0] = normalize_rows(x).T @ image_signal  # the image row is the same at every step
+        # sum over trained iterations of input^T @ signal, one product per weight: (H_in, T 2B) @ (T 2B, H_l)
+        dtype = self.product_dtype
+        sig_all = [torch.cat(s).to(dtype) for s in signals]
+        g_up = [product(normalize_rows(x).T, image_signal.to(dtype))]  # the image row is the same at every step
+        g_up += [product(torch.cat(below_seen[l]).T, sig_all[l]) for l in range(1, L)]
+        g_down = [product(torch.cat(above_seen[l]).T, sig_all[l]) for l in range(L)]
         scale = -1.0 / (B * trained)  # descent convention, mean over examples and trained steps
         for w, g in zip([*net.up, *net.down, *net.bias], [*g_up, *g_down, *g_b]):
             w.grad = g.mul_(scale)
@@ -184,15 +198,16 @@ class FFRecurrentLearner(Learner):
         """(N, D) -> (N, C, steps): goodness summed over hidden layers at steps 1..steps, each label clamped."""
         net, C = self.net, self.num_classes
         N = len(images)
-        image_in = net.image_input(images)  # computed once for the C labels
-        init = net.bottom_up(image_in)
+        weights = net.product_weights(self.product_dtype)
+        image_in = net.image_input(images, weights)  # computed once for the C labels
+        init = net.bottom_up(image_in, weights)
         image_in = image_in.repeat_interleave(C, 0)  # row n*C + k: image n with label k
         states = [s.repeat_interleave(C, 0) for s in init]
         labels = torch.arange(C, device=images.device).repeat(N)
         label_top = net.label_layer(labels)
         out = []
         for _ in range(steps):
-            states, _, _ = net.step(image_in, label_top, states)
+            states, _, _ = net.step(image_in, label_top, states, weights)
             out.append(self._sign * sum(s.square().sum(1) for s in states))
         return torch.stack(out, 1).reshape(N, C, steps)
 
@@ -205,7 +220,8 @@ class FFRecurrentLearner(Learner):
     @torch.no_grad()
     def softmax_logits(self, images: torch.Tensor) -> torch.Tensor:
         """(N, C): the linear softmax on the label-free bottom-up pass."""
-        return self._readout(self.net.bottom_up(self.net.image_input(images)))
+        weights = self.net.product_weights(self.product_dtype)
+        return self._readout(self.net.bottom_up(self.net.image_input(images, weights), weights))
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
