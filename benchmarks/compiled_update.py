@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ff_throughput import benchmark_batches  # noqa: E402  (the same 20 batches as ff_throughput)
+from ff_throughput import benchmark_batches, interleaved_step_times  # noqa: E402  (ff_throughput's 20 batches)
 
 from mortalnet.rules.forward_forward import FFConfig, FFLearner  # noqa: E402
 from mortalnet.runs import atomic_write_json, benchmark_provenance, machine_info  # noqa: E402
@@ -47,24 +46,10 @@ def main() -> None:
         for name, compiled in (("eager", False), ("compiled", True))
     }
 
-    def block(learner: FFLearner) -> float:
-        t0 = time.perf_counter()
-        for i in range(args.steps):
-            j = i % 20
-            learner.train_batch(x[j * B : (j + 1) * B], y[j * B : (j + 1) * B])
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return 1e3 * (time.perf_counter() - t0) / args.steps
-
     rows, ratios = [], {}
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)
-        for learner in learners.values():  # warm-up; compiles the update on first use
-            block(learner)
-        ms: dict[str, list[float]] = {name: [] for name in learners}
-        for _ in range(args.blocks):
-            for name, learner in learners.items():
-                ms[name].append(block(learner))
+        ms = interleaved_step_times(learners, x, y, B, args.blocks, args.steps, device)  # compiles at warm-up
         for name in learners:
             rows.append({"measurement": f"bf16 FF step, {name} update, {threads} thread(s)",
                          "median_ms_per_step": statistics.median(ms[name]),

@@ -49,6 +49,30 @@ def benchmark_batches(batch: int, device: torch.device) -> tuple[torch.Tensor, t
     return x, y
 
 
+def interleaved_step_times(learners: dict, x: torch.Tensor, y: torch.Tensor, batch: int, blocks: int,
+                           steps: int, device: torch.device) -> dict[str, list[float]]:
+    """ms per training step of each learner, timed in `blocks` alternating blocks of `steps` steps
+    (cycling through the batches of x, y) after one warm-up block each, so that all see the same
+    machine state: {name: [ms per step of each block]}."""
+
+    def block(learner) -> float:
+        t0 = time.perf_counter()
+        for i in range(steps):
+            j = i % (len(x) // batch)
+            learner.train_batch(x[j * batch : (j + 1) * batch], y[j * batch : (j + 1) * batch])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return 1e3 * (time.perf_counter() - t0) / steps
+
+    for learner in learners.values():  # warm-up (and compilation, where there is any)
+        block(learner)
+    ms: dict[str, list[float]] = {name: [] for name in learners}
+    for _ in range(blocks):
+        for name, learner in learners.items():
+            ms[name].append(block(learner))
+    return ms
+
+
 def matmul_peak(dtype: torch.dtype, device: torch.device, shapes) -> tuple[float, dict]:
     """Best matmul FLOP/s over square and FF-shaped products; also each shape's FLOP/s."""
     per_shape = {}
