@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ff_throughput import benchmark_batches, interleaved_step_times  # noqa: E402  (ff_throughput's 20 batches)
+from ff_throughput import benchmark_batches, interleaved_step_times, write_record  # noqa: E402
 
 from mortalnet.rules.forward_forward import FFConfig, FFLearner  # noqa: E402
-from mortalnet.runs import atomic_write_json, benchmark_provenance, machine_info  # noqa: E402
+from mortalnet.runs import benchmark_provenance, machine_info  # noqa: E402
 
 
 def main() -> None:
@@ -63,13 +63,7 @@ def main() -> None:
         "rows": rows,
         "ratios": ratios,
     }
-    out = Path(args.out) / f"compiled_update-{device.type}.json"
-    atomic_write_json(out, result)
-    for r in rows:
-        print("  " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{v}" for k, v in r.items()))
-    for k, v in ratios.items():
-        print(f"  {k}: {v:.2f}")
-    print(f"written to {out}")
+    write_record(result, Path(args.out) / f"compiled_update-{device.type}.json")
 
 
 if __name__ == "__main__":

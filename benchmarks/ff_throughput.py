@@ -73,6 +73,16 @@ def interleaved_step_times(learners: dict, x: torch.Tensor, y: torch.Tensor, bat
     return ms
 
 
+def write_record(result: dict, out: Path) -> None:
+    """Write a benchmark record atomically, then print its rows and ratios and where it went."""
+    atomic_write_json(out, result)
+    for r in result["rows"]:
+        print("  " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{v}" for k, v in r.items()))
+    for k, v in result["ratios"].items():
+        print(f"  {k}: {v:.2f}")
+    print(f"written to {out}")
+
+
 def matmul_peak(dtype: torch.dtype, device: torch.device, shapes) -> tuple[float, dict]:
     """Best matmul FLOP/s over square and FF-shaped products; also each shape's FLOP/s."""
     per_shape = {}
@@ -310,14 +320,8 @@ def main() -> None:
             "epoch_bfloat16_compiled_update_shortlist3_over_naive_implementation_speed":
                 epoch["naive"] / epoch["bfloat16, compiled update, shortlist-3 test"],
         })
-    out = Path(args.out) / f"ff_throughput-{device.type}.json"
-    atomic_write_json(out, result)
     print(f"machine: {result['machine']}; matmul peak {peak / 1e9:.0f} GFLOP/s (float32), {peak_bf16 / 1e9:.0f} (bfloat16)")
-    for r in rows:
-        print("  " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{v}" for k, v in r.items()))
-    for k, v in result["ratios"].items():
-        print(f"  {k}: {v:.2f}")
-    print(f"written to {out}")
+    write_record(result, Path(args.out) / f"ff_throughput-{device.type}.json")
 
 
 if __name__ == "__main__":

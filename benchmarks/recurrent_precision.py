@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ff_throughput import benchmark_batches, interleaved_step_times  # noqa: E402  (ff_throughput's 20 batches)
+from ff_throughput import benchmark_batches, interleaved_step_times, write_record  # noqa: E402
 
 from mortalnet.rules.ff_recurrent import FFRecurrentConfig, FFRecurrentLearner  # noqa: E402
-from mortalnet.runs import atomic_write_json, benchmark_provenance, machine_info  # noqa: E402
+from mortalnet.runs import benchmark_provenance, machine_info  # noqa: E402
 
 
 def main() -> None:
@@ -62,13 +62,7 @@ def main() -> None:
     env = machine_info(device)
     arch = f"784-2x({args.widths})-10 recurrent, 8 iterations, batch {B}, {args.threads} thread(s)"
     result = {**benchmark_provenance("recurrent_precision", args, arch, env), "rows": rows, "ratios": ratios}
-    out = Path(args.out) / f"recurrent_precision-{device.type}.json"
-    atomic_write_json(out, result)
-    for r in rows:
-        print("  " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{v}" for k, v in r.items()))
-    for k, v in ratios.items():
-        print(f"  {k}: {v:.2f}")
-    print(f"written to {out}")
+    write_record(result, Path(args.out) / f"recurrent_precision-{device.type}.json")
 
 
 if __name__ == "__main__":
