@@ -106,7 +106,8 @@ class FFUnsupervised(LearningCurveMixin, SupervisedExperiment):
         thetas = [learner.cfg.threshold_per_unit * s.shape[1] for s in pos]
         names.append(plots.goodness_histograms(
             [goodness(s).cpu().numpy() for s in pos], [goodness(s).cpu().numpy() for s in neg], thetas,
-            out / "goodness.png", "goodness: real images vs hybrid images (validation)"))
+            out / "goodness.png", "goodness: real images vs hybrid images (validation)",
+            names=("positive (real image)", "negative (hybrid image)")))
         first = learner.layers[0]
         w1 = first.dense_weight() if isinstance(first, LocallyConnected2d) else first.weight
         cols = torch.arange(0, w1.shape[1], max(1, w1.shape[1] // 100))[:100]

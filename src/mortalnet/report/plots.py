@@ -60,16 +60,20 @@ def learning_curves(history: Sequence[dict[str, Any]], path: Path, title: str = 
 
 
 def goodness_histograms(pos: Sequence[np.ndarray], neg: Sequence[np.ndarray], thresholds: Sequence[float],
-                        path: Path, title: str = "") -> str:
-    """One panel per layer: goodness of positive vs negative data, with the threshold theta."""
+                        path: Path, title: str = "",
+                        names: tuple[str, str] = ("positive (true label)", "negative (wrong label)")) -> str:
+    """One panel per layer: goodness of positive vs negative data, with the threshold theta.
+
+    `names` labels the two histograms (what positive and negative data are in this experiment).
+    """
     plt = _plt()
     n = len(pos)
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2), squeeze=False)
     for i, (ax, gp, gn, th) in enumerate(zip(axes[0], pos, neg, thresholds)):
         hi = np.percentile(np.concatenate([gp, gn]), 99.5)
         bins = np.linspace(0, max(hi, th * 1.2), 60)
-        ax.hist(gp, bins=bins, alpha=0.6, label="positive (true label)", color="tab:blue")
-        ax.hist(gn, bins=bins, alpha=0.6, label="negative (wrong label)", color="tab:red")
+        ax.hist(gp, bins=bins, alpha=0.6, label=names[0], color="tab:blue")
+        ax.hist(gn, bins=bins, alpha=0.6, label=names[1], color="tab:red")
         ax.axvline(th, color="k", ls="--", lw=1, label="theta")
         ax.set_title(f"layer {i + 1}")
         ax.set_xlabel("goodness (sum of squares)")
