@@ -45,6 +45,19 @@ def test_bad_input_gives_a_clear_error(args, code, message, capsys, tmp_path):
     assert message in capsys.readouterr().err
 
 
+def test_config_refused_by_the_learner_is_a_clear_error_and_leaves_no_run(capsys, tmp_path):
+    out = tmp_path / "r"
+    args = ["run", "ff-local-rf", "--preset", "fast", "--set", "rule.precision=bfloat16", "--out", str(out), "--quiet"]
+    assert main(args) == 2
+    assert "needs rule.layer=dense" in capsys.readouterr().err
+    assert not out.exists()  # the same --out works once the config is fixed
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("kept")
+    assert main([*args[:-3], "--out", str(existing), "--quiet"]) == 2
+    assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]  # a directory it did not make stays
+
+
 def test_cuda_without_gpu_is_a_clear_error(capsys, tmp_path):
     import torch
 

@@ -157,3 +157,36 @@ def test_locally_connected_learner_checkpoints_round_trip():
     b.train_batch(x, y)
     for (k, va), vb in zip(a.state_tensors().items(), b.state_tensors().values()):
         assert torch.equal(va, vb), k
+
+
+@pytest.mark.parametrize("negatives", ["hybrid", "random"])
+def test_bfloat16_products_give_the_float32_update_and_scores_within_bf16_rounding(negatives):
+    """rule.precision=bfloat16 (dense layers): states, the goodness test and every weight update stay
+    within bf16 rounding of float32; master weights and their gradients stay float32."""
+    Learner, Config = (FFUnsupervisedLearner, FFUnsupervisedConfig) if negatives == "hybrid" else \
+        (FFLayerwiseLearner, FFLayerwiseConfig)
+    cfg = replace(Config(), negatives=negatives)
+    exact = Learner(cfg, (64, 48, 32), seed=0)
+    low = Learner(replace(cfg, precision="bfloat16"), (64, 48, 32), seed=0)
+    x, y = images(), torch.arange(16) % 10
+    states = exact.forward_states(x), low.forward_states(x)
+    for s32, s16 in zip(*states):
+        assert not torch.equal(s32, s16)  # the bf16 path was taken...
+        assert (s16 - s32).norm() <= 0.02 * s32.norm()  # ...and is close
+    if negatives != "hybrid":
+        torch.testing.assert_close(low.goodness_scores(x), exact.goodness_scores(x), rtol=2e-2, atol=1e-2)
+    exact.train_batch(x, y)
+    low.train_batch(x, y)  # same generator draws: same negatives
+    params = lambda learner: [p for l in learner.layers for p in (l.weight, l.bias)]  # noqa: E731
+    for p32, p16 in zip(params(exact), params(low)):
+        assert p16.dtype == torch.float32 and p16.grad.dtype == torch.float32
+        assert (p16.grad - p32.grad).norm() <= 0.02 * p32.grad.norm()
+    # the copies follow the weights: after the step, products use the updated weights
+    after, after32 = low.forward_states(x)[-1], exact.forward_states(x)[-1]
+    assert (after - after32).norm() <= 0.02 * after32.norm()
+    assert not torch.equal(after, states[1][-1])
+
+
+def test_bfloat16_needs_dense_layers():
+    with pytest.raises(ValueError, match="rule.layer=dense"):
+        FFUnsupervisedLearner(local_cfg(FFUnsupervisedConfig, precision="bfloat16"), (2, 2))

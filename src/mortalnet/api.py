@@ -100,6 +100,7 @@ def run(
             raise RunError(
                 f"{path} already holds a run; continue it with --resume {path} or choose another --out"
             )
+        created = not run_dir.path.exists()
         run_dir.path.mkdir(parents=True, exist_ok=True)
         run_dir.write_json(
             "config.json",
@@ -124,6 +125,10 @@ def run(
         result = exp.run(config, ctx)
     except KeyboardInterrupt:
         run_dir.set_status("interrupted", resume=f"mortalnet run {exp.name} --resume {run_dir.path}")
+        raise
+    except cfgmod.ConfigError:
+        if not resuming:  # the config was refused before any training: leave no run behind
+            _remove_unstarted_run(run_dir, created)
         raise
     except Exception as err:
         run_dir.set_status("failed", error=f"{type(err).__name__}: {err}",
@@ -220,6 +225,18 @@ def evaluate_snapshots(run_path: str | Path, device: str = "auto") -> list[dict[
     rows = exp.evaluate_snapshots(config, ctx)
     ctx.run.write_json("snapshots.json", rows)
     return rows
+
+
+def _remove_unstarted_run(run_dir: RunDir, created: bool) -> None:
+    """Undo what `run` wrote for a run refused before training (a ConfigError from the experiment):
+    its config, env and status files, and the directory when `run` made it and it is now empty.
+    A run that has written a checkpoint is left as it is."""
+    if run_dir.checkpoint_path.exists():
+        return
+    for name in ("config.json", "env.json", "status.json"):
+        (run_dir.path / name).unlink(missing_ok=True)
+    if created and not any(run_dir.path.iterdir()):
+        run_dir.path.rmdir()
 
 
 def _load_average() -> list[float] | None:

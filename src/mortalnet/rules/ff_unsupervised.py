@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from mortalnet.config import ConfigError
 from mortalnet.optim import OptimizerConfig
 from mortalnet.rules import register_rule
 from mortalnet.rules.ff_layerwise import FFLayerwiseConfig, FFLayerwiseLearner
@@ -35,7 +36,7 @@ class FFUnsupervisedLearner(FFLayerwiseLearner):
 
     def __init__(self, config: FFUnsupervisedConfig = FFUnsupervisedConfig(), *args, **kwargs) -> None:
         if config.negatives != "hybrid":
-            raise ValueError("ff-unsupervised uses hybrid negatives; for labelled negatives use ff-layerwise")
+            raise ConfigError("ff-unsupervised uses rule.negatives=hybrid; for labelled negatives use ff-layerwise")
         super().__init__(config, *args, **kwargs)
 
     @classmethod
