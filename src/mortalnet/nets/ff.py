@@ -28,6 +28,14 @@ Activation = Literal["relu", "leaky-relu", "softplus"]
 ACTIVATIONS: tuple[str, ...] = ("relu", "leaky-relu", "softplus")
 
 
+def product(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """a (N, D) @ w (D, H) in w's dtype (a is cast to it; bf16 operands, fp32 accumulation); the result
+    in float32 (N, H). The one low-precision product the FF rules share."""
+    if w.dtype == torch.float32:
+        return a @ w
+    return torch.mm(a.to(w.dtype), w).float()
+
+
 def activate(z: torch.Tensor, name: str = "relu") -> torch.Tensor:
     """The layer nonlinearity applied to total inputs z (any shape)."""
     if name == "relu":

@@ -22,17 +22,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mortalnet.nets.ff import Activation, activate, normalize_rows
+from mortalnet.nets.ff import Activation, activate, normalize_rows, product
 
 Weights = tuple[list[torch.Tensor], list[torch.Tensor]]
 """(up, down) as the products use them: the fp32 parameters or their low-precision copies."""
-
-
-def product(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """a (N, D) @ w (D, H) in w's dtype (a is cast to it); the result in float32 (N, H)."""
-    if w.dtype == torch.float32:
-        return a @ w
-    return torch.mm(a.to(w.dtype), w).float()
 
 
 class RecurrentFFNet(nn.Module):

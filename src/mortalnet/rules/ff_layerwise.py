@@ -38,7 +38,7 @@ from torch import nn
 
 from mortalnet.config import ConfigError
 from mortalnet.data.negatives import hybrid_negatives
-from mortalnet.nets.ff import NORM_EPS, FFDense, activate, normalize_rows
+from mortalnet.nets.ff import NORM_EPS, FFDense, activate, normalize_rows, product
 from mortalnet.nets.local import LocallyConnected2d
 from mortalnet.optim import OptimizerConfig, make_optimizer, schedule_factor, set_lr_scale
 from mortalnet.rules import register_rule
@@ -84,7 +84,7 @@ def layer_descent_grads(layer: nn.Module, h: torch.Tensor, signal: torch.Tensor,
     elif product_dtype == torch.float32:
         gw, gb = h.T @ signal, signal.sum(0)
     else:
-        gw, gb = torch.mm(h.T.to(product_dtype), signal.to(product_dtype)).float(), signal.sum(0)
+        gw, gb = product(h.T, signal.to(product_dtype)), signal.sum(0)
     return gw.neg_().div_(batch), gb.neg_().div_(batch)
 
 
@@ -204,7 +204,7 @@ class FFLayerwiseLearner(Learner):
         """A hidden layer's states (N, D_out) from its input h (N, D_in), in the rule's product precision."""
         if self.product_dtype == torch.float32 or not isinstance(layer, FFDense):
             return layer(h)
-        z = torch.mm(h.to(self.product_dtype), self._product_weight(layer)).float().add_(layer.bias)
+        z = product(h, self._product_weight(layer)).add_(layer.bias)
         return activate(z, self.cfg.activation)
 
     # ------------------------------------------------------------------------------------------
@@ -221,7 +221,7 @@ class FFLayerwiseLearner(Learner):
         """Layer 1's input from the raw image, before normalization: (u = x W1 (N, U1), sum x^2 (N,))."""
         first = self.layers[0]
         if self.product_dtype != torch.float32 and isinstance(first, FFDense):
-            return torch.mm(images.to(self.product_dtype), self._product_weight(first)).float(), images.square().sum(1)
+            return product(images, self._product_weight(first)), images.square().sum(1)
         return first.total_input(images) - first.bias, images.square().sum(1)
 
     def _z1(self, u: torch.Tensor, sq: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

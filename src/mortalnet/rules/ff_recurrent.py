@@ -29,8 +29,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from mortalnet.nets.ff import activate, activation_slope, normalize_rows
-from mortalnet.nets.recurrent import RecurrentFFNet, product
+from mortalnet.nets.ff import activate, activation_slope, normalize_rows, product
+from mortalnet.nets.recurrent import RecurrentFFNet
 from mortalnet.optim import OptimizerConfig, make_optimizer
 from mortalnet.rules import register_rule
 from mortalnet.rules.base import Learner
