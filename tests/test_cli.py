@@ -58,6 +58,31 @@ def test_config_refused_by_the_learner_is_a_clear_error_and_leaves_no_run(capsys
     assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]  # a directory it did not make stays
 
 
+@pytest.mark.parametrize(
+    "experiment, settings, message",
+    [
+        ("ff-recurrent", ["rule.test_from=9"], "test_from <= test_to <= iterations"),
+        ("ff-sequence", ["models=ff-self-generated", "regenerate_every=-1"], "regenerate_every must be >= 1"),
+        ("perturbation-mnist", ["arms=local-losses", "ll.group_size=7"], "must divide every block width"),
+    ],
+)
+def test_refused_settings_of_other_rules_are_clear_errors(experiment, settings, message, capsys, tmp_path):
+    out = tmp_path / "r"
+    sets = [a for s in settings for a in ("--set", s)]
+    assert main(["run", experiment, "--preset", "fast", *sets, "--out", str(out), "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_model_refused_after_another_trained_keeps_the_run(capsys, tmp_path):
+    out = tmp_path / "r"
+    args = ["run", "ff-sequence", "--preset", "fast", "--set", "models=backprop,nope", "--out", str(out), "--quiet"]
+    assert main(args) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err
+    assert (out / "backprop" / "checkpoint.safetensors").exists() and (out / "config.json").exists()
+    assert json.loads((out / "status.json").read_text())["state"] == "failed"
+
+
 def test_cuda_without_gpu_is_a_clear_error(capsys, tmp_path):
     import torch
 

@@ -126,9 +126,10 @@ def run(
     except KeyboardInterrupt:
         run_dir.set_status("interrupted", resume=f"mortalnet run {exp.name} --resume {run_dir.path}")
         raise
-    except cfgmod.ConfigError:
-        if not resuming:  # the config was refused before any training: leave no run behind
-            _remove_unstarted_run(run_dir, created)
+    except cfgmod.ConfigError as err:
+        # refused before any training: leave no run behind; after some (a later model refused): keep it
+        if resuming or not _remove_unstarted_run(run_dir, created):
+            run_dir.set_status("failed", error=f"{type(err).__name__}: {err}")
         raise
     except Exception as err:
         run_dir.set_status("failed", error=f"{type(err).__name__}: {err}",
@@ -227,16 +228,20 @@ def evaluate_snapshots(run_path: str | Path, device: str = "auto") -> list[dict[
     return rows
 
 
-def _remove_unstarted_run(run_dir: RunDir, created: bool) -> None:
+def _remove_unstarted_run(run_dir: RunDir, created: bool) -> bool:
     """Undo what `run` wrote for a run refused before training (a ConfigError from the experiment):
     its config, env and status files, and the directory when `run` made it and it is now empty.
-    A run that has written a checkpoint is left as it is."""
-    if run_dir.checkpoint_path.exists():
-        return
+    A run that has trained anything (a checkpoint or metrics, its own or a sub-run's, e.g. the
+    first model of a multi-model experiment refused at its second) is kept, marked failed.
+    Returns whether the run was removed."""
+    for pattern in ("checkpoint*.safetensors", "metrics.jsonl"):
+        if any(run_dir.path.rglob(pattern)):
+            return False
     for name in ("config.json", "env.json", "status.json"):
         (run_dir.path / name).unlink(missing_ok=True)
     if created and not any(run_dir.path.iterdir()):
         run_dir.path.rmdir()
+    return True
 
 
 def _load_average() -> list[float] | None:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from mortalnet.config import ConfigError
 from mortalnet.data.mnist import MnistConfig, load_mnist
 from mortalnet.experiments import register_experiment
 from mortalnet.experiments.base import Experiment, RunContext
@@ -81,7 +82,7 @@ class BoxedBackprop(BackpropLearner):
 
     def __init__(self, config: BackpropConfig, hidden: tuple[int, ...], box, box_after: int = 0, **kwargs):
         if config.dropout or config.input_dropout:
-            raise ValueError("BoxedBackprop has no dropout")
+            raise ConfigError("BoxedBackprop has no dropout")
         super().__init__(config, hidden, **kwargs)
         self.box, self.box_after = box, box_after
 
@@ -128,12 +129,12 @@ class BlackBox(Experiment):
             return BackpropLearner(config.backprop, config.hidden, **kwargs)
         wrapped = opaque(box) if model == "backprop-box" else torch_quantizer(box)
         if model not in ("backprop-box", "backprop-box-torch"):
-            raise ValueError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
+            raise ConfigError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
         return BoxedBackprop(config.backprop, config.hidden, wrapped, 0, **kwargs)
 
     def run(self, config: BlackBoxConfig, ctx: RunContext) -> dict[str, Any]:
         if len(config.hidden) < 2:
-            raise ValueError("the box sits between hidden layers 1 and 2: give at least 2 hidden layers")
+            raise ConfigError("the box sits between hidden layers 1 and 2: give at least 2 hidden layers")
         data = load_mnist(config.data)
         train, valid = data.train.tensors(ctx.device), data.valid.tensors(ctx.device)
         test = data.test.tensors(ctx.device)

@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import torch
 
+from mortalnet.config import ConfigError
 from mortalnet.coding import arithmetic
 from mortalnet.data.text import ALPHABET, BUILTIN_TEXT, TextError, encode, normalize
 from mortalnet.experiments import register_experiment
@@ -127,7 +128,7 @@ def split_points(n: int, config: CompressionTextConfig) -> tuple[int, int]:
     """Character positions (a, b): train [0, a), valid [a, b), held-out [b, n)."""
     tf, vf = config.train_fraction, config.valid_fraction
     if not (0 < tf < 1 and 0 <= vf < 1 and tf + vf < 1):
-        raise ValueError(f"need 0 < data.train_fraction, 0 <= data.valid_fraction, sum < 1; got {tf}, {vf}")
+        raise ConfigError(f"need 0 < data.train_fraction, 0 <= data.valid_fraction, sum < 1; got {tf}, {vf}")
     a, b = int(n * tf), int(n * (tf + vf))
     if a < 1 or b >= n:
         raise TextError(f"{n} characters are too few for the split {tf}/{vf}/rest")
@@ -166,7 +167,7 @@ class Compression(Experiment):
             return BackpropLearner(config.backprop, config.hidden, C * c, C, seed=ctx.seed, device=ctx.device)
         if model == "ff":
             return FFLearner(config.rule, config.ff_hidden, C * (c + 1), C, seed=ctx.seed, device=ctx.device)
-        raise ValueError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
+        raise ConfigError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
 
     def run(self, config: CompressionConfig, ctx: RunContext) -> dict[str, Any]:
         text, origin = load_text(config.data)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import torch
 
+from mortalnet.config import ConfigError
 from mortalnet.data.associative import NUM_SYMBOLS, AssociativeConfig, make_splits, to_string
 from mortalnet.experiments import register_experiment
 from mortalnet.experiments.base import Experiment, Reference, RunContext
@@ -107,13 +108,13 @@ class FastWeights(Experiment):
                 return PlainRNN(*args, recurrent_init=config.rnn_recurrent_init)
             if model == "lstm":
                 return LSTMClassifier(*args)
-        raise ValueError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
+        raise ConfigError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
 
     def run(self, config: FastWeightsConfig, ctx: RunContext) -> dict[str, Any]:
         splits = {k: (x.to(ctx.device), y.to(ctx.device)) for k, (x, y) in make_splits(config.data, ctx.seed).items()}
         for m in config.models:
             if m not in MODELS:
-                raise ValueError(f"unknown model {m!r}; valid: {', '.join(MODELS)}")
+                raise ConfigError(f"unknown model {m!r}; valid: {', '.join(MODELS)}")
         training = ctx.loop_settings(config.training)
         results: list[dict[str, Any]] = []
         histories: dict[str, list] = {}

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mortalnet.config import ConfigError
 from mortalnet.data.cifar import PIXELS, CifarConfig, load_cifar10
 from mortalnet.experiments import register_experiment
 from mortalnet.experiments.base import Experiment, Reference, RunContext
@@ -147,7 +148,7 @@ class FFCifar10(Experiment):
         if model == "backprop":
             return LocalBackpropLearner(config.backprop, hidden, config.rule.kernel, 3, PIXELS, 10, seed=ctx.seed,
                                         device=ctx.device, tile=config.rule.tile)
-        raise ValueError(f"unknown model {model!r}; valid: ff, backprop")
+        raise ConfigError(f"unknown model {model!r}; valid: ff, backprop")
 
     def run(self, config: FFCifarConfig, ctx: RunContext) -> dict[str, Any]:
         data = load_cifar10(config.data)

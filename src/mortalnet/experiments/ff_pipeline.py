@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from mortalnet import config as cfgmod
+from mortalnet.config import ConfigError
 from mortalnet.data.mnist import MnistConfig
 from mortalnet.experiments import register_experiment
 from mortalnet.experiments.base import Experiment, Reference, RunContext
@@ -79,7 +80,7 @@ class FFPipeline(Experiment):
 
     def run(self, config: FFPipelineConfig, ctx: RunContext) -> dict[str, Any]:
         if ctx.device.type != "cpu":
-            raise ValueError("ff-pipeline spawns CPU (gloo) ranks; run it with --device cpu")
+            raise ConfigError("ff-pipeline spawns CPU (gloo) ranks; run it with --device cpu")
         spec = {
             "hidden": list(config.hidden), "rule": cfgmod.to_dict(config.rule), "data": cfgmod.to_dict(config.data),
             "epochs": config.training.epochs, "batch_size": config.training.batch_size,

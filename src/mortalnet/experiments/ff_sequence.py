@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from mortalnet.config import ConfigError
 from mortalnet.data.text import ALPHABET, TextConfig, decode, load_corpus, one_hot_context, windows
 from mortalnet.experiments import register_experiment
 from mortalnet.experiments.base import Experiment, RunContext
@@ -105,7 +106,7 @@ class FFSequence(Experiment):
                                      seed=ctx.seed, device=ctx.device)
         if model == "backprop":
             return BackpropLearner(config.backprop, config.hidden, C * c, C, seed=ctx.seed, device=ctx.device)
-        raise ValueError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
+        raise ConfigError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
 
     def run(self, config: FFSequenceConfig, ctx: RunContext) -> dict[str, Any]:
         corpus = load_corpus(config.data)

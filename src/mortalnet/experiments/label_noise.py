@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from mortalnet.config import ConfigError
 from mortalnet.data.label_noise import corrupt_labels
 from mortalnet.data.mnist import MnistConfig, load_mnist
 from mortalnet.experiments import register_experiment
@@ -109,7 +110,7 @@ class LabelNoise(Experiment):
             return config.backprop, config.backprop_hidden, config.backprop_training
         if rule == "forward-forward":
             return config.ff, config.ff_hidden, config.ff_training
-        raise ValueError(f"label-noise has settings for rules {', '.join(RULES)}; got {rule!r}")
+        raise ConfigError(f"label-noise has settings for rules {', '.join(RULES)}; got {rule!r}")
 
     def run(self, config: LabelNoiseConfig, ctx: RunContext) -> dict[str, Any]:
         t0 = time.perf_counter()

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from mortalnet.config import ConfigError
 from mortalnet.data.mnist import MnistConfig, load_mnist
 from mortalnet.experiments import register_experiment
 from mortalnet.experiments.base import Experiment, Reference, RunContext
@@ -122,9 +123,9 @@ class Mortality(Experiment):
 
     def run(self, config: MortalityConfig, ctx: RunContext) -> dict[str, Any]:
         if config.copies < 1 or config.eval_images < 1 or not config.drift_times:
-            raise ValueError("mortality needs copies >= 1, eval_images >= 1 and at least one drift time")
+            raise ConfigError("mortality needs copies >= 1, eval_images >= 1 and at least one drift time")
         if list(config.drift_times) != sorted(config.drift_times) or config.drift_times[0] < 0:
-            raise ValueError(f"drift_times must be increasing and >= 0, got {config.drift_times}")
+            raise ConfigError(f"drift_times must be increasing and >= 0, got {config.drift_times}")
         t0 = time.perf_counter()
         data = load_mnist(config.data)
         learner, result, train_counts = train_on_device(config, ctx, data)

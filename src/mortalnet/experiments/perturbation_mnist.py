@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from mortalnet.config import ConfigError
 from mortalnet.data.mnist import MnistConfig, load_mnist
 from mortalnet.experiments import register_experiment
 from mortalnet.experiments.base import Experiment, Reference, RunContext
@@ -146,7 +147,7 @@ class PerturbationMnist(Experiment):
     def run(self, config: PerturbationMnistConfig, ctx: RunContext) -> dict[str, Any]:
         bad = [a for a in config.arms if a not in ARMS]
         if bad or not config.arms:
-            raise ValueError(f"unknown arm(s) {bad} in arms={config.arms}; valid: {', '.join(ARMS)}")
+            raise ConfigError(f"unknown arm(s) {bad} in arms={config.arms}; valid: {', '.join(ARMS)}")
         t0 = time.perf_counter()
         data = load_mnist(config.data)
         train = data.train.tensors(ctx.device)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mortalnet.config import ConfigError
 from mortalnet.data.mnist import MnistConfig, load_mnist
 from mortalnet.experiments import register_experiment
 from mortalnet.experiments.base import Experiment, Reference, RunContext
@@ -138,7 +139,7 @@ class PerturbationVariance(Experiment):
         data = load_mnist(config.data)
         x, y = data.train.tensors(ctx.device)
         if len(y) < config.batch_size:
-            raise ValueError(f"batch_size={config.batch_size} but the data has only {len(y)} training images")
+            raise ConfigError(f"batch_size={config.batch_size} but the data has only {len(y)} training images")
         x, y = x[: config.batch_size], y[: config.batch_size]
         gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
         nets = [("width", w, config.width_sweep_depth) for w in config.widths]

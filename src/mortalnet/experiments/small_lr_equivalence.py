@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from mortalnet.config import ConfigError
 from mortalnet.data.mnist import MnistConfig, load_mnist
 from mortalnet.experiments import register_experiment
 from mortalnet.experiments.base import Experiment, RunContext
@@ -89,7 +90,7 @@ class SmallLrEquivalence(Experiment):
         x_all, y_all = data.train.tensors(ctx.device)
         n_batches = len(y_all) // config.batch_size
         if n_batches < 1:
-            raise ValueError(f"batch_size={config.batch_size} but the data has only {len(y_all)} training images")
+            raise ConfigError(f"batch_size={config.batch_size} but the data has only {len(y_all)} training images")
 
         def batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
             j = (i % n_batches) * config.batch_size

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mortalnet.config import ConfigError
 from mortalnet.hardware import OpCounts, create_device
 from mortalnet.nets.ff import embed_label, neutral_label, normalize_rows, one_hot
 from mortalnet.optim import make_optimizer
@@ -82,9 +83,9 @@ class FFDeviceLearner(Learner):
         super().__init__(seed, device)
         ff = config.ff
         if not hidden:
-            raise ValueError("an FF network needs at least one hidden layer")
+            raise ConfigError("an FF network needs at least one hidden layer")
         if not 0 <= ff.readout_from < len(hidden) or ff.goodness_from >= len(hidden):
-            raise ValueError(f"readout_from={ff.readout_from} / goodness_from={ff.goodness_from} must index one "
+            raise ConfigError(f"readout_from={ff.readout_from} / goodness_from={ff.goodness_from} must index one "
                              f"of the {len(hidden)} hidden layers")
         self.cfg, self.ff, self.num_classes = config, ff, num_classes
         self.hidden = tuple(hidden)

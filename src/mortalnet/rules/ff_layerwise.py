@@ -182,7 +182,7 @@ class FFLayerwiseLearner(Learner):
     def set_black_box(self, after_layer: int, box: BlackBox | None) -> None:
         """Insert `box` between hidden layer `after_layer` (0-based) and the next; None removes it."""
         if box is not None and not 0 <= after_layer < len(self.layers) - 1:
-            raise ValueError(f"a black box must sit between two hidden layers: after_layer in 0..{len(self.layers) - 2}")
+            raise ConfigError(f"a black box must sit between two hidden layers: after_layer in 0..{len(self.layers) - 2}")
         self.box, self.box_after = box, (after_layer if box is not None else -1)
 
     def mean_states(self, i: int) -> torch.Tensor:

@@ -29,6 +29,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from mortalnet.config import ConfigError
 from mortalnet.nets.ff import activate, activation_slope, normalize_rows, product
 from mortalnet.nets.recurrent import RecurrentFFNet
 from mortalnet.optim import OptimizerConfig, make_optimizer
@@ -75,10 +76,10 @@ class FFRecurrentLearner(Learner):
                  input_dim: int = 784, num_classes: int = 10, seed: int = 0, device: torch.device | str = "cpu"):
         super().__init__(seed, device)
         if not 1 <= config.test_from <= config.test_to <= config.iterations:
-            raise ValueError(f"need 1 <= test_from <= test_to <= iterations, got {config.test_from}, "
+            raise ConfigError(f"need 1 <= test_from <= test_to <= iterations, got {config.test_from}, "
                              f"{config.test_to}, {config.iterations}")
         if not 1 <= config.train_from <= config.iterations:
-            raise ValueError(f"train_from must be in 1..iterations, got {config.train_from}")
+            raise ConfigError(f"train_from must be in 1..iterations, got {config.train_from}")
         self.cfg = config
         self.product_dtype = torch.bfloat16 if config.precision == "bfloat16" else torch.float32
         self.num_classes = num_classes

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 
 import torch
 
+from mortalnet.config import ConfigError
 from mortalnet.data.text import one_hot_context, windows
 from mortalnet.nets.ff import embed_label, neutral_label, normalize_rows, one_hot
 from mortalnet.rules.forward_forward import FFConfig, FFLearner
@@ -52,7 +53,7 @@ class FFSequenceLearner(FFLearner):
                  device: torch.device | str = "cpu"):
         super().__init__(config, hidden, num_symbols * (context + 1), num_symbols, seed, device)
         if regenerate_every < 1:
-            raise ValueError(f"regenerate_every must be >= 1, got {regenerate_every}")
+            raise ConfigError(f"regenerate_every must be >= 1, got {regenerate_every}")
         self.context, self.regenerate_every, self.temperature = context, regenerate_every, temperature
         self.register_buffer("starts", starts[:, :context].to(self.device_).clone())
         self.register_buffer("generated", torch.zeros(starts.shape, dtype=torch.long, device=self.device_))

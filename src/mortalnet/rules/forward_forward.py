@@ -30,6 +30,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from mortalnet.config import ConfigError
 from mortalnet.nets.ff import (
     NORM_EPS,
     Activation,
@@ -103,7 +104,7 @@ def goodness_sign(goodness: str) -> float:
         return 1.0
     if goodness == "neg-sum-squares":
         return -1.0
-    raise ValueError(f"unknown goodness {goodness!r}; valid: sum-squares, neg-sum-squares")
+    raise ConfigError(f"unknown goodness {goodness!r}; valid: sum-squares, neg-sum-squares")
 
 
 def ff_probs(states: torch.Tensor, theta: float, temp: float, sign: float = 1.0,
@@ -317,13 +318,13 @@ class FFLearner(Learner):
     ) -> None:
         super().__init__(seed, device)
         if not config.readout and (config.negatives == "hard" or config.goodness_shortlist):
-            raise ValueError("hard negatives and the goodness shortlist need the softmax readout: "
+            raise ConfigError("hard negatives and the goodness shortlist need the softmax readout: "
                              "set rule.readout=true, or rule.negatives=random and rule.goodness_shortlist=0")
         if config.goodness_from >= len(hidden):
-            raise ValueError(f"goodness_from={config.goodness_from} but the net has {len(hidden)} hidden layers")
+            raise ConfigError(f"goodness_from={config.goodness_from} but the net has {len(hidden)} hidden layers")
         if config.compile_update and not (config.precision == "bfloat16" and config.fast
                                           and config.optimizer.name == "smoothed-sgd"):
-            raise ValueError("rule.compile_update fuses the bf16 fast path's smoothed-sgd update: it needs "
+            raise ConfigError("rule.compile_update fuses the bf16 fast path's smoothed-sgd update: it needs "
                              "rule.precision=bfloat16, rule.fast=true and rule.optimizer.name=smoothed-sgd")
         self.cfg = config
         self.num_classes = num_classes

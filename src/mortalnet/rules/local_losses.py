@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mortalnet.config import ConfigError
 from mortalnet.nets.ff import NORM_EPS
 from mortalnet.optim import OptimizerConfig
 from mortalnet.rules import register_rule
@@ -65,10 +66,10 @@ class LocalLossesLearner(PerturbationLearner):
     def __init__(self, config: LocalLossesConfig = LocalLossesConfig(), hidden: tuple[int, ...] = (256, 256),
                  input_dim: int = 784, num_classes: int = 10, seed: int = 0, device: torch.device | str = "cpu"):
         if not hidden:
-            raise ValueError("local-losses needs at least one hidden block")
+            raise ConfigError("local-losses needs at least one hidden block")
         bad = [h for h in hidden if h % config.group_size]
         if config.group_size < 1 or bad:
-            raise ValueError(f"group_size={config.group_size} must divide every block width; {bad} do not")
+            raise ConfigError(f"group_size={config.group_size} must divide every block width; {bad} do not")
         self.num_classes = num_classes
         self.hidden = tuple(hidden)
         super().__init__(config, (input_dim, *hidden), ["relu"] * len(hidden), seed, device)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mortalnet.config import ConfigError
 from mortalnet.hardware.interface import AnalogLayer, NoGradientError
 from mortalnet.optim import OptimizerConfig, make_optimizer
 from mortalnet.rules.base import Learner
@@ -71,7 +72,7 @@ class DigitalLayer(nn.Module):
     def __init__(self, in_features: int, out_features: int, activation: Activation = "relu", device=None):
         super().__init__()
         if activation not in ("relu", "linear"):
-            raise ValueError(f"activation must be 'relu' or 'linear', got {activation!r}")
+            raise ConfigError(f"activation must be 'relu' or 'linear', got {activation!r}")
         self.in_features, self.out_features, self.activation = in_features, out_features, activation
         self.register_buffer("weight", torch.zeros(in_features, out_features, device=device))  # (in, out)
         self.register_buffer("bias", torch.zeros(out_features, device=device))  # (out,)
@@ -153,13 +154,13 @@ def build_layers(
         (layers, handle): the layers (input to output) and the device handle (None if digital).
     """
     if len(activations) != len(dims) - 1:
-        raise ValueError(f"{len(dims) - 1} layers need {len(dims) - 1} activations, got {len(activations)}")
+        raise ConfigError(f"{len(dims) - 1} layers need {len(dims) - 1} activations, got {len(activations)}")
     if hardware == "digital":
         return [DigitalLayer(a, b, act, device) for a, b, act in zip(dims[:-1], dims[1:], activations)], None
     from mortalnet.hardware import DEVICES, create_device
 
     if hardware not in DEVICES.names():
-        raise ValueError(f"unknown hardware {hardware!r}; valid: digital, {', '.join(DEVICES.names())}")
+        raise ConfigError(f"unknown hardware {hardware!r}; valid: digital, {', '.join(DEVICES.names())}")
     handle = create_device(hardware, list(zip(dims[:-1], dims[1:])), seed, activation=list(activations),
                            torch_device=device)
     return list(handle.layers), handle
@@ -282,7 +283,7 @@ def activity_perturbation(
                 d = _differences(loss_fn(out, y_rep).view(reps, b), loss_clean, k, sigma, antithetic)
             grads_z.append((d[..., None] * u).mean(0))
     else:
-        raise ValueError(f"mode must be 'simultaneous' or 'layerwise', got {mode!r}")
+        raise ConfigError(f"mode must be 'simultaneous' or 'layerwise', got {mode!r}")
     gw, gb = [], []
     for l, g in enumerate(grads_z):
         if mask_inactive and l < n_layers - 1:
@@ -396,9 +397,9 @@ def _check_estimator(estimator: str, layers) -> bool:
     if estimator == "finite-difference":
         return False
     if estimator != "jvp":
-        raise ValueError(f"estimator must be 'finite-difference' or 'jvp', got {estimator!r}")
+        raise ConfigError(f"estimator must be 'finite-difference' or 'jvp', got {estimator!r}")
     if not all(isinstance(l, DigitalLayer) for l in layers):
-        raise ValueError("estimator='jvp' needs an exact model of the forward pass (digital layers); "
+        raise ConfigError("estimator='jvp' needs an exact model of the forward pass (digital layers); "
                          "on a device use estimator='finite-difference'")
     return True
 
@@ -530,6 +531,6 @@ class PerturbationLearner(Learner):
 
 def _validate_common(cfg) -> None:
     if not cfg.sigma > 0:
-        raise ValueError(f"sigma (perturbation scale) must be > 0, got {cfg.sigma}")
+        raise ConfigError(f"sigma (perturbation scale) must be > 0, got {cfg.sigma}")
     if cfg.directions < 1:
-        raise ValueError(f"directions must be >= 1, got {cfg.directions}")
+        raise ConfigError(f"directions must be >= 1, got {cfg.directions}")
