@@ -12,7 +12,7 @@ import torch
 
 from mortalnet.rules.backprop import BackpropLearner
 from mortalnet.rules.forward_forward import FFConfig, FFLearner
-from mortalnet.runs import RunDir
+from mortalnet.runs import RunDir, checkpoint_train_seconds
 from mortalnet.training import DivergedError, TrainingConfig, fit
 
 
@@ -137,11 +137,27 @@ def test_a_multi_model_run_resumes_each_model_where_it_stopped(tmp_path):
     assert not (tmp_path / "killed" / "lstm-8").exists()  # died inside the first model
     before = RunDir(tmp_path / "killed" / "rnn-8").metrics()
     assert [row["epoch"] for row in before] == [1, 2]
+    earlier = checkpoint_train_seconds(tmp_path / "killed")
+    assert earlier == pytest.approx(before[-1]["train_seconds"])
     resumed = _cli(["run", "--resume", str(tmp_path / "killed"), "--quiet"])
     assert resumed.returncode == 0, resumed.stderr
     a = json.loads((tmp_path / "whole" / "summary.json").read_text())["results"]
-    b = json.loads((tmp_path / "killed" / "summary.json").read_text())["results"]
+    summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    b = summary["results"]
+    # the run's wall time counts the interrupted session's training too (all models' training is inside it)
+    assert summary["wall_seconds"] >= checkpoint_train_seconds(tmp_path / "killed")
     assert [(r["model"], r["test_error"], r["valid_error"], r["train_error"]) for r in a] == \
            [(r["model"], r["test_error"], r["valid_error"], r["train_error"]) for r in b]
     after = RunDir(tmp_path / "killed" / "rnn-8").metrics()
     assert after[:2] == before and after[2]["epoch"] == 3  # continued at epoch 3: epochs 1-2 (and their timings) kept
+
+
+def test_checkpoint_train_seconds_sums_a_run_or_its_sub_runs(tmp_path):
+    t = {"w": torch.zeros(2)}
+    RunDir(tmp_path / "single").save_checkpoint(t, {"train_seconds": 5.0})
+    for name, seconds in (("a", 3.0), ("b", 4.5)):
+        RunDir(tmp_path / "multi" / name).save_checkpoint(t, {"train_seconds": seconds})
+    RunDir(tmp_path / "multi" / "a").save_snapshot(1, t, {"train_seconds": 100.0})  # snapshots are not counted
+    assert checkpoint_train_seconds(tmp_path / "single") == 5.0
+    assert checkpoint_train_seconds(tmp_path / "multi") == 7.5
+    assert checkpoint_train_seconds(tmp_path / "empty") == 0.0

@@ -21,6 +21,7 @@ from mortalnet.runs import (
     RunDir,
     RunError,
     check_summary,
+    checkpoint_train_seconds,
     git_commit,
     machine_info,
     machine_label,
@@ -88,8 +89,7 @@ def run(
         config = cfgmod.from_dict(exp.Config, stored["config"])
         if run_dir.exists("summary.json") and run_dir.status().get("state") == "done":
             raise RunError(f"{run_dir.path} already finished; see its summary.json")
-        _, meta = run_dir.load_checkpoint() if run_dir.checkpoint_path.exists() else ({}, {})
-        earlier_seconds = float(meta.get("train_seconds", 0.0))
+        earlier_seconds = checkpoint_train_seconds(run_dir.path)  # its own checkpoint, or its sub-runs'
         resuming = True  # the experiment continues each model that has a checkpoint (ctx.resumes)
     else:
         exp = get_experiment(experiment)

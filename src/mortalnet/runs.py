@@ -283,6 +283,22 @@ class RunDir:
         return tensors, json.loads(meta_text)
 
 
+def checkpoint_train_seconds(run_path: Path) -> float:
+    """Training seconds stored in a run's checkpoints: its own, or, for an experiment that trains
+    several models into sub-runs, the sum of theirs (what an interrupted run had done before a resume).
+    Reads only each file's JSON header."""
+    total = 0.0
+    for path in Path(run_path).rglob(CHECKPOINT):
+        with path.open("rb") as f:
+            try:
+                n = int.from_bytes(f.read(8), "little")
+                meta = json.loads(json.loads(f.read(n)).get("__metadata__", {}).get("mortalnet", "{}"))
+            except (ValueError, AttributeError) as err:
+                raise RunError(f"{path} is not a readable mortalnet checkpoint: {err}") from None
+        total += float(meta.get("train_seconds", 0.0))
+    return total
+
+
 def _safetensors_metadata(data: bytes) -> dict[str, str]:
     """The `__metadata__` block of a safetensors byte string (its header is plain JSON)."""
     n = int.from_bytes(data[:8], "little")
