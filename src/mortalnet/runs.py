@@ -290,11 +290,12 @@ def checkpoint_train_seconds(run_path: Path) -> float:
     total = 0.0
     for path in Path(run_path).rglob(CHECKPOINT):
         with path.open("rb") as f:
-            try:
-                n = int.from_bytes(f.read(8), "little")
-                meta = json.loads(json.loads(f.read(n)).get("__metadata__", {}).get("mortalnet", "{}"))
-            except (ValueError, AttributeError) as err:
-                raise RunError(f"{path} is not a readable mortalnet checkpoint: {err}") from None
+            head = f.read(8)
+            head += f.read(int.from_bytes(head, "little"))  # the 8-byte length and the JSON header, no tensors
+        try:
+            meta = json.loads(_safetensors_metadata(head).get("mortalnet", "{}"))
+        except ValueError as err:
+            raise RunError(f"{path} is not a readable mortalnet checkpoint: {err}") from None
         total += float(meta.get("train_seconds", 0.0))
     return total
 

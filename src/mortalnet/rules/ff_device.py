@@ -86,7 +86,7 @@ class FFDeviceLearner(Learner):
             raise ConfigError("an FF network needs at least one hidden layer")
         if not 0 <= ff.readout_from < len(hidden) or ff.goodness_from >= len(hidden):
             raise ConfigError(f"readout_from={ff.readout_from} / goodness_from={ff.goodness_from} must index one "
-                             f"of the {len(hidden)} hidden layers")
+                              f"of the {len(hidden)} hidden layers")
         self.cfg, self.ff, self.num_classes = config, ff, num_classes
         self.hidden = tuple(hidden)
         dims = (input_dim, *hidden)

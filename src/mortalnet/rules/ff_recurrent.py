@@ -77,7 +77,7 @@ class FFRecurrentLearner(Learner):
         super().__init__(seed, device)
         if not 1 <= config.test_from <= config.test_to <= config.iterations:
             raise ConfigError(f"need 1 <= test_from <= test_to <= iterations, got {config.test_from}, "
-                             f"{config.test_to}, {config.iterations}")
+                              f"{config.test_to}, {config.iterations}")
         if not 1 <= config.train_from <= config.iterations:
             raise ConfigError(f"train_from must be in 1..iterations, got {config.train_from}")
         self.cfg = config

@@ -41,6 +41,7 @@ from mortalnet.nets.ff import (
     neutral_label,
     normalize_rows,
     one_hot,
+    product,
 )
 from mortalnet.optim import OptimizerConfig, SmoothedSGD, make_optimizer
 from mortalnet.rules import register_rule
@@ -319,13 +320,13 @@ class FFLearner(Learner):
         super().__init__(seed, device)
         if not config.readout and (config.negatives == "hard" or config.goodness_shortlist):
             raise ConfigError("hard negatives and the goodness shortlist need the softmax readout: "
-                             "set rule.readout=true, or rule.negatives=random and rule.goodness_shortlist=0")
+                              "set rule.readout=true, or rule.negatives=random and rule.goodness_shortlist=0")
         if config.goodness_from >= len(hidden):
             raise ConfigError(f"goodness_from={config.goodness_from} but the net has {len(hidden)} hidden layers")
         if config.compile_update and not (config.precision == "bfloat16" and config.fast
                                           and config.optimizer.name == "smoothed-sgd"):
             raise ConfigError("rule.compile_update fuses the bf16 fast path's smoothed-sgd update: it needs "
-                             "rule.precision=bfloat16, rule.fast=true and rule.optimizer.name=smoothed-sgd")
+                              "rule.precision=bfloat16, rule.fast=true and rule.optimizer.name=smoothed-sgd")
         self.cfg = config
         self.num_classes = num_classes
         self._weight_copies: dict[int, tuple[int, int, torch.Tensor]] = {}  # see _GradientSink
@@ -430,7 +431,7 @@ class FFLearner(Learner):
         """h (N, D) @ w (D, H) + bias in w's precision; the result in float32 (N, H)."""
         if w.dtype == torch.float32:
             return torch.addmm(bias, h, w)
-        return torch.mm(h.to(w.dtype), w).float().add_(bias)
+        return product(h, w).add_(bias)
 
     @staticmethod
     def _next_states(prev: torch.Tensor, prev_sumsq: torch.Tensor, w: torch.Tensor, bias: torch.Tensor,

@@ -400,7 +400,7 @@ def _check_estimator(estimator: str, layers) -> bool:
         raise ConfigError(f"estimator must be 'finite-difference' or 'jvp', got {estimator!r}")
     if not all(isinstance(l, DigitalLayer) for l in layers):
         raise ConfigError("estimator='jvp' needs an exact model of the forward pass (digital layers); "
-                         "on a device use estimator='finite-difference'")
+                          "on a device use estimator='finite-difference'")
     return True
 
 
