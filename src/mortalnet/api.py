@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from mortalnet import config as cfgmod
+from mortalnet.data.mnist import DataError
 from mortalnet.experiments import get_experiment
 from mortalnet.experiments.base import RunContext
 from mortalnet.runs import (
@@ -126,8 +127,9 @@ def run(
     except KeyboardInterrupt:
         run_dir.set_status("interrupted", resume=f"mortalnet run {exp.name} --resume {run_dir.path}")
         raise
-    except cfgmod.ConfigError as err:
-        # refused before any training: leave no run behind; after some (a later model refused): keep it
+    except (cfgmod.ConfigError, DataError) as err:
+        # a refused config or unreadable data before any training: leave no run behind, so the same
+        # --out works once fixed; after some training (a later model refused): keep the run
         if resuming or not _remove_unstarted_run(run_dir, created):
             run_dir.set_status("failed", error=f"{type(err).__name__}: {err}")
         raise
@@ -229,7 +231,7 @@ def evaluate_snapshots(run_path: str | Path, device: str = "auto") -> list[dict[
 
 
 def _remove_unstarted_run(run_dir: RunDir, created: bool) -> bool:
-    """Undo what `run` wrote for a run refused before training (a ConfigError from the experiment):
+    """Undo what `run` wrote for a run refused before training (a ConfigError or DataError):
     its config, env and status files, and the directory when `run` made it and it is now empty.
     A run that has trained anything (a checkpoint or metrics, its own or a sub-run's, e.g. the
     first model of a multi-model experiment refused at its second) is kept, marked failed.
