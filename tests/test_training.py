@@ -12,7 +12,7 @@ import torch
 
 from mortalnet.rules.backprop import BackpropLearner
 from mortalnet.rules.forward_forward import FFConfig, FFLearner
-from mortalnet.runs import RunDir, checkpoint_train_seconds
+from mortalnet.runs import RunDir, RunError, checkpoint_train_seconds
 from mortalnet.training import DivergedError, TrainingConfig, fit
 
 
@@ -161,3 +161,14 @@ def test_checkpoint_train_seconds_sums_a_run_or_its_sub_runs(tmp_path):
     assert checkpoint_train_seconds(tmp_path / "single") == 5.0
     assert checkpoint_train_seconds(tmp_path / "multi") == 7.5
     assert checkpoint_train_seconds(tmp_path / "empty") == 0.0
+
+
+@pytest.mark.parametrize("header", [b"[1, 2]", b'{"__metadata__": [1]}', b'{"__metadata__": {"mortalnet": "[3]"}}',
+                                    b'{"__metadata__": {"mortalnet": 3}}', b'{"__metadata__": {"mortalnet": "{"}}',
+                                    b"\xff\xfe"])
+def test_a_tampered_checkpoint_header_is_a_clear_error(tmp_path, header):
+    (tmp_path / "checkpoint.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    with pytest.raises(RunError, match="not a readable mortalnet checkpoint"):
+        checkpoint_train_seconds(tmp_path)
+    with pytest.raises(RunError, match="not a readable mortalnet checkpoint"):
+        RunDir(tmp_path).load_checkpoint()

@@ -277,10 +277,10 @@ class RunDir:
         data = path.read_bytes()
         try:
             tensors = load(data)
-            meta_text = _safetensors_metadata(data).get("mortalnet", "{}")
-        except (SafetensorError, ValueError, json.JSONDecodeError) as err:
+            meta = _mortalnet_metadata(data)
+        except (SafetensorError, ValueError) as err:
             raise RunError(f"{path} is not a readable mortalnet checkpoint: {err}") from None
-        return tensors, json.loads(meta_text)
+        return tensors, meta
 
 
 def checkpoint_train_seconds(run_path: Path) -> float:
@@ -293,18 +293,27 @@ def checkpoint_train_seconds(run_path: Path) -> float:
             head = f.read(8)
             head += f.read(int.from_bytes(head, "little"))  # the 8-byte length and the JSON header, no tensors
         try:
-            meta = json.loads(_safetensors_metadata(head).get("mortalnet", "{}"))
+            meta = _mortalnet_metadata(head)
         except ValueError as err:
             raise RunError(f"{path} is not a readable mortalnet checkpoint: {err}") from None
         total += float(meta.get("train_seconds", 0.0))
     return total
 
 
-def _safetensors_metadata(data: bytes) -> dict[str, str]:
-    """The `__metadata__` block of a safetensors byte string (its header is plain JSON)."""
+def _mortalnet_metadata(data: bytes) -> dict[str, Any]:
+    """mortalnet's metadata (a JSON object stored as the string `__metadata__["mortalnet"]`) from the
+    start of a safetensors byte string (8-byte header length, then the JSON header). Raises
+    ValueError when any level is not what mortalnet writes (a tampered or foreign file)."""
     n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + n])
-    return header.get("__metadata__", {}) or {}
+    header = json.loads(data[8 : 8 + n])  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    block = header.get("__metadata__") or {} if isinstance(header, dict) else None
+    if not isinstance(block, dict):
+        raise ValueError("the safetensors header is not a JSON object with a __metadata__ object")
+    text = block.get("mortalnet", "{}")
+    meta = json.loads(text) if isinstance(text, str) else None
+    if not isinstance(meta, dict):
+        raise ValueError("its mortalnet metadata is not a JSON object")
+    return meta
 
 
 def new_run_dir(root: Path, experiment: str, preset: str, seed: int) -> Path:
