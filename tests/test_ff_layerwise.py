@@ -85,6 +85,18 @@ def test_unsupervised_ff_layers_never_see_the_labels():
     assert set(a.evaluate(x, y)) == {"error_softmax"}
 
 
+def test_unsupervised_batch_of_one_image_trains_only_the_readout():
+    """A hybrid needs two images: a last batch of one leaves the FF layers as they were."""
+    learner = FFUnsupervisedLearner(FFUnsupervisedConfig(), (30, 20, 10), seed=4)
+    x, y = images(17), torch.arange(17) % 10
+    learner.train_batch(x[:16], y[:16])  # a full batch first, so the optimizers hold state
+    before = [layer.weight.clone() for layer in learner.layers]
+    readout = learner.readout[0].clone()
+    learner.train_batch(x[16:], y[16:])
+    assert all(torch.equal(layer.weight, w) for layer, w in zip(learner.layers, before))
+    assert not torch.equal(learner.readout[0], readout)
+
+
 def test_unsupervised_readout_uses_the_last_three_layers():
     learner = FFUnsupervisedLearner(FFUnsupervisedConfig(), (30, 20, 10, 8), seed=0)
     assert learner.readout_from == 1 and [w.shape[0] for w in learner.readout] == [20, 10, 8]

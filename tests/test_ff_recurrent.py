@@ -81,6 +81,14 @@ def test_updates_are_the_derivative_of_each_layer_and_steps_own_objective():
         torch.testing.assert_close(g_rule, -0.5 * g_auto / (B * 3), rtol=1e-3, atol=1e-6)
 
 
+def test_label_strength_scales_the_normalized_label_layer():
+    net = RecurrentFFNet(input_dim=2, hidden=(2, 2), num_classes=4, label_strength=2.5)
+    top = net.label_layer(torch.tensor([1, 3]))
+    torch.testing.assert_close(top, 2.5 * 2.0 * F.one_hot(torch.tensor([1, 3]), 4).float())  # sqrt(4) * 2.5
+    weak = RecurrentFFNet(input_dim=2, hidden=(2, 2), num_classes=4, label_strength=0.5)
+    assert not torch.equal(weak.label_layer(torch.tensor([1])), net.label_layer(torch.tensor([1])))
+
+
 def test_goodness_test_averages_iterations_three_to_five():
     learner = FFRecurrentLearner(FFRecurrentConfig(), (20, 10), input_dim=30, seed=0)
     x = torch.rand(4, 30)

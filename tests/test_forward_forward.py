@@ -225,6 +225,9 @@ def test_goodness_shortlist_scores_only_the_softmax_top_k():
     kept = torch.zeros_like(short, dtype=torch.bool).scatter_(1, top3, True)
     assert torch.isinf(short[~kept]).all()
     torch.testing.assert_close(short[kept], full[kept], rtol=1e-5, atol=1e-4)
+    plain = replace(learner.cfg, fast=False)  # the naive C-pass test honours the shortlist too
+    learner.cfg = plain
+    torch.testing.assert_close(learner.goodness_scores(x), short, rtol=1e-5, atol=1e-4)
 
 
 def test_without_readout_layers_train_the_same_and_only_goodness_is_tested():

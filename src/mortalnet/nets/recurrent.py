@@ -37,7 +37,8 @@ class RecurrentFFNet(nn.Module):
         hidden: hidden widths, e.g. (2000, 2000).
         num_classes: size of the clamped label layer on top.
         damping: weight of the old state (0.3 in the paper).
-        label_strength: value of the one-hot label's active unit.
+        label_strength: scale of the top layer, the normalized one-hot label (mean square 1, like the
+            normalized activities a layer sees from its neighbours, times this).
     """
 
     def __init__(self, input_dim: int, hidden: tuple[int, ...], num_classes: int = 10, damping: float = 0.3,
@@ -74,8 +75,8 @@ class RecurrentFFNet(nn.Module):
 
     def label_layer(self, labels: torch.Tensor) -> torch.Tensor:
         """(N,) labels -> (N, C) normalized one-hot top layer (the label is clamped)."""
-        onehot = torch.nn.functional.one_hot(labels, self.num_classes).float() * self.label_strength
-        return normalize_rows(onehot)
+        onehot = torch.nn.functional.one_hot(labels, self.num_classes).float()
+        return normalize_rows(onehot) * self.label_strength
 
     def image_input(self, images: torch.Tensor, weights: Weights | None = None) -> torch.Tensor:
         """norm(x) W_up_1: (N, D) -> (N, H_1), the same at every time step."""

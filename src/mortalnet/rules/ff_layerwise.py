@@ -340,6 +340,11 @@ class FFLayerwiseLearner(Learner):
         grads: list[tuple[torch.Tensor, torch.Tensor]] = []
         if self.supervised:
             label_grad, readout_grads = self._supervised_step(x, y, metrics, grads)
+        elif B < 2:
+            # a hybrid needs a second image of the batch: a last batch of one image (training set
+            # size = 1 mod batch size) trains only the readout; the FF layers skip it
+            label_grad = None
+            _, readout_grads = self._readout_grads(self.forward_states(x), y, metrics)
         else:
             label_grad = None
             c = self.cfg.image_channels
@@ -347,12 +352,15 @@ class FFLayerwiseLearner(Learner):
             x_neg = hybrid_negatives(x, self.generator, side, self.cfg.blur_steps, channels=c)
             states = self._upper_layer_grads(normalize_rows(torch.cat([x, x_neg])), 0, B, metrics, grads)
             _, readout_grads = self._readout_grads([s[:B] for s in states], y, metrics)  # positive pass only
+        for w, g in zip(self.readout, readout_grads):
+            w.grad = g
+        if not grads:  # no FF update this step: only the readout's optimizer steps
+            self.optimizers[1].step()
+            return metrics
         for layer, (gw, gb) in zip(self.layers, grads):
             layer.weight.grad, layer.bias.grad = gw, gb
         if label_grad is not None:
             self.label_weight.grad = label_grad
-        for w, g in zip(self.readout, readout_grads):
-            w.grad = g
         for opt in self.optimizers:
             opt.step()
         return metrics

@@ -70,7 +70,7 @@ class FFObjectiveConfig:
     peer_decay: float = 0.9
     """Smoothing of each unit's running mean activity used by peer normalization."""
     label_strength: float = 1.0
-    """Value of the one-hot label input (ffnew.m labelstrength)."""
+    """Value of the one-hot label input (ffnew.m labelstrength); in ff-recurrent, the scale of the top layer, the one-hot label normalized to mean square 1."""
     goodness: Literal["sum-squares", "neg-sum-squares"] = "sum-squares"
     """sum-squares: positive data has G > theta (ffnew.m); neg-sum-squares: positive data has G < theta (paper sec. 2)."""
     activation: Activation = "relu"
@@ -613,15 +613,22 @@ class FFLearner(Learner):
 
     @torch.no_grad()
     def goodness_scores_reference(self, images: torch.Tensor) -> torch.Tensor:
-        """The per-label test done naively: C full passes (ffenergytest.m)."""
-        B = len(images)
+        """The per-label test done naively: C full passes (ffenergytest.m). With a shortlist of k,
+        labels outside the softmax's top k score -inf, as in the fast path."""
+        B, C = len(images), self.num_classes
         cols = []
-        for k in range(self.num_classes):
+        for k in range(C):
             labels = torch.full((B,), k, dtype=torch.long, device=images.device)
-            x = embed_label(images, one_hot(labels, self.cfg.label_strength, self.num_classes))
+            x = embed_label(images, one_hot(labels, self.cfg.label_strength, C))
             states = self.net.forward_states(x)
             cols.append(self._sign * sum(st.square().sum(1) for st in states[self.cfg.goodness_from :]))
-        return torch.stack(cols, dim=1)
+        scores = torch.stack(cols, dim=1)  # (B, C)
+        k = self.cfg.goodness_shortlist
+        if 0 < k < C:
+            shortlist = self.softmax_logits(images).topk(k, dim=1).indices  # (B, k)
+            off = torch.ones_like(scores, dtype=torch.bool).scatter_(1, shortlist, False)
+            scores = scores.masked_fill(off, float("-inf"))
+        return scores
 
     @torch.no_grad()
     def softmax_logits(self, images: torch.Tensor) -> torch.Tensor:
