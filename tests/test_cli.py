@@ -83,10 +83,15 @@ def test_a_model_refused_after_another_trained_keeps_the_run(capsys, tmp_path):
     assert json.loads((out / "status.json").read_text())["state"] == "failed"
 
 
-def test_a_missing_data_file_is_a_clear_error_and_leaves_no_run(capsys, tmp_path):
+@pytest.mark.parametrize("experiment, settings", [
+    ("ff-supervised", ["data.source=pickle", "data.path=NOPE"]),
+    ("ff-sequence", ["data.source=file", "data.path=NOPE"]),
+    ("compression", ["data.source=file", "data.path=NOPE"]),
+])
+def test_a_missing_data_file_is_a_clear_error_and_leaves_no_run(experiment, settings, capsys, tmp_path):
     out = tmp_path / "r"
-    args = ["run", "ff-supervised", "--preset", "fast", "--set", "data.source=pickle",
-            "--set", f"data.path={tmp_path / 'nope.pkl.gz'}", "--out", str(out), "--quiet"]
+    sets = [a for s in settings for a in ("--set", s.replace("NOPE", str(tmp_path / "nope")))]
+    args = ["run", experiment, "--preset", "fast", *sets, "--out", str(out), "--quiet"]
     assert main(args) == 1
     assert "does not exist" in capsys.readouterr().err
     assert not out.exists()

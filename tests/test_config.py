@@ -55,6 +55,11 @@ def test_override_sets_nested_values_with_types():
         ("training.shuffle=maybe", "expects true or false"),
         ("training", "must look like key=value"),
         ("training=3", "is a section"),
+        ("training.batch_size=0", "training.batch_size must be >= 1"),
+        ("training.eval_every=0", "training.eval_every must be >= 1"),
+        ("training.epochs=-1", "training.epochs must be >= 0"),
+        ("rule.optimizer.lr=nan", "expects a finite number"),
+        ("rule.optimizer.lr=inf", "expects a finite number"),
     ],
 )
 def test_bad_overrides_give_clear_errors(assignment, message):
@@ -65,6 +70,14 @@ def test_bad_overrides_give_clear_errors(assignment, message):
     assert message in str(err.value)
     if "valid keys" in message:
         assert "training.epochs" in str(err.value)  # the valid keys are listed
+
+
+@pytest.mark.parametrize("value", [None, [3], {}, "x"])
+def test_a_hand_edited_number_in_stored_config_is_a_config_error(value):
+    from mortalnet.training import TrainingConfig
+
+    with pytest.raises(cfgmod.ConfigError, match="training.epochs expects an integer"):
+        cfgmod.from_dict(TrainingConfig, {"epochs": value}, "training.")
 
 
 def test_unknown_preset_lists_valid_ones():

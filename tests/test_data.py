@@ -43,10 +43,18 @@ def make_idx_dir(root: Path, n_train=120, n_test=30, gz=False, seed=0) -> dict:
     return arrays
 
 
+def idx_sha256(arrays: dict) -> str:
+    """What data.sha256 pins for IDX files: sha256 over the four decompressed files, in IDX_FILES order."""
+    h = hashlib.sha256()
+    for key in M.IDX_FILES:
+        h.update(idx_bytes(arrays[key]))
+    return h.hexdigest()
+
+
 @pytest.mark.parametrize("gz", [False, True])
 def test_idx_directory_loads_with_50k_10k_style_split(tmp_path, gz):
     arrays = make_idx_dir(tmp_path / "idx", gz=gz)
-    data = M.load_idx_dir(tmp_path / "idx")
+    data = M.load_idx_dir(tmp_path / "idx", sha256=idx_sha256(arrays))
     # the last sixth of the training file is the validation set (10k of 60k for real MNIST)
     assert len(data.train) == 100 and len(data.valid) == 20 and len(data.test) == 30
     np.testing.assert_array_equal(data.train.images, arrays["train_images"][:100].reshape(100, 784))
@@ -80,6 +88,53 @@ def test_wrong_magic_and_missing_files(tmp_path):
     (tmp_path / M.IDX_FILES["train_labels"]).unlink()
     with pytest.raises(M.DataError, match="not found"):
         M.load_idx_dir(tmp_path)
+
+
+def test_idx_files_are_checked_against_mnist_or_a_pinned_sha256(tmp_path):
+    arrays = make_idx_dir(tmp_path)
+    digest = idx_sha256(arrays)
+    with pytest.raises(M.DataError, match=f"differ from the published MNIST.*data.sha256={digest}"):
+        M.load_idx_dir(tmp_path)  # not MNIST, and nothing pinned
+    assert len(M.load_idx_dir(tmp_path, sha256=f" {digest.upper()}\n").train) == 100  # as a user pastes it
+    p = tmp_path / M.IDX_FILES["train_labels"]
+    blob = bytearray(p.read_bytes())
+    blob[-1] = (blob[-1] + 1) % 10  # one label changed: still a well-formed IDX file
+    p.write_bytes(bytes(blob))
+    with pytest.raises(M.DataError, match="tampered"):
+        M.load_idx_dir(tmp_path, sha256=digest)
+
+
+def test_idx_cache_follows_the_files_and_needs_them(tmp_path):
+    arrays = make_idx_dir(tmp_path / "idx")
+    cfg = M.MnistConfig(source="idx", path=str(tmp_path / "idx"), sha256=idx_sha256(arrays),
+                        cache_dir=str(tmp_path / "cache"))
+    assert len(M.load_mnist(cfg).train) == 100  # decoded and cached
+    p = tmp_path / "idx" / M.IDX_FILES["test_labels"]
+    blob = bytearray(p.read_bytes())
+    blob[-1] = (blob[-1] + 1) % 10
+    p.write_bytes(bytes(blob))
+    with pytest.raises(M.DataError, match="tampered"):  # not the stale cache of the old files
+        M.load_mnist(cfg)
+    for f in (tmp_path / "idx").iterdir():
+        f.unlink()
+    (tmp_path / "idx").rmdir()
+    with pytest.raises(M.DataError, match="does not exist"):
+        M.load_mnist(cfg)
+
+
+@needs_mnist
+def test_real_mnist_as_idx_files_passes_the_published_md5(tmp_path):
+    data = M.load_mnist(M.MnistConfig(source="hub"))
+    arrays = {
+        "train_images": np.concatenate([data.train.images, data.valid.images]).reshape(-1, 28, 28),
+        "train_labels": np.concatenate([data.train.labels, data.valid.labels]),
+        "test_images": data.test.images.reshape(-1, 28, 28),
+        "test_labels": data.test.labels,
+    }
+    for key, stem in M.IDX_FILES.items():
+        (tmp_path / (stem + ".gz")).write_bytes(gzip.compress(idx_bytes(arrays[key]), compresslevel=1))
+    idx = M.load_idx_dir(tmp_path)  # no sha256: the published MNIST digests
+    np.testing.assert_array_equal(idx.valid.images, data.valid.images)
 
 
 def write_mnist_pickle(path: Path, n=(50, 20, 20), scale=256.0, seed=0) -> list:
@@ -141,11 +196,31 @@ def test_pickle_with_wrong_shapes_is_rejected(tmp_path):
     (tmp_path / "bad.pkl").write_bytes(pickle.dumps(bad, protocol=2))
     with pytest.raises(M.DataError, match="expected \\(N, 784\\)"):
         M.load_pickle_file(tmp_path / "bad.pkl")
+    strings = ((np.array([["x"] * 784]), np.zeros(1, np.int64)),) * 3
+    (tmp_path / "str.pkl").write_bytes(pickle.dumps(strings, protocol=2))
+    with pytest.raises(M.DataError, match="must be numbers"):
+        M.load_pickle_file(tmp_path / "str.pkl")
+    parts = write_mnist_pickle(tmp_path / "m.pkl.gz")
+    (tmp_path / "p5.pkl").write_bytes(pickle.dumps(tuple(parts), protocol=5))  # numpy's _frombuffer
+    np.testing.assert_array_equal(M.load_pickle_file(tmp_path / "p5.pkl").test.labels, parts[2][1])
+    digest = hashlib.sha256((tmp_path / "p5.pkl").read_bytes()).hexdigest()
+    assert len(M.load_pickle_file(tmp_path / "p5.pkl", sha256=digest.upper() + "\n").train) == 50
+
+
+def test_auto_source_skips_an_unrelated_mnist_package(tmp_path, monkeypatch):
+    def not_the_hub():
+        raise M.DataError("the installed 'mnist' package has no mnist/data/mnist.pkl.gz")
+
+    monkeypatch.setattr(M, "hub_bundle_path", not_the_hub)
+    M.save_cache(M.synthetic_mnist(20, 5, 5), tmp_path, "download")  # an earlier download
+    data = M.load_mnist(M.MnistConfig(source="auto", cache_dir=str(tmp_path)))
+    assert data.source.startswith("synthetic") and len(data.train) == 20
 
 
 def test_cache_round_trip_and_tampered_cache_is_rebuilt(tmp_path):
-    make_idx_dir(tmp_path / "idx")
-    cfg = M.MnistConfig(source="idx", path=str(tmp_path / "idx"), cache_dir=str(tmp_path / "cache"))
+    arrays = make_idx_dir(tmp_path / "idx")
+    cfg = M.MnistConfig(source="idx", path=str(tmp_path / "idx"), sha256=idx_sha256(arrays),
+                        cache_dir=str(tmp_path / "cache"))
     first = M.load_mnist(cfg)
     npz = next((tmp_path / "cache").glob("*.npz"))
     second = M.load_mnist(cfg)  # from the cache
@@ -162,7 +237,7 @@ def test_cache_round_trip_and_tampered_cache_is_rebuilt(tmp_path):
 
 def test_download_from_a_server_with_checksums(tmp_path):
     src = tmp_path / "served"
-    make_idx_dir(src, gz=True)
+    arrays = make_idx_dir(src, gz=True)
     checksums = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in src.iterdir()}
 
     handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(src), **k)  # noqa: E731
@@ -174,7 +249,7 @@ def test_download_from_a_server_with_checksums(tmp_path):
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     try:
         out = M.download_idx(tmp_path / "dl", base_url=url, checksums=checksums)
-        data = M.load_idx_dir(out)
+        data = M.load_idx_dir(out, sha256=idx_sha256(arrays))
         assert len(data.train) == 100 and len(data.test) == 30
         bad = dict(checksums)
         bad[next(iter(bad))] = "0" * 32
@@ -190,8 +265,8 @@ def test_download_without_network_says_what_to_do(tmp_path):
 
 
 def test_subsets_and_train_plus_valid(tmp_path):
-    make_idx_dir(tmp_path / "idx")
-    base = dict(source="idx", path=str(tmp_path / "idx"), cache_dir=str(tmp_path / "c"))
+    arrays = make_idx_dir(tmp_path / "idx")
+    base = dict(source="idx", path=str(tmp_path / "idx"), sha256=idx_sha256(arrays), cache_dir=str(tmp_path / "c"))
     d = M.load_mnist(M.MnistConfig(**base, train_subset=10, test_subset=5))
     assert len(d.train) == 10 and len(d.test) == 5 and len(d.valid) == 20
     d = M.load_mnist(M.MnistConfig(**base, train_on="train+valid"))

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -172,3 +173,60 @@ def test_a_tampered_checkpoint_header_is_a_clear_error(tmp_path, header):
         checkpoint_train_seconds(tmp_path)
     with pytest.raises(RunError, match="not a readable mortalnet checkpoint"):
         RunDir(tmp_path).load_checkpoint()
+
+
+def test_a_checkpoint_header_longer_than_its_file_is_a_clear_error(tmp_path):
+    RunDir(tmp_path).save_checkpoint({"w": torch.zeros(2)}, {"epoch": 1, "train_seconds": 1.0})
+    path = tmp_path / "checkpoint.safetensors"
+    blob = bytearray(path.read_bytes())
+    for length in (2**63 + 5, 2**40):
+        blob[:8] = (length % 2**64).to_bytes(8, "little")
+        path.write_bytes(bytes(blob))
+        with pytest.raises(RunError, match="not a readable mortalnet checkpoint"):
+            checkpoint_train_seconds(tmp_path)
+        with pytest.raises(RunError, match="not a readable mortalnet checkpoint"):
+            RunDir(tmp_path).load_checkpoint()
+
+
+def test_a_checkpoint_that_does_not_fit_the_run_is_a_clear_error(tmp_path, tiny_data):
+    run = RunDir(tmp_path)
+    cfg = TrainingConfig(epochs=2, progress=False, tensorboard=False)
+    train = tiny_data.train.tensors()
+    run.save_checkpoint({"w": torch.zeros(2)}, {"train_seconds": 1.0})  # no epoch
+    with pytest.raises(RunError, match="no epoch"):
+        fit(_learner("ff"), train, None, cfg, seed=0, run=run, resume=True)
+    fit(_learner("ff"), train, None, replace(cfg, epochs=1), seed=0, run=run)
+    other = FFLearner(FFConfig(), (32, 32), seed=0)  # other widths than the checkpoint's
+    with pytest.raises(RunError, match="does not fit this run's learner"):
+        fit(other, train, None, cfg, seed=0, run=run, resume=True)
+
+
+def test_a_snapshot_is_written_before_its_epochs_checkpoint(tmp_path, tiny_data, monkeypatch):
+    """A crash between the two writes must not lose the snapshot: a resume starts after the checkpoint."""
+    run = RunDir(tmp_path)
+    cfg = TrainingConfig(epochs=3, snapshot_every=1, progress=False, tensorboard=False)
+    train = tiny_data.train.tensors()
+    save = RunDir.save_snapshot
+
+    def crash_at_epoch_2(self, epoch, tensors, meta):
+        if epoch == 2:
+            raise OSError("disk full")
+        return save(self, epoch, tensors, meta)
+
+    monkeypatch.setattr(RunDir, "save_snapshot", crash_at_epoch_2)
+    with pytest.raises(OSError):
+        fit(_learner("ff"), train, None, cfg, seed=0, run=run)
+    monkeypatch.setattr(RunDir, "save_snapshot", save)
+    fit(_learner("ff"), train, None, cfg, seed=0, run=run, resume=True)
+    assert [p.name for p in run.snapshots()] == ["epoch0001.safetensors", "epoch0002.safetensors",
+                                                 "epoch0003.safetensors"]
+
+
+def test_json_records_take_numpy_and_tensor_values(tmp_path):
+    import numpy as np
+
+    from mortalnet.runs import atomic_write_json, read_json
+
+    atomic_write_json(tmp_path / "a.json", {"x": np.float32("nan"), "t": torch.tensor(float("inf")),
+                                            "v": torch.tensor([1.0, float("nan")]), "n": np.arange(2)})
+    assert read_json(tmp_path / "a.json") == {"x": None, "t": None, "v": [1.0, None], "n": [0, 1]}

@@ -187,8 +187,7 @@ def load_learner(run_path: str | Path, device: str = "auto", checkpoint: str | P
     if not hasattr(exp, "build_learner"):
         raise RunError(f"{exp.name} trains several models; load its sub-runs' checkpoints instead")
     learner = exp.build_learner(config, ctx)
-    tensors, _ = ctx.run.load_checkpoint(None if checkpoint is None else Path(checkpoint))
-    learner.load_state_tensors(tensors)
+    ctx.run.load_into(learner, None if checkpoint is None else Path(checkpoint))
     return learner, config
 
 

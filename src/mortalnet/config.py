@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import math
 import textwrap
 import typing
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
@@ -111,12 +112,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if tp is float:
             if isinstance(value, bool):
                 raise ConfigError(f"{key} expects a number, got {value!r}")
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # JSON cannot store it: the run could not be resumed
+                raise ConfigError(f"{key} expects a finite number, got {value!r}")
+            return number
         if tp is str:
             if not isinstance(value, str):
                 raise ConfigError(f"{key} expects a string, got {value!r}")
             return value
-    except ValueError as err:
+    except (ValueError, TypeError, OverflowError) as err:
         if isinstance(err, ConfigError):
             raise
         wanted = {int: "an integer", float: "a number"}.get(tp, f"a {_type_name(tp)}")

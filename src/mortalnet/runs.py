@@ -81,7 +81,9 @@ def _json_default(obj: Any) -> Any:
 
 
 def _clean(obj: Any) -> Any:
-    """Replace non-finite floats by None so the JSON stays standard."""
+    """Replace non-finite floats by None so the JSON stays standard (tensors and NumPy values too)."""
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # tensor, ndarray, NumPy scalar
+        obj = obj.tolist()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
@@ -278,9 +280,25 @@ class RunDir:
         try:
             tensors = load(data)
             meta = _mortalnet_metadata(data)
-        except (SafetensorError, ValueError) as err:
+            if "epoch" in meta:
+                meta["epoch"] = int(meta["epoch"])
+            elif path == self.checkpoint_path:
+                raise ValueError("its metadata has no epoch")
+        except (SafetensorError, ValueError, TypeError) as err:
             raise RunError(f"{path} is not a readable mortalnet checkpoint: {err}") from None
         return tensors, meta
+
+
+    def load_into(self, learner: Any, path: Path | None = None) -> dict[str, Any]:
+        """Load the latest checkpoint (or the snapshot at `path`) into `learner`; returns its metadata.
+        A checkpoint whose tensors do not fit the learner (missing, unexpected or mis-shaped) is a RunError."""
+        tensors, meta = self.load_checkpoint(path)
+        try:
+            learner.load_state_tensors(tensors)
+        except (RuntimeError, KeyError, ValueError) as err:
+            where = self.checkpoint_path if path is None else path
+            raise RunError(f"{where} does not fit this run's learner: {err}") from None
+        return meta
 
 
 def checkpoint_train_seconds(run_path: Path) -> float:
@@ -289,14 +307,16 @@ def checkpoint_train_seconds(run_path: Path) -> float:
     Reads only each file's JSON header."""
     total = 0.0
     for path in Path(run_path).rglob(CHECKPOINT):
-        with path.open("rb") as f:
-            head = f.read(8)
-            head += f.read(int.from_bytes(head, "little"))  # the 8-byte length and the JSON header, no tensors
         try:
-            meta = _mortalnet_metadata(head)
-        except ValueError as err:
+            with path.open("rb") as f:
+                head = f.read(8)
+                n = int.from_bytes(head, "little")
+                if len(head) < 8 or n > path.stat().st_size - 8:
+                    raise ValueError(f"its header claims {n} bytes, more than the file holds")
+                head += f.read(n)  # the 8-byte length and the JSON header, no tensors
+            total += float(_mortalnet_metadata(head).get("train_seconds", 0.0))
+        except (ValueError, TypeError) as err:
             raise RunError(f"{path} is not a readable mortalnet checkpoint: {err}") from None
-        total += float(meta.get("train_seconds", 0.0))
     return total
 
 

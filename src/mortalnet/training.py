@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import torch
 
+from mortalnet.config import ConfigError
 from mortalnet.optim import schedule_factor
 from mortalnet.rules.base import Learner
 from mortalnet.runs import RunDir
@@ -47,6 +48,15 @@ class TrainingConfig:
     """Show a progress bar (tqdm) on a terminal."""
     tensorboard: bool = True
     """Also write TensorBoard events to <run>/tb when the tensorboard package is installed."""
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ConfigError(f"training.epochs must be >= 0, got {self.epochs}")
+        for name in ("batch_size", "eval_every", "checkpoint_every", "finite_check_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"training.{name} must be >= 1, got {getattr(self, name)}")
+        if self.snapshot_every < 0:
+            raise ConfigError(f"training.snapshot_every must be >= 0 (0: no snapshots), got {self.snapshot_every}")
 
 
 class DivergedError(RuntimeError):
@@ -116,8 +126,7 @@ def fit(
     if resume:
         if run is None:
             raise ValueError("resume needs a run directory")
-        tensors, meta = run.load_checkpoint()
-        learner.load_state_tensors(tensors)
+        meta = run.load_into(learner)
         start_epoch = int(meta["epoch"]) + 1
         elapsed_before = float(meta.get("train_seconds", 0.0))
         history = [r for r in run.metrics() if r.get("epoch", 0) <= int(meta["epoch"])]
@@ -170,12 +179,13 @@ def fit(
             if run is not None:
                 run.append_metrics(row)
                 state = None
-                if epoch % config.checkpoint_every == 0 or last:
-                    state = learner.state_tensors()
-                    run.save_checkpoint(state, {"epoch": epoch, "train_seconds": row["train_seconds"]})
+                # the snapshot first: a resume starts after the checkpoint's epoch and would not remake it
                 if config.snapshot_every and epoch % config.snapshot_every == 0:
-                    state = learner.state_tensors() if state is None else state
+                    state = learner.state_tensors()
                     run.save_snapshot(epoch, state, {"train_seconds": row["train_seconds"]})
+                if epoch % config.checkpoint_every == 0 or last:
+                    state = learner.state_tensors() if state is None else state
+                    run.save_checkpoint(state, {"epoch": epoch, "train_seconds": row["train_seconds"]})
             _fault_injection(epoch)
             if writer is not None:
                 for k, v in row.items():

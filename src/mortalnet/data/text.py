@@ -22,6 +22,9 @@ from typing import Literal
 
 import torch
 
+from mortalnet.config import ConfigError
+from mortalnet.data.mnist import DataError
+
 ALPHABET = "abcdefghijklmnopqrstuvwxyz ,;."
 """The paper's 30 symbols."""
 
@@ -61,8 +64,9 @@ BUILTIN_TEXT = (
 )
 
 
-class TextError(ValueError):
-    """A corpus that is missing or too short for the requested strings."""
+class TextError(DataError, ValueError):
+    """A corpus that is missing or too short for the requested strings (a DataError: the CLI reports
+    it in one line and a run refused by it leaves no run directory)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,18 @@ class TextConfig:
     """Test strings after the validation ones (0 = all that remain)."""
     context: int = 10
     """Characters of context before the predicted one (paper: 10)."""
+
+    def __post_init__(self) -> None:
+        for name in ("string_length", "context"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("train_strings", "valid_strings"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.test_strings < 0:
+            raise ConfigError(f"data.test_strings must be >= 0 (0 = all that remain), got {self.test_strings}")
+        if self.string_length <= self.context:
+            raise ConfigError(f"data.string_length ({self.string_length}) must exceed data.context ({self.context})")
 
 
 @dataclass(frozen=True)
@@ -133,8 +149,6 @@ def load_corpus(config: TextConfig) -> Corpus:
     text = normalize(raw)
     L = config.string_length
     n = len(text) // L
-    if config.string_length <= config.context:
-        raise TextError(f"string_length {L} must exceed the context {config.context}")
     held = config.train_strings + config.valid_strings
     if n < held + 1:
         raise TextError(

@@ -147,8 +147,7 @@ class SupervisedExperiment(Experiment):
     def evaluate(self, config: Any, ctx: RunContext) -> dict[str, Any]:
         data = self.load_data(config)
         learner = self.build_learner(config, ctx)
-        tensors, meta = ctx.run.load_checkpoint()
-        learner.load_state_tensors(tensors)
+        meta = ctx.run.load_into(learner)
         test = learner.evaluate(*data.test.tensors(ctx.device))
         return {"epoch": meta.get("epoch"), "test_error": test[learner.primary_metric],
                 **{f"test/{k}": v for k, v in test.items()}}
@@ -159,8 +158,7 @@ class SupervisedExperiment(Experiment):
         learner = self.build_learner(config, ctx)
         rows = []
         for path in ctx.run.snapshots():
-            tensors, meta = ctx.run.load_checkpoint(path)
-            learner.load_state_tensors(tensors)
+            meta = ctx.run.load_into(learner, path)
             test = learner.evaluate(test_x, test_y)
             rows.append({"epoch": meta.get("epoch"), "train_seconds": meta.get("train_seconds"),
                          "test_error": test[learner.primary_metric], **{f"test/{k}": v for k, v in test.items()}})

@@ -64,8 +64,7 @@ def fit_stage(
         return result.history, result.train_seconds
     stage = RunDir(ctx.run.path / name)
     if stage.exists("done.json"):
-        tensors, _ = stage.load_checkpoint()
-        learner.load_state_tensors(tensors)
+        stage.load_into(learner)
         seconds = float(stage.read_json("done.json")["train_seconds"])
         if clock is not None:
             clock.add_earlier(seconds)
