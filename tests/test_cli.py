@@ -36,6 +36,10 @@ def test_config_shows_keys_values_and_docs(capsys):
         (["eval", "/nonexistent/run"], 1, "is not a directory"),
         (["run", "ff-supervised", "--set", "data.source=idx"], 1, "needs data.path"),
         (["run", "ff-supervised", "--set", "data.source=pickle", "--set", "data.path=/no/file.pkl"], 1, "does not exist"),
+        (["run", "ff-supervised", "--seeds", "0-2"], 2, "--seeds expects comma-separated integers"),
+        (["run", "ff-supervised", "--seeds", ","], 2, "--seeds expects comma-separated integers"),
+        (["run", "ff-supervised", "--seed", "-1"], 2, "a seed is an integer >= 0"),
+        (["report", "--results", "/nonexistent/results"], 1, "results directory /nonexistent/results does not exist"),
     ],
 )
 def test_bad_input_gives_a_clear_error(args, code, message, capsys, tmp_path):
@@ -212,3 +216,48 @@ def test_refit_readout_trains_only_the_softmax_and_records_both_errors(tmp_path,
     learner.refit_readout(*mn.load_mnist(mn.MnistConfig(source="synthetic")).train.tensors(), epochs=1)
     for before, layer in zip(ff_weights, learner.layers):
         assert torch.equal(before, layer.weight)
+
+
+def test_run_and_eval_refuse_bad_directories_and_stored_configs(capsys, tmp_path):
+    from mortalnet import config as cfgmod
+    from mortalnet.api import preset_config
+
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    assert main(["run", "ff-supervised", "--out", str(afile), "--quiet"]) == 1
+    assert "is a file, not a directory" in capsys.readouterr().err and afile.read_text() == "mine"
+    run = tmp_path / "run"
+    run.mkdir()
+    for stored, message in (([], "not a mortalnet run config"), ({"experiment": "ff-supervised"}, "preset, seed, config"),
+                            ({"experiment": "nope", "preset": "fast", "seed": 0, "config": {}}, "unknown experiment")):
+        (run / "config.json").write_text(json.dumps(stored))
+        assert main(["eval", str(run)]) == 1
+        assert message in capsys.readouterr().err
+        assert main(["run", "--resume", str(run)]) == 1
+        assert message in capsys.readouterr().err
+    config = cfgmod.to_dict(preset_config("distill-mnist", "fast"))
+    (run / "config.json").write_text(json.dumps({"experiment": "distill-mnist", "preset": "fast", "seed": 3,
+                                                 "config": config}))
+    assert main(["eval", str(run)]) == 1
+    assert "has no stand-alone evaluation" in capsys.readouterr().err
+    for flags, message in ((["--preset", "paper"], "preset 'fast'"), (["--seed", "7"], "seed 3"),
+                           (["--out", str(tmp_path / "else")], "stays in its directory")):
+        assert main(["run", "--resume", str(run), *flags]) == 1
+        assert message in capsys.readouterr().err
+
+
+def test_report_refuses_a_summary_that_is_not_a_run_record(capsys, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n")
+    (tmp_path / "results" / "r").mkdir(parents=True)
+    assert main(["report", "--results", str(tmp_path / "results"), "--readme", str(readme)]) == 1
+    assert "has no results markers" in capsys.readouterr().err
+    from mortalnet.report.tables import BEGIN, END
+
+    readme.write_text(f"# x\n{BEGIN}\n{END}\n")
+    for text in ("{bad", "[1]", json.dumps({"experiment": "x", "preset": "p", "seed": 0, "wall_seconds": 1.0,
+                                            "test_error": None})):
+        (tmp_path / "results" / "r" / "summary.json").write_text(text)
+        assert main(["report", "--results", str(tmp_path / "results"), "--readme", str(readme)]) == 1
+        assert "summary.json" in capsys.readouterr().err
+    assert readme.read_text() == f"# x\n{BEGIN}\n{END}\n"  # untouched

@@ -18,6 +18,7 @@ from mortalnet import config as cfgmod
 from mortalnet.data.mnist import DataError
 from mortalnet.experiments import get_experiment
 from mortalnet.experiments.base import RunContext
+from mortalnet.registry import UnknownNameError
 from mortalnet.runs import (
     RunDir,
     RunError,
@@ -53,8 +54,8 @@ def preset_config(experiment: str, preset: str, overrides: Iterable[str] = ()) -
 
 def run(
     experiment: str,
-    preset: str = "fast",
-    seed: int = 0,
+    preset: str | None = None,
+    seed: int | None = None,
     overrides: Iterable[str] = (),
     out: str | Path | None = None,
     device: str = "auto",
@@ -66,8 +67,8 @@ def run(
 
     Args:
         experiment: a registered name (see `mortalnet list`).
-        preset: one of the experiment's presets (fast, paper, ...).
-        seed: seeds initialization, data order and sampling.
+        preset: one of the experiment's presets (fast, paper, ...); None = fast (a resumed run: its own).
+        seed: seeds initialization, data order and sampling; None = 0 (a resumed run: its own).
         overrides: `dotted.key=value` strings changing the preset's config.
         out: run directory; default runs/<experiment>/<preset>-s<seed>-<time>.
         device: auto | cpu | cuda.
@@ -80,29 +81,45 @@ def run(
     dev = resolve_device(device)
     if resume is not None:
         run_dir = RunDir(Path(resume))
-        stored = run_dir.read_json("config.json")
-        if experiment and stored.get("experiment") != experiment:
-            raise RunError(f"{run_dir.path} is a run of {stored.get('experiment')!r}, not {experiment!r}")
+        if not run_dir.path.is_dir():
+            raise RunError(f"{run_dir.path} does not exist: nothing to resume")
+        exp, config, stored = _stored_config(run_dir)
+        if experiment and exp.name != experiment:
+            raise RunError(f"{run_dir.path} is a run of {exp.name!r}, not {experiment!r}")
         if overrides:
             raise RunError("a resumed run keeps its stored config; --set is not allowed with --resume")
-        exp = get_experiment(stored["experiment"])
-        preset, seed = stored["preset"], int(stored["seed"])
-        config = cfgmod.from_dict(exp.Config, stored["config"])
+        asked = {"preset": preset, "seed": seed}
+        for key in ("preset", "seed"):
+            if asked[key] is not None and asked[key] != stored[key]:
+                raise RunError(f"{run_dir.path} is a run with {key} {stored[key]!r}; a resumed run keeps it "
+                               f"(drop --{key} {asked[key]})")
+        if out is not None and Path(out).resolve() != run_dir.path.resolve():
+            raise RunError(f"a resumed run stays in its directory {run_dir.path}; drop --out {out}")
+        preset, seed = stored["preset"], stored["seed"]
         if run_dir.exists("summary.json") and run_dir.status().get("state") == "done":
             raise RunError(f"{run_dir.path} already finished; see its summary.json")
         earlier_seconds = checkpoint_train_seconds(run_dir.path)  # its own checkpoint, or its sub-runs'
         resuming = True  # the experiment continues each model that has a checkpoint (ctx.resumes)
     else:
+        preset = "fast" if preset is None else preset
+        seed = 0 if seed is None else seed
+        if seed < 0:
+            raise cfgmod.ConfigError(f"a seed is an integer >= 0, got {seed}")
         exp = get_experiment(experiment)
         config = preset_config(experiment, preset, overrides)
         path = Path(out) if out is not None else new_run_dir(Path(runs_root), experiment, preset, seed)
         run_dir = RunDir(path)
+        if path.exists() and not path.is_dir():
+            raise RunError(f"--out {path} is a file, not a directory")
         if run_dir.exists("config.json"):
             raise RunError(
                 f"{path} already holds a run; continue it with --resume {path} or choose another --out"
             )
         created = not run_dir.path.exists()
-        run_dir.path.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RunError(f"cannot make the run directory {path}: {err}") from None
         run_dir.write_json(
             "config.json",
             {"experiment": exp.name, "preset": preset, "seed": seed, "overrides": overrides,
@@ -156,15 +173,31 @@ def run(
     return summary
 
 
+def _stored_config(run_dir: RunDir) -> tuple[Any, Any, dict[str, Any]]:
+    """(experiment, config, stored record) from a run's config.json; a hand-edited or foreign file
+    (not an object, a field missing or of the wrong type, an unknown experiment) is a RunError."""
+    stored = run_dir.read_json("config.json")
+    where = run_dir.path / "config.json"
+    fields = {"experiment": str, "preset": str, "seed": int, "config": dict}
+    bad = [k for k, t in fields.items() if not isinstance(stored, dict) or not isinstance(stored.get(k), t)
+           or isinstance(stored.get(k), bool)]
+    if bad:
+        raise RunError(f"{where} is not a mortalnet run config: {', '.join(bad)} missing or of the wrong type")
+    try:
+        exp = get_experiment(stored["experiment"])
+        config = cfgmod.from_dict(exp.Config, stored["config"])
+    except (UnknownNameError, cfgmod.ConfigError) as err:
+        raise RunError(f"{where}: {err}") from None
+    return exp, config, stored
+
+
 def _stored_run(run_path: str | Path, device: str) -> tuple[Any, Any, RunContext]:
     """(experiment, config, context) of a saved run, for re-evaluation."""
     run_dir = RunDir(Path(run_path))
     if not run_dir.path.is_dir():
         raise RunError(f"{run_dir.path} is not a directory")
-    stored = run_dir.read_json("config.json")
-    exp = get_experiment(stored["experiment"])
-    config = cfgmod.from_dict(exp.Config, stored["config"])
-    ctx = RunContext(exp.name, stored["preset"], int(stored["seed"]), resolve_device(device), run_dir, progress=False)
+    exp, config, stored = _stored_config(run_dir)
+    ctx = RunContext(exp.name, stored["preset"], stored["seed"], resolve_device(device), run_dir, progress=False)
     return exp, config, ctx
 
 

@@ -24,8 +24,8 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run an experiment and write its record")
     r.add_argument("experiment", nargs="?", default="", help="experiment name (optional with --resume)")
-    r.add_argument("--preset", default="fast", help="preset name (see `mortalnet list`)")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--preset", default=None, help="preset name (see `mortalnet list`; default fast)")
+    r.add_argument("--seed", type=int, default=None, help="default 0")
     r.add_argument("--seeds", default="", help="several seeds, e.g. 0,1,2: one run each (--out becomes a parent dir)")
     r.add_argument("--out", default=None, help="run directory (default runs/<experiment>/<preset>-s<seed>-<time>)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -77,10 +77,13 @@ def _cmd_config(args) -> None:
 
 def _cmd_run(args) -> None:
     from mortalnet.api import run
+    from mortalnet.config import ConfigError
 
     if args.resume is None and not args.experiment:
         raise SystemExit("mortalnet run: name an experiment (see `mortalnet list`) or give --resume DIR")
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else [args.seed]
+    seeds = _parse_seeds(args.seeds) if args.seeds else [args.seed]
+    if args.seeds and (args.resume is not None or args.seed is not None):
+        raise ConfigError("--seeds runs one fresh run per seed: it goes with neither --seed nor --resume")
     for seed in seeds:
         out = args.out
         if out is not None and args.seeds:  # --seeds: always DIR/seed<k>, however many
@@ -93,6 +96,19 @@ def _cmd_run(args) -> None:
         print(f"{summary['experiment']} preset={summary['preset']} seed={summary['seed']}: "
               f"test error {summary['test_error']:.2%}  ({extra})  "
               f"{summary['wall_seconds']:.0f} s  record: {summary['run_dir']}")
+
+
+def _parse_seeds(text: str) -> list[int]:
+    """'0,1,2' -> [0, 1, 2]; anything else is a ConfigError."""
+    from mortalnet.config import ConfigError
+
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0:
+        raise ConfigError(f"--seeds expects comma-separated integers >= 0, e.g. 0,1,2; got {text!r}")
+    return seeds
 
 
 def _cmd_eval(args) -> None:

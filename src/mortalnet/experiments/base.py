@@ -15,7 +15,7 @@ import torch
 
 from mortalnet.data.mnist import MnistData, load_mnist
 from mortalnet.rules.base import Learner
-from mortalnet.runs import RunDir
+from mortalnet.runs import RunDir, RunError
 from mortalnet.training import TrainingConfig, fit
 
 
@@ -81,11 +81,12 @@ class Experiment:
 
     def evaluate(self, config: Any, ctx: RunContext) -> dict[str, Any]:
         """Re-evaluate a finished run (ctx.run) on the test set."""
-        raise NotImplementedError(f"{self.name} has no stand-alone evaluation")
+        raise RunError(f"{self.name} trains several models and has no stand-alone evaluation; "
+                       "its summary.json holds the test results")
 
     def evaluate_snapshots(self, config: Any, ctx: RunContext) -> list[dict[str, Any]]:
         """Evaluate each snapshot of ctx.run (TrainingConfig.snapshot_every) on the test set."""
-        raise NotImplementedError(f"{self.name} keeps no snapshots")
+        raise RunError(f"{self.name} keeps no snapshots")
 
 
 class SupervisedExperiment(Experiment):
