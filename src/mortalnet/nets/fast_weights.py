@@ -74,7 +74,9 @@ class FastWeightsRNN(nn.Module):
         for t in range(T):
             pre = self.W(h) + e[:, t]  # (B, R)
             hs = torch.relu(pre)  # h_0(t+1)
-            if past:
+            if not past and self.inner_steps:  # A(0) = 0: the inner loop is ReLU(LN[W h + C x]), still normalized
+                hs = torch.relu(self.ln(pre))
+            elif past:
                 if self.form == "attention":
                     H = torch.stack(past, 1)  # (B, t, R)
                     w = self.decay ** torch.arange(len(past) - 1, -1, -1, dtype=e.dtype, device=e.device)  # (t,)
