@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mortalnet.api import run
+from mortalnet.cli import main
 from mortalnet.coding import arithmetic as ac
 from mortalnet.experiments import get_experiment
 from mortalnet.nets.char_model import one_hot_padded, padded_windows
@@ -107,6 +108,29 @@ def test_compression_fast_preset_codes_the_held_out_text(tmp_path):
     for k in ("gzip", "bz2", "xz"):
         c = s["compressors"][k]
         assert c["alone"] > 0 and c["given_train"] > 0 and c["roundtrip_exact"]
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (["models="], "models is empty"),
+        (["models=backprop,lstm"], "unknown model 'lstm'"),
+        (["models=ff,ff"], "lists a model twice"),
+        (["compress_level=0"], "compress_level must be in 1..9"),
+        (["compress_level=10"], "compress_level must be in 1..9"),
+        (["context=0"], "context must be >= 1"),
+        (["freq_bits=4"], "freq_bits must be in 5..30"),
+        (["freq_bits=31"], "freq_bits must be in 5..30"),
+        (["rule.goodness_from=5"], "goodness_from=5"),  # refused by the FF rule, before backprop trains
+    ],
+)
+def test_compression_refuses_bad_settings_before_any_model_trains(settings, message, capsys, tmp_path):
+    out = tmp_path / "r"
+    sets = [a for s in settings for a in ("--set", s)]
+    assert main(["run", "compression", "--preset", "fast", *sets, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "mortalnet: error:" in err and message in err
+    assert not out.exists()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -247,6 +271,15 @@ def test_fast_weights_attention_form_equals_the_explicit_matrix_form():
     nofast = FastWeightsRNN(37, 16, 12, 8, 10, decay=0.9, fast_lr=0.0, inner_steps=2, recurrent_init=0.5)
     nofast.load_state_dict(att.state_dict())
     assert not torch.allclose(nofast(x), out_a, atol=1e-3)  # the fast weights change the answer
+
+
+def test_fast_weights_normalize_the_first_step_too():
+    """h(1) = ReLU(LN[W h(0) + C x(0)]) with h(0) = 0 and A(0) = 0: layer norm applies from the first step."""
+    torch.manual_seed(1)
+    net = FastWeightsRNN(37, 16, 12, 8, 10, decay=0.9, fast_lr=0.7, inner_steps=1, form="attention")
+    x, _ = generate(4, 4, seed=0)
+    h1 = torch.relu(net.ln(net.C(net.embed(x[:, :1]))[:, 0]))
+    torch.testing.assert_close(net(x[:, :1]), net.head(h1))
 
 
 def test_fast_weights_fast_preset(tmp_path):

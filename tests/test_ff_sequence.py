@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 
+from mortalnet.cli import main
 from mortalnet.data.text import TextConfig, load_corpus, windows
 from mortalnet.nets.ff import embed_label, one_hot
 from mortalnet.rules.ff_sequence import FFSequenceLearner, sequence_inputs
@@ -54,3 +57,15 @@ def test_self_generated_strings_keep_the_real_start_and_are_the_networks_samples
     g.manual_seed(3)
     b = learner.generate(corpus.train[:, :10], 100, g)
     assert torch.equal(a, b)
+
+
+def test_models_trained_for_different_epochs_share_one_accuracy_plot(tmp_path):
+    """The plot used the last model's epochs for every curve: 2 backprop epochs vs 3 FF epochs crashed the run
+    after all training, before its summary was written."""
+    out = tmp_path / "r"
+    sets = ["models=ff-teacher-forcing,backprop", "hidden=32,32", "backprop_training.epochs=2", "training.epochs=3"]
+    args = ["run", "ff-sequence", "--preset", "fast", *[a for s in sets for a in ("--set", s)], "--out", str(out)]
+    assert main([*args, "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["models"]["backprop"]["epochs"] == 2 and summary["models"]["ff-teacher-forcing"]["epochs"] == 3
+    assert summary["plots"] == ["accuracy.png"] and (out / "plots" / "accuracy.png").is_file()

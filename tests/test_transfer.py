@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 
+from mortalnet.cli import main
+from mortalnet.config import ConfigError
 from mortalnet.optim import OptimizerConfig
 from mortalnet.rules.backprop import MLP
 from mortalnet.training import TrainingConfig, fit
@@ -14,6 +16,7 @@ from mortalnet.transfer.distill import (
     DistillLossConfig,
     Teacher,
     TransferTargets,
+    check_loss_config,
     distillation_logit_grad,
     distillation_loss,
     soft_target_loss,
@@ -167,3 +170,36 @@ def test_distill_mnist_fast_preset_runs_and_reports(tmp_path):
     assert (tmp_path / "r" / "teacher" / "done.json").exists()
     text = get_experiment("distill-mnist").report_section([s])
     assert "| student, soft targets T=20 | 74 |" in text
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (["student.loss.temperature=0"], "student.loss.temperature must be > 0"),
+        (["student.loss.temperature=-2"], "student.loss.temperature must be > 0"),
+        (["student.loss.soft_weight=0", "student.loss.hard_weight=0"], "are both 0"),
+        (["student.loss.hard_weight=-0.1"], "student.loss.hard_weight must be >= 0"),
+        (["omitted_class=12"], "omitted_class must be a digit 0..9 or -1"),
+        (["omitted_class=-2"], "omitted_class must be a digit 0..9 or -1"),
+        (["bias_step=0"], "bias_step must be > 0"),
+        (["bias_max=-1"], "bias_max must be >= 0"),
+        (["bias_step=0.0001"], "bias values to try"),
+        (["student.dropout=1"], "student.dropout must be in [0, 1)"),
+        (["teacher.max_norm=-1"], "teacher.max_norm must be >= 0"),
+    ],
+)
+def test_distill_mnist_refuses_bad_settings_before_the_teacher_trains(settings, message, capsys, tmp_path):
+    """Each of these failed only after the teacher (and some students) had trained; now: exit 2, no run left."""
+    out = tmp_path / "r"
+    sets = [a for s in settings for a in ("--set", s)]
+    assert main(["run", "distill-mnist", "--preset", "fast", *sets, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "mortalnet: error:" in err and message in err
+    assert not out.exists()
+
+
+def test_loss_check_accepts_either_term_alone():
+    check_loss_config(DistillLossConfig(temperature=0.5, soft_weight=0.0, hard_weight=1.0))
+    check_loss_config(DistillLossConfig(temperature=20.0, soft_weight=1.0, hard_weight=0.0))
+    with pytest.raises(ConfigError, match="rule.loss.temperature"):
+        check_loss_config(DistillLossConfig(temperature=0.0), "rule.loss")

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mortalnet.cli import main
 from mortalnet.data.mnist import MnistConfig
 from mortalnet.hardware.boundary import assert_no_hidden_state
 from mortalnet.optim import OptimizerConfig
@@ -120,3 +121,24 @@ def test_mortal_transfer_fast_preset(tmp_path):
     assert s["distilled"][0]["energy"]["device_total_J"] > 0
     text = get_experiment("mortal-transfer").report_section([s])
     assert "(b) distillation at T = 2, no labels" in text
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (["copies=0"], "copies must be >= 1"),
+        (["temperatures="], "temperatures is empty"),
+        (["temperatures=2,0"], "temperatures must all be > 0"),
+        (["temperatures=-1"], "temperatures must all be > 0"),
+        (["temperatures=2,2.0"], "temperatures must differ"),
+        (["transfer_size=0"], "transfer_size must be >= 1"),
+    ],
+)
+def test_mortal_transfer_refuses_bad_settings_before_the_teacher_trains(settings, message, capsys, tmp_path):
+    """copies=0 failed after the teacher trained, an empty temperatures after the scratch student; now: exit 2."""
+    out = tmp_path / "r"
+    sets = [a for s in settings for a in ("--set", s)]
+    assert main(["run", "mortal-transfer", "--preset", "fast", *sets, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "mortalnet: error:" in err and message in err
+    assert not out.exists()

@@ -92,7 +92,7 @@ class CompressionConfig:
     freq_bits: int = 24
     """The coder's frequency tables total at most 2**freq_bits (every symbol >= 1)."""
     compress_level: int = 9
-    """Level of gzip and bz2 (xz uses preset 9 | extreme)."""
+    """Level of gzip and bz2, 1..9 (xz uses preset 9 | extreme)."""
 
 
 def _fast() -> CompressionConfig:
@@ -111,6 +111,26 @@ def _paper() -> CompressionConfig:
     readout lr 0.03, 20 epochs (chosen among a few settings by the VALIDATION part's bits per character
     in short runs, never the held-out text's)."""
     return CompressionConfig()
+
+
+def check_config(config: CompressionConfig) -> None:
+    """Raise ConfigError for a setting that would fail only after training (called before any model trains)."""
+    if not config.models:
+        raise ConfigError(f"models is empty: give at least one of {', '.join(MODELS)}")
+    for m in config.models:
+        if m not in MODELS:
+            raise ConfigError(f"unknown model {m!r} in models; valid: {', '.join(MODELS)}")
+    if len(set(config.models)) < len(config.models):
+        raise ConfigError(f"models lists a model twice: {', '.join(config.models)}")
+    if config.context < 1:
+        raise ConfigError(f"context must be >= 1 character, got {config.context}")
+    if not 1 <= config.compress_level <= 9:
+        raise ConfigError(f"compress_level must be in 1..9 (gzip and bz2 levels), got {config.compress_level}")
+    # every symbol needs a frequency >= 1 in a table of total <= 2**freq_bits, within the coder's registers
+    low, high = math.ceil(math.log2(len(ALPHABET) + 1)), arithmetic.PRECISION - 2
+    if not low <= config.freq_bits <= high:
+        raise ConfigError(f"freq_bits must be in {low}..{high} ({len(ALPHABET)} symbols, a {arithmetic.PRECISION}-bit "
+                          f"coder), got {config.freq_bits}")
 
 
 def load_text(config: CompressionTextConfig) -> tuple[str, str]:
@@ -170,6 +190,7 @@ class Compression(Experiment):
         raise ConfigError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
 
     def run(self, config: CompressionConfig, ctx: RunContext) -> dict[str, Any]:
+        check_config(config)
         text, origin = load_text(config.data)
         a, b = split_points(len(text), config.data)
         C, c, dev = len(ALPHABET), config.context, ctx.device
@@ -179,8 +200,9 @@ class Compression(Experiment):
 
         results: dict[str, Any] = {}
         histories: dict[str, list] = {}
-        for model in config.models:
-            learner = self._learner(model, config, ctx)
+        # every model is built before any trains, so that a rule setting its constructor refuses costs no training
+        learners = {m: self._learner(m, config, ctx) for m in config.models}
+        for model, learner in learners.items():
             training = config.backprop_training if model == "backprop" else config.ff_training
             training = ctx.loop_settings(training)
             sub, resume = ctx.sub_run(model)

@@ -23,15 +23,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mortalnet.config import ConfigError
 from mortalnet.data.mnist import MnistConfig, Split, load_mnist
 from mortalnet.experiments import register_experiment
 from mortalnet.experiments.base import Experiment, Reference, RunContext
 from mortalnet.optim import OptimizerConfig
 from mortalnet.report import plots
-from mortalnet.transfer.distill import DistillLossConfig, Teacher, TransferTargets, soft_targets
+from mortalnet.transfer.distill import DistillLossConfig, Teacher, TransferTargets, check_loss_config, soft_targets
 from mortalnet.transfer.stages import SessionClock, fit_stage
-from mortalnet.transfer.student import DistillConfig, DistillLearner
+from mortalnet.transfer.student import DistillConfig, DistillLearner, check_regularization
 from mortalnet.training import TrainingConfig
+
+MAX_BIAS_GRID = 10_000
+"""Most bias increases tried on the validation set (bias_max / bias_step + 1)."""
 
 PAPER_ERRORS = {
     "teacher": 67, "student_hard": 146, "student_soft": 74,
@@ -90,6 +94,24 @@ def _paper() -> DistillMnistConfig:
     return DistillMnistConfig()
 
 
+def check_config(config: DistillMnistConfig) -> None:
+    """Raise ConfigError for a setting that would fail only after training (called before the teacher trains)."""
+    check_regularization(config.teacher, "teacher")
+    check_regularization(config.student, "student")
+    check_loss_config(config.student.loss, "student.loss")  # the teacher learns from hard labels only
+    if not -1 <= config.omitted_class <= 9:
+        raise ConfigError(f"omitted_class must be a digit 0..9 or -1 (skip that stage), got {config.omitted_class}")
+    if config.omitted_class >= 0:
+        if not config.bias_step > 0:
+            raise ConfigError(f"bias_step must be > 0, got {config.bias_step}")
+        if config.bias_max < 0:
+            raise ConfigError(f"bias_max must be >= 0, got {config.bias_max}")
+        n = int(config.bias_max / config.bias_step) + 1
+        if n > MAX_BIAS_GRID:
+            raise ConfigError(f"bias_max / bias_step gives {n:,} bias values to try; at most {MAX_BIAS_GRID:,} "
+                              "(raise bias_step)")
+
+
 def jitter(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
     """Shift each 28x28 image of x (B, 784) by (dy, dx), each uniform in [-s, s], filling with 0."""
     b, s = x.shape[0], max_shift
@@ -125,6 +147,7 @@ class DistillMnist(Experiment):
     references = {"paper": Reference(0.0074, "Hinton, Vinyals & Dean 2015, sec. 3: 784-800-800 student with soft targets at T=20, 74 errors")}
 
     def run(self, config: DistillMnistConfig, ctx: RunContext) -> dict[str, Any]:
+        check_config(config)
         clock = SessionClock()  # wall time across the sessions of a resumed run
         dev = ctx.device
         split = load_mnist(replace(config.data, train_on="train"))

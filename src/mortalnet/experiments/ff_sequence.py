@@ -192,15 +192,14 @@ class FFSequence(Experiment):
         return (-logp[corpus.test[:, c:].flatten()].mean()).item()
 
     def _plot(self, histories: dict[str, list], ctx: RunContext) -> str:
-        series = {}
+        curves = {}  # model -> (its epochs, its accuracies): the models may train for different epochs
         for model, hist in histories.items():
             key = "valid/error" if model == "backprop" else "valid/error_goodness"
-            pts = [(r["epoch"], 1.0 - r[key]) for r in hist if key in r]
-            if pts:
-                series[model] = [p[1] for p in pts]
-                xs = [p[0] for p in pts]
-        return plots.series_plot(series, ctx.run.plots / "accuracy.png", "epoch", "per-character accuracy",
-                                 f"{self.name} ({ctx.preset}): validation accuracy", x=xs)
+            rows = [r for r in hist if key in r]
+            if rows:
+                curves[model] = ([r["epoch"] for r in rows], [1.0 - r[key] for r in rows])
+        return plots.xy_curves(curves, ctx.run.plots / "accuracy.png", "epoch", "per-character accuracy",
+                               f"{self.name} ({ctx.preset}): validation accuracy")
 
     def report_section(self, summaries: list[dict]) -> str:
         """Per-model table (mean +- sd over seeds) and the first seed's samples."""

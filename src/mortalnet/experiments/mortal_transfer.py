@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mortalnet.config import ConfigError
 from mortalnet.data.mnist import MnistConfig, load_mnist
 from mortalnet.experiments import register_experiment
 from mortalnet.experiments.base import Experiment, RunContext
@@ -84,6 +85,24 @@ def _harsh() -> MortalTransferConfig:
     return MortalTransferConfig(hardware="harsh")
 
 
+def check_config(config: MortalTransferConfig) -> None:
+    """Raise ConfigError for a setting that would fail only after training (called before the teacher trains).
+
+    `rule.loss` is not checked: each student's loss is set from `temperatures` (soft targets only).
+    """
+    if config.copies < 1:
+        raise ConfigError(f"copies must be >= 1, got {config.copies}")
+    if config.transfer_size < 1:
+        raise ConfigError(f"transfer_size must be >= 1, got {config.transfer_size}")
+    if not config.temperatures:
+        raise ConfigError("temperatures is empty: give at least one distillation temperature, e.g. temperatures=1,4")
+    names = [f"{t:g}" for t in config.temperatures]  # each names its stage (distill_T<t>)
+    if not all(t > 0 for t in config.temperatures):
+        raise ConfigError(f"temperatures must all be > 0, got {', '.join(names)}")
+    if len(set(names)) < len(names):
+        raise ConfigError(f"temperatures must differ, got {', '.join(names)}")
+
+
 @register_experiment("mortal-transfer")
 class MortalTransfer(Experiment):
     name = "mortal-transfer"
@@ -99,6 +118,7 @@ class MortalTransfer(Experiment):
         return DeviceStudent(cfg, hidden=config.hidden, input_dim=784, num_classes=10, seed=seed, device=ctx.device)
 
     def run(self, config: MortalTransferConfig, ctx: RunContext) -> dict[str, Any]:
+        check_config(config)
         clock = SessionClock()  # wall time across the sessions of a resumed run
         data = load_mnist(config.data)
         train, valid, test = data.train.tensors(ctx.device), data.valid.tensors(ctx.device), data.test.tensors(ctx.device)

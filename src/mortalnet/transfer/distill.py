@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from mortalnet.config import ConfigError
+
 FLOAT_BITS = 32
 """Bits per exchanged or stored real value (float32 logits)."""
 
@@ -62,6 +64,21 @@ class DistillLossConfig:
     """Weight of T^2 * KL(teacher soft targets || student soft predictions)."""
     hard_weight: float = 0.1
     """Weight of the cross-entropy with the hard labels at T = 1 (0 = unlabeled transfer set)."""
+
+
+def check_loss_config(config: DistillLossConfig, key: str = "loss") -> None:
+    """Raise ConfigError unless T > 0, both weights >= 0 and at least one weight > 0.
+
+    Experiments call it before training anything, so that a bad student loss is refused before a
+    teacher has trained for an hour. `key` is the config section's dotted name (for the message).
+    """
+    if not config.temperature > 0:
+        raise ConfigError(f"{key}.temperature must be > 0, got {config.temperature}")
+    for name in ("soft_weight", "hard_weight"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{key}.{name} must be >= 0, got {getattr(config, name)}")
+    if not (config.soft_weight or config.hard_weight):
+        raise ConfigError(f"{key}.soft_weight and {key}.hard_weight are both 0: the student would learn nothing")
 
 
 def distillation_loss(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from mortalnet.config import ConfigError
 from mortalnet.optim import OptimizerConfig, make_optimizer
 from mortalnet.rules import register_rule
 from mortalnet.rules.backprop import MLP
@@ -37,6 +38,20 @@ class DistillConfig:
     """Dropout probability on input pixels (Srivastava et al. 2014 use 0.2)."""
     max_norm: float = 0.0
     """Max-norm constraint on each unit's incoming weight vector after every step (0 = none)."""
+
+
+def check_regularization(config: DistillConfig, key: str) -> None:
+    """Raise ConfigError unless 0 <= dropout, input_dropout < 1 and max_norm >= 0 (`key`: the section's name).
+
+    The loss weights are checked by `check_loss_config`, for the models that use them (a teacher trained
+    on hard labels never does).
+    """
+    for name in ("dropout", "input_dropout"):
+        p = getattr(config, name)
+        if not 0 <= p < 1:
+            raise ConfigError(f"{key}.{name} must be in [0, 1), got {p}")
+    if config.max_norm < 0:
+        raise ConfigError(f"{key}.max_norm must be >= 0 (0 = none), got {config.max_norm}")
 
 
 @register_rule("distill")
