@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
+import tarfile
 
 import numpy as np
 import pytest
@@ -30,10 +32,21 @@ def write_batches(root, n=20, protocol=2, seed=0):
     return d
 
 
+def batches_sha256(d):
+    """What data.sha256 pins for CIFAR batches: sha256 over the six files, data_batch_1..5 then test_batch."""
+    h = hashlib.sha256()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        h.update((d / name).read_bytes())
+    return h.hexdigest()
+
+
 @pytest.mark.parametrize("protocol", [2, 4])
 def test_cifar_batches_load_from_a_directory(tmp_path, protocol):
     d = write_batches(tmp_path, protocol=protocol)
-    data = load_cifar10(CifarConfig(source="dir", path=str(tmp_path), valid_size=10))
+    with pytest.raises(DataError, match="differ from the published CIFAR-10 batches.*data.sha256="):
+        load_cifar10(CifarConfig(source="dir", path=str(tmp_path)))  # generated, not CIFAR-10
+    pin = batches_sha256(d)
+    data = load_cifar10(CifarConfig(source="dir", path=str(tmp_path), valid_size=10, sha256=pin))
     assert data.train.images.shape == (90, 3072) and data.valid.images.shape == (10, 3072)
     assert data.test.images.shape == (20, 3072) and data.train.images.dtype == np.uint8
     x, y = data.test.tensors()
@@ -41,7 +54,31 @@ def test_cifar_batches_load_from_a_directory(tmp_path, protocol):
     assert torch.equal(y, torch.tensor(raw[b"labels"]))
     assert torch.allclose(x, torch.from_numpy(raw[b"data"]).float() / 255)
     # the directory itself works too
-    assert len(load_cifar10(CifarConfig(source="dir", path=str(d), valid_size=0)).train) == 100
+    assert len(load_cifar10(CifarConfig(source="dir", path=str(d), valid_size=0, sha256=pin)).train) == 100
+    blob = bytearray((d / "data_batch_2").read_bytes())
+    blob[-40] ^= 1  # one pixel: still a well-formed batch
+    (d / "data_batch_2").write_bytes(bytes(blob))
+    with pytest.raises(DataError, match="tampered"):
+        load_cifar10(CifarConfig(source="dir", path=str(d), sha256=pin))
+
+
+def test_a_damaged_cifar_extraction_is_extracted_again(tmp_path, monkeypatch):
+    import mortalnet.data.cifar as C
+
+    d = write_batches(tmp_path / "src")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with tarfile.open(cache / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(d, arcname="cifar-10-batches-py")
+    monkeypatch.setattr(C, "TAR_MD5", hashlib.md5((cache / "cifar-10-python.tar.gz").read_bytes()).hexdigest())
+    monkeypatch.setattr(C, "BATCH_MD5", {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in d.iterdir()})
+    cfg = CifarConfig(source="auto", cache_dir=str(cache), valid_size=0)
+    first = load_cifar10(cfg)  # extracted from the (verified) tarball
+    batch = cache / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:100])  # as an interrupted copy would leave it
+    again = load_cifar10(cfg)
+    np.testing.assert_array_equal(first.train.images, again.train.images)
+    assert batch.read_bytes() == (d / "data_batch_3").read_bytes()
 
 
 class _Evil:

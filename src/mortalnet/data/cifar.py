@@ -11,11 +11,14 @@ Sources (`CifarConfig.source`):
   download   the usual tarball (cs.toronto.edu, md5-checked) into the cache, then `dir`;
   synthetic  generated 32x32x3 ten-class images of the right shape, for tests and dry runs (not CIFAR!);
   auto       `dir` if `path` holds the batches, else the cache, else `download`.
-The last `valid_size` training images are held out for validation.
+The six batches must match their published md5s (or a pinned `sha256`); a damaged extraction in
+the cache is extracted again from the verified tarball. The last `valid_size` training images are
+held out for validation.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tarfile
 import urllib.request
@@ -27,12 +30,21 @@ import numpy as np
 
 from mortalnet.data.mnist import DataError, MnistData, Split, default_cache_dir, file_digest
 from mortalnet.data.safe_pickle import UnsafePickleError, load_numpy_pickle
+from mortalnet.runs import atomic_write_bytes
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 TAR_MD5 = "c58f30108f718f92721af3b95e74349a"
 DIRNAME = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
+BATCH_MD5 = {  # published with the data set (and used by torchvision)
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
 PIXELS = 3 * 32 * 32
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -47,6 +59,8 @@ class CifarConfig:
     """Directory holding cifar-10-batches-py/ (or that directory itself)."""
     cache_dir: str = ""
     """Where `download` puts the data; empty = $MORTALNET_CACHE or ~/.cache/mortalnet."""
+    sha256: str = ""
+    """sha256 of the six batch files read in the order data_batch_1..5, test_batch; empty = they must be the published CIFAR-10 batches (md5-checked). The error for other batches prints their digest."""
     valid_size: int = 5000
     """Last N training images held out for validation (0 = none)."""
     train_subset: int = 0
@@ -79,6 +93,28 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if labels.shape != (data.shape[0],) or (labels.size and (labels.min() < 0 or labels.max() > 9)):
         raise DataError(f"{path}: labels must be N={data.shape[0]} integers in 0..9")
     return data, labels
+
+
+def batch_digest_problem(where: Path, sha256: str = "") -> str | None:
+    """Why the six batches in `where` are not the expected ones (None when they are): the published
+    CIFAR-10 md5s, or `sha256` over the six files when it is given."""
+    names = (*TRAIN_FILES, TEST_FILE)
+    if sha256:
+        h = hashlib.sha256()
+        for name in names:
+            h.update((where / name).read_bytes())
+        if h.hexdigest() != sha256.strip().lower():
+            return (f"{where}: the batches' sha256 {h.hexdigest()} does not match the expected {sha256.strip()}; "
+                    "they are corrupt or have been tampered with")
+        return None
+    differ = [name for name in names if file_digest(where / name, "md5") != BATCH_MD5[name]]
+    if not differ:
+        return None
+    h = hashlib.sha256()
+    for name in names:
+        h.update((where / name).read_bytes())
+    return (f"{where}: {', '.join(differ)} differ from the published CIFAR-10 batches (md5): corrupt or "
+            f"tampered with; for other batches in this format pin them with data.sha256={h.hexdigest()}")
 
 
 def find_batches(path: str | Path) -> Path | None:
@@ -115,7 +151,7 @@ def download(cache_dir: Path, url: str = URL) -> Path:
                 data = tar.extractfile(member).read()
                 target = cache_dir / member.name
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
+                atomic_write_bytes(target, data)  # an interrupted extraction leaves no half batch
     return cache_dir / DIRNAME
 
 
@@ -150,7 +186,12 @@ def load_cifar10(config: CifarConfig = CifarConfig()) -> MnistData:
                             f"{', '.join(TRAIN_FILES)} and {TEST_FILE}")
         cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
         if where is None:
-            where = find_batches(cache) or download(cache)
+            where = find_batches(cache)
+            if where is None or batch_digest_problem(where, config.sha256):  # none yet, or damaged: (re)extract
+                where = download(cache)
+        problem = batch_digest_problem(where, config.sha256)
+        if problem:
+            raise DataError(problem)
         parts = [read_batch(where / f) for f in TRAIN_FILES]
         train = Split(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
         test = Split(*read_batch(where / TEST_FILE))
