@@ -290,6 +290,71 @@ def test_no_autograd_path_through_a_device(preset):
     assert not y.requires_grad and y.grad_fn is None
 
 
+# a preset whose read-out is analog (no converters): its forward pass is smooth, so a derivative
+# taken through it would be exactly the hidden per-neuron slope
+ANALOG_READOUT = DevicePreset(name="analog-readout", bounded=True, col_gain_std=0.2, col_offset_std=0.05,
+                              threshold_std=0.1, neuron_gain_std=0.2, saturation=2.0, saturation_std=0.3)
+
+
+@pytest.mark.parametrize("preset", [*PRESETS, pytest.param(ANALOG_READOUT, id="analog-readout")])
+def test_no_forward_mode_derivative_through_a_device(preset):
+    """Forward-mode AD (dual tensors) and torch.func transforms are refused like autograd."""
+    import torch.autograd.forward_ad as fwAD
+
+    layer = programmed(preset).layers[0]
+    x, z = inputs(), torch.zeros(64, 16)
+    with fwAD.dual_level():
+        with pytest.raises(NoGradientError, match="x carries a forward-mode tangent"):
+            layer.forward(fwAD.make_dual(x, torch.ones_like(x)))
+        with pytest.raises(NoGradientError, match="total_input_perturbation carries a forward-mode tangent"):
+            layer.forward(x, total_input_perturbation=fwAD.make_dual(z, torch.ones_like(z)))
+        with pytest.raises(NoGradientError, match="input_perturbation carries a forward-mode tangent"):
+            layer.forward(x, input_perturbation=fwAD.make_dual(torch.zeros_like(x), torch.ones_like(x)))
+        with pytest.raises(NoGradientError, match="delta_weight carries a forward-mode tangent"):
+            dw = torch.zeros(20, 16)
+            layer.request_update(fwAD.make_dual(dw, torch.ones_like(dw)))
+    with pytest.raises(NoGradientError, match="total_input_perturbation comes from inside a torch.func transform"):
+        torch.func.jvp(lambda p: layer.forward(x, total_input_perturbation=p), (z,), (torch.ones_like(z),))
+    with pytest.raises(NoGradientError, match="x comes from inside a torch.func transform"):
+        torch.func.jvp(layer.forward, (x,), (torch.ones_like(x),))
+    with pytest.raises(NoGradientError, match="comes from inside a torch.func transform"):
+        torch.func.jacfwd(lambda p: layer.forward(x[:2], total_input_perturbation=p))(z[:2])
+    with pytest.raises(NoGradientError):
+        torch.func.grad(lambda p: layer.forward(x, total_input_perturbation=p).sum())(z)
+    with pytest.raises(NoGradientError, match="x comes from inside a torch.func transform"):
+        torch.func.vmap(lambda row: layer.forward(row[None]))(x)
+
+
+def test_no_tangent_leaves_the_physics_even_past_the_check(monkeypatch):
+    """Second line: what enters the physics is detached, so without the check no derivative comes out."""
+    import torch.autograd.forward_ad as fwAD
+
+    from mortalnet.hardware import device as device_module
+
+    monkeypatch.setattr(device_module, "_check_no_grad", lambda name, t: None)
+    layer = programmed(ANALOG_READOUT).layers[0]
+    x, z = inputs(), torch.zeros(64, 16)
+    with fwAD.dual_level():
+        y = layer.forward(x, total_input_perturbation=fwAD.make_dual(z, torch.ones_like(z)))
+        assert fwAD.unpack_dual(y).tangent is None
+    _, tangent = torch.func.jvp(lambda p: layer.forward(x, total_input_perturbation=p), (z,), (torch.ones_like(z),))
+    assert torch.count_nonzero(tangent) == 0
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_forward_takes_other_float_dtypes_and_answers_in_them(preset, dtype):
+    """The physics runs in float32; inputs of another dtype are cast to it and the output back."""
+    a, b = programmed(preset), programmed(preset)  # the same instance twice: the same noise stream
+    x = inputs().to(dtype)
+    pert = torch.full((64, 16), 0.01, dtype=dtype)
+    y = a.layers[0].forward(x, total_input_perturbation=pert)
+    assert y.dtype == dtype and y.shape == (64, 16)
+    ref = b.layers[0].forward(x.float(), total_input_perturbation=pert.float())
+    assert torch.equal(y, ref.to(dtype))
+    a.layers[0].request_update(torch.zeros(20, 16, dtype=dtype), torch.zeros(16, dtype=dtype))
+
+
 # -- the boundary -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("preset", PRESETS)
 def test_handles_hold_no_hidden_tensor(preset):
@@ -321,6 +386,43 @@ def test_sealed_state_restores_the_same_instance_only():
         other.restore_state(sealed)
     with pytest.raises(DeviceError, match="not a sealed device state"):
         dev.restore_state(torch.zeros(10, dtype=torch.uint8))
+
+
+def test_sealed_state_is_opaque_and_authenticated_privileged():
+    """The blob hides the physical state, and only an unchanged export of the same instance is taken back."""
+    dev = programmed("mild")
+    dev.advance_time(10.0)
+    dev.layers[0].forward(inputs())  # move the noise stream off its start
+    sealed = dev.export_state()
+    raw = sealed.numpy().tobytes()
+    state = _physics.lookup(dev._token)
+    hidden = [t for layer in state.layers for t in (layer.k, layer.t_prog)] + [state.noise_gen.get_state()]
+    for t in hidden:
+        assert t.numpy().tobytes()[:32] not in raw  # not even a 32-byte run of levels, times or generator state
+    # one flipped byte anywhere (public header, ciphertext, tag) is refused
+    for pos in (20, len(raw) // 2, len(raw) - 1):
+        bad = bytearray(raw)
+        bad[pos] ^= 0x01
+        with pytest.raises(DeviceError, match="does not verify|cannot be restored|not a sealed"):
+            dev.restore_state(torch.frombuffer(bad, dtype=torch.uint8))
+    # another instance's state, relabelled with this instance's public header, is refused
+    other = programmed("mild", seed=1)
+    theirs = other.export_state().numpy().tobytes()
+    head = 8 + 4 + int.from_bytes(raw[8:12], "big")
+    forged = raw[:head] + theirs[head:]
+    with pytest.raises(DeviceError, match="does not verify for device 'mild' seed 0"):
+        dev.restore_state(torch.frombuffer(bytearray(forged), dtype=torch.uint8))
+    with pytest.raises(DeviceError, match="cannot be restored onto device 'mild' seed 0"):
+        dev.restore_state(other.export_state())
+    # the own blob comes back bit-exactly, also onto a freshly built handle of the same instance
+    x = inputs(seed=7)
+    y = dev.layers[1].forward(dev.layers[0].forward(x))
+    twin = create_device("mild", SHAPES, seed=0)
+    twin.restore_state(sealed)
+    assert twin.time == 10.0 and torch.equal(twin.export_state(), sealed)
+    assert torch.equal(twin.layers[1].forward(twin.layers[0].forward(x)), y)
+    for mine, restored in zip(state.layers, _physics.lookup(twin._token).layers):
+        assert torch.equal(mine.k, restored.k) and torch.equal(mine.nominal, restored.nominal)
 
 
 def test_weight_copying_between_instances():

@@ -122,6 +122,19 @@ def test_digital_layer_refuses_gradients_and_bad_shapes():
     assert isinstance(layer, AnalogLayer)
     with pytest.raises(NoGradientError):
         layer(torch.ones(1, 3, requires_grad=True))
+    # forward-mode AD and torch.func transforms are refused too: no derivative through a black box
+    import torch.autograd.forward_ad as fwAD
+
+    x = torch.ones(2, 3)
+    with fwAD.dual_level():
+        with pytest.raises(NoGradientError, match="x carries a forward-mode tangent"):
+            layer(fwAD.make_dual(x, torch.ones_like(x)))
+        with pytest.raises(NoGradientError, match="total_input_perturbation carries a forward-mode tangent"):
+            layer(x, total_input_perturbation=fwAD.make_dual(torch.zeros(2, 2), torch.ones(2, 2)))
+    with pytest.raises(NoGradientError, match="total_input_perturbation comes from inside a torch.func transform"):
+        torch.func.jvp(lambda p: layer(x, total_input_perturbation=p), (torch.zeros(2, 2),), (torch.ones(2, 2),))
+    with pytest.raises(NoGradientError, match="x comes from inside a torch.func transform"):
+        torch.func.jacfwd(layer.forward)(x)
     with pytest.raises(ValueError, match=r"x has shape \(1, 4\), expected \(B, 3\)"):
         layer(torch.ones(1, 4))
     with pytest.raises(ValueError, match="total_input_perturbation"):

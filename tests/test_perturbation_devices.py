@@ -76,6 +76,27 @@ def test_device_run_resumes_bit_exactly(tiny_data, tmp_path):
     assert torch.equal(whole.logits(x), second.logits(x))  # same physical state, same noise stream
 
 
+@pytest.mark.parametrize("name", RULE_NAMES)
+def test_evaluation_does_not_change_training_on_a_device(name, tiny_data):
+    """evaluate() runs isolated: the same weights and device counters whether or not a run evaluates."""
+    x, y = tiny_data.train.tensors()
+    xv, yv = tiny_data.valid.tensors()
+    a, b = make(name, "mild", hidden=(16,)), make(name, "mild", hidden=(16,))
+    for i in range(0, 150, 50):
+        a.train_batch(x[i : i + 50], y[i : i + 50])
+        b.train_batch(x[i : i + 50], y[i : i + 50])
+        b.evaluate(xv[:100], yv[:100])
+    for wa, wb in zip(a.mirror.weights, b.mirror.weights):
+        assert torch.equal(wa, wb)
+    for la, lb in zip(a.layers, b.layers):
+        for ta, tb in zip(la.nominal_weights(), lb.nominal_weights()):
+            assert torch.equal(ta, tb)
+    assert a.hardware.counts() == b.hardware.counts()  # the reported energy holds training alone
+    assert a.energy() == b.energy()
+    assert b.last_eval_counts.forward_rows >= 100  # what evaluation cost is kept apart
+    assert torch.equal(a.logits(xv[:20]), b.logits(xv[:20]))  # same physical state, same noise stream
+
+
 def test_unknown_hardware_lists_the_presets():
     from mortalnet.rules.activity_perturbation import ActivityPerturbationConfig
 

@@ -4,12 +4,18 @@ On digital layers, where the true gradient can be computed (by autograd on a sep
 the weights, for measurement only: the estimators never see it), each estimator's single-direction
 estimate g_hat of the minibatch gradient g is compared with g:
   * cosine similarity cos(g_hat, g), and
-  * relative variance E|g_hat - g|^2 / |g|^2 (with Gaussian directions: N + 1 for N perturbed
-    variables when one gradient is estimated; Ren et al. 2023: weight perturbation ~ (pq + 2)/N V,
-    activity perturbation ~ (q + 2)/N V, p fan-in, q fan-out, N batch),
+  * relative variance E|g_hat - g|^2 / |g|^2. Weight perturbation draws one Gaussian direction u
+    of all n weights and biases, shared by the whole minibatch, so g_hat = (u . g) u has relative
+    variance n + 1 whatever the batch size (Werfel, Xie & Seung 2005). Activity perturbation draws
+    one u per example, so its per-example noise averages over the minibatch (Ren et al. 2023:
+    (q + 2)/N V, q fan-out, N batch); Ren et al.'s (pq + 2)/N V for weight perturbation assumes
+    independent perturbations per example too, which the weight-perturbation estimator here does
+    not draw,
 for a width sweep (fixed depth) and a depth sweep (fixed width) of ReLU MLPs on an MNIST
 minibatch. The fitted exponent of relative variance vs number of perturbed variables is ~1 for
 both; activity perturbation is less noisy by about the fan-in factor (Werfel, Xie & Seung 2005).
+The measured ratio (`wp_over_ap`, next to the mean fan-in) depends on `batch_size`: only
+activity perturbation's noise falls as the minibatch grows.
 The headline `test_error` is 1 - mean cosine of activity perturbation (layerwise, the rule's
 default) on the widest net: how far one estimate is from the true direction.
 """

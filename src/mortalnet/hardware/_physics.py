@@ -30,12 +30,15 @@ spread, up/down asymmetry, cycle-to-cycle noise), rounded to whole levels.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
 import json
 import math
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
 import torch
 
 from mortalnet.hardware.energy import OpCounts
@@ -58,6 +61,24 @@ def _mix(*parts: int) -> int:
 
 # stream ids of the fixed per-instance quantities
 _Q_GMAX, _Q_STEP, _Q_ASYM, _Q_NU, _Q_STUCK, _Q_STUCKV, _Q_COL, _Q_NEURON, _Q_PERM, _Q_DEATH, _Q_NOISE = range(11)
+_Q_SEAL = 11  # the sealing key of snapshots (a stream id, though no tensor is drawn from it)
+
+# sealed snapshots: MAGIC | len(fingerprint) (4 bytes, big-endian) | fingerprint | nonce | ciphertext | tag
+_SEAL_MAGIC = b"MNSEAL01"
+_SEAL_NONCE = 16
+_SEAL_TAG = 32  # HMAC-SHA256
+
+
+def _keystream(key: bytes, nonce: bytes, n: int) -> bytes:
+    """n pseudo-random bytes from (key, nonce): SHAKE-256 as a stream cipher."""
+    return hashlib.shake_256(b"mortalnet-seal-stream" + key + nonce).digest(n)
+
+
+def _xor(data: bytes, stream: bytes) -> bytes:
+    """data XOR stream (equal lengths), eight bytes at a time."""
+    n = len(data) // 8
+    words = np.frombuffer(data, np.uint64, count=n) ^ np.frombuffer(stream, np.uint64, count=n)
+    return words.tobytes() + bytes(a ^ b for a, b in zip(data[8 * n:], stream[8 * n:]))
 
 
 class _LayerState:
@@ -366,6 +387,11 @@ class _DeviceState:
             u = torch.rand(1, generator=torch.Generator().manual_seed(_mix(seed, _Q_DEATH))).item()
             self.death_time = -preset.mean_lifetime_s * math.log1p(-u)  # exponential lifetime
         self.counts = OpCounts()
+        # the instance's sealing key (see `export`): a function of its construction inputs only, so a
+        # fresh process that rebuilds the same instance (same preset, shapes, seed) can take back its
+        # own snapshots; it stays here and is never handed to a `Device` or `DeviceLayer`
+        secret = _mix(seed, _Q_SEAL).to_bytes(8, "big")
+        self._seal_key = hashlib.sha256(b"mortalnet-seal-key" + secret + self.fingerprint().encode()).digest()
 
     def describe(self) -> str:
         return f"device {self.preset.name!r} seed {self.seed}"
@@ -402,11 +428,28 @@ class _DeviceState:
         return json.dumps({"preset": asdict(self.preset), "seed": self.seed, "shapes": self.shapes,
                            "activations": self.activations, "row_gains": self.row_gains}, sort_keys=True)
 
+    def _seal_subkey(self, purpose: bytes) -> bytes:
+        return hmac.new(self._seal_key, purpose, hashlib.sha256).digest()
+
     def export(self) -> torch.Tensor:
+        """The physical state as a sealed blob (1-D uint8): encrypted and authenticated for this instance.
+
+        Layout: MAGIC | len(fingerprint) | fingerprint (public: preset, seed, shapes) | nonce |
+        ciphertext | tag. The plaintext (levels, programming times, nominal weights, noise-generator
+        state, clock, counters) is serialized with safetensors, XORed with a SHAKE-256 keystream and
+        authenticated with HMAC-SHA256 over everything before the tag. The nonce is an HMAC of the
+        plaintext (a synthetic IV: the same state gives the same blob, different states never share
+        a keystream). Keys come from `_seal_key`, derived from the instance's construction inputs.
+
+        What this guarantees, and what not: a learning rule that uses the handles (as every rule in
+        the library does) cannot read the physical state out of a checkpoint, nor make a device accept
+        a state that this instance did not export (another instance's, or an edited one). It is not
+        protection against arbitrary code in the same process: such code can import this module,
+        read `_STORE` directly, or recompute the key from the seed, as anyone who reads this source can.
+        """
         from safetensors.torch import save
 
         t: dict[str, torch.Tensor] = {
-            "fingerprint": torch.frombuffer(bytearray(self.fingerprint().encode()), dtype=torch.uint8),
             "noise_gen": self.noise_gen.get_state(),
             "scalars": torch.tensor([self.time, float(self.alive), float(self.writes), self.death_time],
                                     dtype=torch.float64),
@@ -418,24 +461,48 @@ class _DeviceState:
             t[f"layer{i}.nominal"] = layer.nominal.cpu()
             if layer.t_prog is not None:
                 t[f"layer{i}.t_prog"] = layer.t_prog.cpu()
-        blob = save({k: v.contiguous() for k, v in t.items()})
-        return torch.frombuffer(bytearray(blob), dtype=torch.uint8).clone()
+        plain = save({k: v.contiguous() for k, v in t.items()})
+        fp = self.fingerprint().encode()
+        nonce = hmac.new(self._seal_subkey(b"nonce"), plain, hashlib.sha256).digest()[:_SEAL_NONCE]
+        body = _SEAL_MAGIC + len(fp).to_bytes(4, "big") + fp + nonce
+        body += _xor(plain, _keystream(self._seal_subkey(b"encrypt"), nonce, len(plain)))
+        tag = hmac.new(self._seal_subkey(b"mac"), body, hashlib.sha256).digest()
+        return torch.frombuffer(bytearray(body + tag), dtype=torch.uint8).clone()
 
     def restore(self, blob: torch.Tensor) -> None:
+        """Take back a blob made by `export` of this same instance; DeviceError for anything else."""
         from safetensors.torch import load
 
-        try:
-            t = load(bytes(blob.cpu().numpy().tobytes()))
-        except Exception as err:  # noqa: BLE001 - any decoding failure means a bad blob
-            raise DeviceError(f"not a sealed device state ({err})") from None
-        theirs = bytes(t["fingerprint"].numpy().tobytes()).decode()
+        if not isinstance(blob, torch.Tensor) or blob.dtype != torch.uint8 or blob.dim() != 1:
+            raise DeviceError("not a sealed device state (expected the 1-D uint8 tensor of Device.export_state())")
+        data = blob.cpu().numpy().tobytes()
+        head = len(_SEAL_MAGIC) + 4
+        n_fp = int.from_bytes(data[len(_SEAL_MAGIC):head], "big") if len(data) >= head else 0
+        if not data.startswith(_SEAL_MAGIC) or len(data) < head + n_fp + _SEAL_NONCE + _SEAL_TAG:
+            raise DeviceError("not a sealed device state (unknown format or truncated)")
+        theirs = data[head: head + n_fp].decode(errors="replace")
         if theirs != self.fingerprint():
-            other = json.loads(theirs)
+            try:
+                other = json.loads(theirs)
+                name = f"device {other['preset']['name']!r} seed {other['seed']}"
+            except (ValueError, KeyError, TypeError):
+                name = "an unreadable device"
             raise DeviceError(
-                f"a sealed state of device {other['preset']['name']!r} seed {other['seed']} cannot be restored "
-                f"onto {self.describe()}: physical state belongs to one instance. To move knowledge to another "
-                "instance, copy its nominal weights with program()."
+                f"a sealed state of {name} cannot be restored onto {self.describe()}: physical state belongs "
+                "to one instance. To move knowledge to another instance, copy its nominal weights with program()."
             )
+        body, tag = data[:-_SEAL_TAG], data[-_SEAL_TAG:]
+        if not hmac.compare_digest(tag, hmac.new(self._seal_subkey(b"mac"), body, hashlib.sha256).digest()):
+            raise DeviceError(
+                f"sealed device state does not verify for {self.describe()}: it was altered, forged, or sealed "
+                "by another instance. Only a snapshot this instance exported, unchanged, can be restored."
+            )
+        nonce = body[head + n_fp: head + n_fp + _SEAL_NONCE]
+        cipher = body[head + n_fp + _SEAL_NONCE:]
+        try:
+            t = load(_xor(cipher, _keystream(self._seal_subkey(b"encrypt"), nonce, len(cipher))))
+        except Exception as err:  # noqa: BLE001 - authenticated but undecodable: a bug, not an attack
+            raise DeviceError(f"not a sealed device state ({err})") from None
         self.noise_gen.set_state(t["noise_gen"])
         time, alive, writes, death_time = t["scalars"].tolist()
         self.time, self.alive, self.writes, self.death_time = time, bool(alive), int(writes), death_time

@@ -17,16 +17,17 @@ import torch
 
 from mortalnet.hardware import _physics
 from mortalnet.hardware.energy import EnergyModel, OpCounts
-from mortalnet.hardware.interface import DeviceError, NoGradientError
+from mortalnet.hardware.interface import DeviceError, check_no_derivative
 
 
 def _check_no_grad(name: str, t: torch.Tensor | None) -> None:
-    if t is not None and t.requires_grad:
-        raise NoGradientError(
-            f"{name} requires grad, but a physical device has no backward pass: nothing can be "
-            "differentiated through it. Detach the tensor (and learn with a rule that does not "
-            "need gradients through the hardware, e.g. Forward-Forward or perturbation)."
-        )
+    """NoGradientError for anything a derivative could be taken through (autograd, forward AD, torch.func)."""
+    check_no_derivative(name, t)
+
+
+def _physical(t: torch.Tensor | None) -> torch.Tensor | None:
+    """What enters the physics: the value alone, detached and in float32 (no graph or tangent rides along)."""
+    return None if t is None else t.detach().to(torch.float32)
 
 
 def _check_matrix(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
@@ -65,14 +66,17 @@ class DeviceLayer:
     ) -> torch.Tensor:
         """Measured output activities (B, out) for inputs x (B, in).
 
+        The physics computes in float32; the output comes back in x's dtype (float64, bfloat16, ...).
+
         Args:
-            x: inputs (B, in_features); must not require grad.
+            x: inputs (B, in_features); no derivative may be taken through it (see Raises).
             input_perturbation: (B, in_features) added to the inputs before the converters.
             total_input_perturbation: (B, out_features) added to each neuron's summed input
                 before its (hidden) nonlinearity, in nominal units of x W + b.
 
         Raises:
-            NoGradientError: if any argument requires grad.
+            NoGradientError: if any argument requires grad, carries a forward-mode tangent
+                (torch.autograd.forward_ad) or comes from inside a torch.func transform.
             DeadDeviceError: if the device is dead.
         """
         for name, t in (("x", x), ("input_perturbation", input_perturbation),
@@ -86,7 +90,9 @@ class DeviceLayer:
             _check_matrix("total_input_perturbation", total_input_perturbation, (B, self.out_features))
         s = self._state()
         with torch.no_grad():
-            return s.layers[self.index].forward(x, input_perturbation, total_input_perturbation, s.noise_gen, s.counts)
+            y = s.layers[self.index].forward(_physical(x), _physical(input_perturbation),
+                                             _physical(total_input_perturbation), s.noise_gen, s.counts)
+        return y.to(x.dtype)
 
     __call__ = forward
 
@@ -104,7 +110,7 @@ class DeviceLayer:
         _check_matrix("delta_bias", delta_bias, (self.out_features,))
         s = self._state()
         with torch.no_grad():
-            dw = torch.cat([delta_weight, delta_bias[None]]).to(s.torch_device, torch.float32)
+            dw = torch.cat([delta_weight.detach(), delta_bias.detach()[None]]).to(s.torch_device, torch.float32)
             pulses = s.layers[self.index].update(dw, s.time, s.noise_gen)
         s.counts.write_pulses += pulses
         s.counts.weights_requested += dw.numel()
@@ -138,7 +144,7 @@ class DeviceLayer:
         _check_matrix("bias", bias, (self.out_features,))
         s = self._state()
         with torch.no_grad():
-            w = torch.cat([weight, bias[None]]).to(s.torch_device, torch.float32)
+            w = torch.cat([weight.detach(), bias.detach()[None]]).to(s.torch_device, torch.float32)
             s.counts.cells_programmed += s.layers[self.index].program(w, s.time, s.noise_gen)
 
     def __repr__(self) -> str:
@@ -235,15 +241,25 @@ class Device:
 
     # -- checkpoints ------------------------------------------------------------------------------------
     def export_state(self) -> torch.Tensor:
-        """A sealed snapshot (opaque uint8 tensor) of the physical state, for checkpoints.
+        """A sealed snapshot (1-D uint8 tensor) of the physical state, for checkpoints.
 
-        Only this same instance (preset, seed, shapes) can take it back (`restore_state`); it is
-        simulation bookkeeping for resuming a run, not a way to copy a device.
+        The state is encrypted and authenticated with a key of this instance (see
+        `_physics._DeviceState.export`): its bytes reveal no conductance, programming time or noise
+        state, and only this same instance (preset, seed, shapes; also when rebuilt in a fresh
+        process to resume a run) can take it back (`restore_state`). It is simulation bookkeeping
+        for resuming a run, not a way to copy a device. It keeps learning rules that use these
+        handles from reading or transplanting physical state; it does not protect against arbitrary
+        code in the same process, which can reach the private physics module directly.
         """
         return _physics.lookup(self._token).export()
 
     def restore_state(self, sealed: torch.Tensor) -> None:
-        """Take back a snapshot made by `export_state` of this same instance (DeviceError otherwise)."""
+        """Take back a snapshot made by `export_state` of this same instance.
+
+        Raises:
+            DeviceError: the blob is not a sealed state, belongs to another instance, or does not
+                verify (one byte changed, or a forged blob).
+        """
         _physics.lookup(self._token).restore(sealed)
 
     def __repr__(self) -> str:

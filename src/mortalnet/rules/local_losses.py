@@ -159,7 +159,10 @@ class LocalLossesLearner(PerturbationLearner):
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        chunks = [self.block_logits(x[i : i + 2000]) for i in range(0, len(x), 2000)]
+        """Every block's head error, their product of experts, and the last head's (the prediction);
+        isolated from training on a device (`PerturbationLearner.isolated`)."""
+        with self.isolated():
+            chunks = [self.block_logits(x[i : i + 2000]) for i in range(0, len(x), 2000)]
         res = {}
         for l in range(len(self.layers)):
             out = torch.cat([ch[l] for ch in chunks])

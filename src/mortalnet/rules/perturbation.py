@@ -5,7 +5,7 @@ Every rule in this family sees a network only through the device interface
 perturbation vectors added to a layer's total inputs, and requested weight changes. A layer is
 either a `DigitalLayer` (exact float arithmetic behind that same interface) or a layer of a
 simulated analog device; the estimators below cannot tell them apart and never differentiate
-through either (a `DigitalLayer` refuses inputs that require grad, like a device).
+through either (a `DigitalLayer` refuses inputs that carry a derivative, like a device).
 
 Estimators (finite differences through forward passes; Werfel, Xie & Seung 2005; Ren, Kornblith,
 Liao & Hinton 2023, sec. 3). With u ~ N(0, I) and scale sigma, the antithetic difference
@@ -14,15 +14,20 @@ gives the estimate g = d u, unbiased up to O(sigma^2) since E[u u^T] = I.
   * weight perturbation: theta = every weight and bias, one u shared by the minibatch; the
     perturbation of layer l's weights is applied as its effect on the total inputs, x_l E_l + e_l,
     which is what perturbing the weights does to a crossbar (no write cycles needed).
-    Variance ~ number of weights (Werfel et al.; Ren et al.: (pq+2)/N V).
+    Relative variance E|g - grad|^2 / |grad|^2 ~= N_w + 1 for N_w weights and biases and one
+    direction (g = (u . grad) u; Werfel et al.), whatever the batch size: the whole minibatch
+    shares u, so nothing averages over its examples. (Ren et al.'s (pq+2)/N V, with a 1/N in the
+    batch size, is for independent perturbations per example, which this estimator does not draw.)
   * activity (node) perturbation: theta = each neuron's total input z, one u per example, so each
     example gives its own d_b; dL/dW_l = x_l^T dL/dz_l / B uses the layer's measured input x_l.
-    Variance ~ number of perturbed neurons (Ren et al.: (q+2)/N V).
+    Variance ~ number of perturbed neurons, and it does average over the minibatch's examples
+    (independent u per example: Ren et al.'s (q+2)/N V).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -31,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mortalnet.config import ConfigError
-from mortalnet.hardware.interface import AnalogLayer, NoGradientError
+from mortalnet.hardware.energy import OpCounts
+from mortalnet.hardware.interface import AnalogLayer, check_no_derivative
 from mortalnet.optim import OptimizerConfig, make_optimizer
 from mortalnet.rules.base import Learner
 
@@ -65,8 +71,9 @@ class PerturbationConfig:
 class DigitalLayer(nn.Module):
     """y = act(x W + b): the exact digital counterpart of an analog layer, same interface.
 
-    Weights are buffers (in, out), never autograd leaves, and an input that requires grad is
-    refused with `NoGradientError`, as a physical device would: no derivative can flow through.
+    Weights are buffers (in, out), never autograd leaves, and an input a derivative could be taken
+    through (requires grad, a forward-mode tangent, a torch.func transform) is refused with
+    `NoGradientError`, as a physical device would: no derivative can flow through.
     """
 
     def __init__(self, in_features: int, out_features: int, activation: Activation = "relu", device=None):
@@ -85,16 +92,18 @@ class DigitalLayer(nn.Module):
         total_input_perturbation: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, in) -> (B, out) activities; perturbations (B, in) / (B, out) are added before use."""
-        if x.requires_grad:
-            raise NoGradientError("a DigitalLayer used as a device has no backward pass; pass a detached input")
+        for name, t in (("x", x), ("input_perturbation", input_perturbation),
+                        ("total_input_perturbation", total_input_perturbation)):
+            check_no_derivative(name, t)  # no reverse-mode, forward-mode or torch.func derivative, as a device
         _check_shape("x", x, (None, self.in_features))
+        x = x.detach()
         if input_perturbation is not None:
             _check_shape("input_perturbation", input_perturbation, tuple(x.shape))
-            x = x + input_perturbation
+            x = x + input_perturbation.detach()
         z = torch.addmm(self.bias, x, self.weight)  # (B, out) total inputs
         if total_input_perturbation is not None:
             _check_shape("total_input_perturbation", total_input_perturbation, tuple(z.shape))
-            z = z + total_input_perturbation
+            z = z + total_input_perturbation.detach()
         return torch.relu(z) if self.activation == "relu" else z
 
     @torch.no_grad()
@@ -476,6 +485,7 @@ class PerturbationLearner(Learner):
         self.layers = nn.ModuleList(layers) if self.hardware is None else layers
         self.mirror = LayerMirror(layers, self.generator, self.device_)
         self.register_buffer("digital_macs", torch.zeros((), dtype=torch.int64))  # the learner's own digital work
+        self.last_eval_counts = OpCounts()  # device work of the latest evaluate() (not part of the state)
         extra_w, extra_b = self.build_extra()
         self.extra = [*extra_w, *extra_b]
         weights, biases = self.mirror.params()
@@ -502,7 +512,8 @@ class PerturbationLearner(Learner):
 
     def energy(self) -> dict | None:
         """The device's energy report so far (None on digital layers): device joules, and the same
-        workload on digital hardware (`mortalnet.hardware.energy_report`)."""
+        workload on digital hardware (`mortalnet.hardware.energy_report`). Training only: evaluation
+        runs isolated (its latest cost is `last_eval_counts`)."""
         if self.hardware is None:
             return None
         from mortalnet.hardware import energy_report
@@ -523,9 +534,26 @@ class PerturbationLearner(Learner):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return forward_layers(self.layers, x)[-1]
 
+    @contextmanager
+    def isolated(self) -> Iterator[None]:
+        """Forward passes that must not disturb training, e.g. evaluation on held-out data.
+
+        On a device they run inside `Device.isolated`: its noise stream and counters are left as
+        they were, so how often a run evaluates changes neither its weights nor its reported
+        energy; what the passes cost goes to `last_eval_counts`. Digital layers: nothing to isolate.
+        """
+        if self.hardware is None:
+            yield
+            return
+        with self.hardware.isolated() as spent:
+            yield
+        self.last_eval_counts = spent
+
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        out = self.predict_batches(self.logits, x)
+        """Test error of the logits; isolated from training on a device (see `isolated`)."""
+        with self.isolated():
+            out = self.predict_batches(self.logits, x)
         return {"error": (out.argmax(1) != y).float().mean().item()}
 
 

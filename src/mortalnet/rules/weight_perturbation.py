@@ -3,7 +3,8 @@
 Every weight and bias of the network is perturbed at once by sigma u, u ~ N(0, I), the same
 perturbation for the whole minibatch; two forward passes (+sigma u and -sigma u) give the change of
 the minibatch loss, d = (L+ - L-) / (2 sigma) ~= u . grad, and the estimate is g = d u. It follows
-the gradient on average, but its variance grows with the number of weights, so it works for small
+the gradient on average, but its variance grows with the number of weights (relative variance
+~ N_w + 1) and, the perturbation being shared, does not fall with the batch size, so it works for small
 nets and falls behind as they grow (the talk; Werfel et al.: slower than gradient descent by a
 factor ~ number of weights). The forward pass is a black box: a layer's perturbation is applied as
 its effect on the total inputs, x E + e, through the device interface.
