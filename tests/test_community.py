@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from mortalnet.data.mnist import MnistConfig
+from mortalnet.cli import main
+from mortalnet.data.mnist import DataError, MnistConfig
+from mortalnet.experiments.community import summarize
+from mortalnet.runs import RunError
 from mortalnet.training import TrainingConfig
 from mortalnet.transfer.collectives import CollectiveError, SimulatedGroup, payload_bytes, wire_bytes
 from mortalnet.transfer.community import AgentConfig, CommunityConfig, CommunityLearner, make_shards
@@ -250,3 +253,82 @@ def test_a_resumed_community_run_skips_finished_communities(tmp_path):
     strip = lambda cs: [{k: v for k, v in c.items() if k != "wall_seconds"} for c in cs]  # noqa: E731
     assert strip(again["communities"]) == strip(first["communities"])
     assert again["wall_seconds"] >= first["communities"][0]["wall_seconds"]  # earlier sessions are counted
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["agents="], "agents needs at least one community size"),
+    (["modes="], "modes needs at least one of"),
+    (["agent.exchange_every=0"], "agent.exchange_every must be >= 1"),
+    (["agents=12", "shards=by-class"], "agents must be <= 10, got 12"),
+    (["agent.transfer_batch=2000"], "agent.transfer_batch (2000) must be between 1 and transfer_pool (1000)"),
+    (["collective_timeout=0"], "collective_timeout and run_timeout must be > 0"),
+    (["transfer_pool=2000", "agent.transfer_batch=50"], "transfer pool of 2000 leaves nothing to shard"),
+    (["backend=nccl", "launcher=spawn"], "backend=nccl needs CUDA agents"),
+])
+def test_a_config_the_agents_cannot_run_is_refused_up_front(overrides, message, capsys, tmp_path):
+    """Refused before any agent starts: one line, exit 2, no run directory (synthetic data: 2000 images)."""
+    sets = [a for o in ["data.source=synthetic", *overrides] for a in ("--set", o)]
+    code = main(["run", "community", "--preset", "fast", "--device", "cpu", "--quiet", *sets,
+                 "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("mortalnet: error: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_summary_is_over_the_finished_agents_and_none_finished_is_an_error():
+    recs = simulate(tiny(), "alone", 2, seed=0)
+    recs[1].update(status="failed", error="RuntimeError: boom")
+    s = summarize(tiny(), "alone", 2, recs)
+    assert s["finished"] == 1 and s["statuses"] == {"0": "done", "1": "failed"}
+    assert s["test_error_mean"] == recs[0]["final"]["test_error"]
+    recs[0].update(status="missing", exit_code=1, log_tail="Traceback ...\nMemoryError\n")
+    with pytest.raises(RunError, match=r"no agent finished: agent 0 missing \(MemoryError\); agent 1 failed "
+                                       r"\(RuntimeError: boom\)"):
+        summarize(tiny(), "alone", 2, recs)
+    for r in recs:
+        r.update(status="failed", error="DataError: IDX directory /x does not exist")
+    with pytest.raises(DataError, match="^IDX directory /x does not exist$"):
+        summarize(tiny(), "alone", 2, recs)
+
+
+def _run_community(tmp_path, *overrides):
+    from mortalnet.api import run
+
+    return run("community", preset="fast", seed=0, out=tmp_path / "r", device="cpu", progress=False,
+               overrides=["data.source=synthetic", "agent.hidden=8", "training.epochs=1", *overrides])
+
+
+def test_a_community_whose_only_agent_dies_fails_the_run(tmp_path):
+    """Every agent of a community ended without finishing: an error, never a NaN test error, and no result."""
+    with pytest.raises(RunError, match=r"community alone N=1: no agent finished: agent 0 killed \(exit code -9\)"):
+        _run_community(tmp_path, "modes=alone", "agents=1", "launcher=spawn", "kill_rank=0", "kill_step=3")
+    assert json.loads((tmp_path / "r" / "status.json").read_text())["state"] == "failed"
+    assert not (tmp_path / "r" / "agents" / "alone-N1" / "community.json").exists()
+    assert not (tmp_path / "r" / "summary.json").exists()
+
+
+def test_agents_that_all_fail_on_the_data_give_a_data_error_and_leave_no_run(tmp_path, monkeypatch):
+    """The agents read the data again; if every one of them fails on it, the run is refused as a DataError."""
+    def agents_fail_on_the_data(config, mode, n, seed, out, device):
+        for r in range(n):
+            (out / f"agent{r}.log").parent.mkdir(parents=True, exist_ok=True)
+            (out / f"agent{r}.log").write_text("DataError: IDX directory /gone does not exist\n")
+        return [{"rank": r, "status": "failed", "history": [], "exit_code": 1,
+                 "error": "DataError: IDX directory /gone does not exist"} for r in range(n)]
+
+    monkeypatch.setattr("mortalnet.experiments.community.launch", agents_fail_on_the_data)
+    with pytest.raises(DataError, match="IDX directory /gone does not exist"):
+        _run_community(tmp_path, "modes=codistill", "agents=2", "launcher=spawn")
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_agent_that_fails_while_the_others_finish_is_reported(tmp_path, monkeypatch, capsys):
+    def one_agent_fails(config, mode, n, seed, out, device):
+        recs = simulate(config, mode, n, seed)
+        recs[1].update(status="failed", error="RuntimeError: boom")
+        return recs
+
+    monkeypatch.setattr("mortalnet.experiments.community.launch", one_agent_fails)
+    s = _run_community(tmp_path, "modes=alone", "agents=2", "launcher=spawn")
+    assert s["communities"][0]["finished"] == 1 and s["test_error"] == s["communities"][0]["test_error_per_agent"]["0"]
+    assert "agent 1 failed; the test error is the mean over the 1 of 2 that finished" in capsys.readouterr().err

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import replace
 
 import pytest
 import torch
 
 from mortalnet import config as cfgmod
+from mortalnet.cli import main
 from mortalnet.data.mnist import MnistConfig, synthetic_mnist
 from mortalnet.optim import OptimizerConfig, schedule_factor
-from mortalnet.parallel.ff_pipeline import _batches, data_parallel_rank, partition, pipeline_rank
+from mortalnet.parallel.ff_pipeline import (
+    _batches,
+    data_parallel_rank,
+    data_parallel_step,
+    partition,
+    pipeline_rank,
+)
 from mortalnet.parallel.launch import RankFailedError, spawn
 from mortalnet.rules.forward_forward import FFConfig, FFLearner
+from mortalnet.runs import RunError
 
 pytestmark = pytest.mark.multiprocess
 
@@ -73,3 +83,74 @@ def test_a_dead_rank_stops_the_others_quickly(monkeypatch):
     with pytest.raises(RankFailedError, match="rank 1 died|rank"):
         spawn(pipeline_rank, 3, args=(spec(max_steps=50),), timeout_s=10)
     assert time.perf_counter() - t0 < 45
+
+
+def _fixed_negatives_learner(optimizer: str) -> FFLearner:
+    """No peer normalization (its running mean is updated with each rank's own rows) and negative labels
+    that depend on the row alone: one data-parallel step then equals one full-batch step exactly."""
+    rule = replace(RULE, peer_norm=0.0, optimizer=replace(RULE.optimizer, name=optimizer))
+    learner = FFLearner(rule, (32, 24), seed=3)
+    learner._sample_negative_labels = lambda logits, y: (y + 1 + y % 3) % 10
+    return learner
+
+
+BATCHES = [list(range(0, 5)), [5], list(range(6, 13))]  # 2 ranks: rows 3+2, then 1+0 (empty), then 4+3
+
+
+def _data_parallel_steps(rank: int, world: int, optimizer: str) -> dict:  # a spawned rank imports it
+    learner = _fixed_negatives_learner(optimizer)
+    x, y = synthetic_mnist().train.tensors()
+    for batch in BATCHES:
+        mine = torch.tensor(batch)[rank::world]
+        data_parallel_step(learner, x[mine], y[mine], len(batch))
+    return {k: v.tolist() for k, v in learner.net.state_dict().items()} | {
+        "readout": [w.tolist() for w in learner.net.readout]}
+
+
+@pytest.mark.parametrize("optimizer", ["smoothed-sgd", "adam"])
+def test_data_parallel_steps_equal_full_batch_steps_with_uneven_and_empty_slices(optimizer):
+    results = spawn(_data_parallel_steps, 2, args=(optimizer,), timeout_s=30)
+    seq = _fixed_negatives_learner(optimizer)
+    x, y = synthetic_mnist().train.tensors()
+    for batch in BATCHES:
+        seq.train_batch(x[batch], y[batch])
+    expected = {k: v for k, v in seq.net.state_dict().items()} | {"readout": list(seq.net.readout)}
+    for result in results:  # both replicas
+        for key, value in expected.items():
+            got = [torch.tensor(v) for v in result[key]] if key == "readout" else torch.tensor(result[key])
+            torch.testing.assert_close(got, value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_data_parallel_trains_through_a_last_batch_that_leaves_a_rank_no_rows():
+    # 1901 images in batches of 100: the last batch has one row, rank 1's slice of it is empty
+    data = cfgmod.to_dict(MnistConfig(source="synthetic", train_subset=1901))
+    results = spawn(data_parallel_rank, 2, args=(spec(hidden=[32, 16], data=data, batch_size=100, max_steps=0),),
+                    timeout_s=20)
+    assert [r["steps"] for r in results] == [20, 20]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["ranks=3"], "ranks=3 for 2 hidden layers"),
+    (["ranks=0"], "ranks and threads_per_rank must be >= 1"),
+    (["timeout_s=0"], "timeout_s must be > 0"),
+    (["rule.negatives=hard"], "the layer pipeline uses random negatives"),
+    (["rule.goodness_from=2"], "goodness_from=2 but the net has 2 hidden layers"),
+    (["mode=data-parallel", "rule.readout=false", "rule.negatives=hard"], "hard negatives"),
+])
+def test_a_refused_config_ends_before_any_rank_starts_and_leaves_no_run(overrides, message, capsys, tmp_path):
+    sets = [a for o in ["data.source=synthetic", *overrides] for a in ("--set", o)]
+    code = main(["run", "ff-pipeline", "--preset", "fast", "--device", "cpu", "--quiet", *sets,
+                 "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("mortalnet: error: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_dead_rank_ends_the_run_with_a_one_line_error(monkeypatch, capsys, tmp_path):
+    assert issubclass(RankFailedError, RunError)  # the CLI reports it; still a RuntimeError
+    monkeypatch.setenv("MORTALNET_FAULT_KILL_RANK", "1:3")
+    code = main(["run", "ff-pipeline", "--preset", "fast", "--device", "cpu", "--quiet", "--set",
+                 "data.source=synthetic", "--set", "timeout_s=10", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 1 and "mortalnet: error: rank 1 died" in err and "Traceback" not in err, err
+    assert json.loads((tmp_path / "r" / "status.json").read_text())["state"] == "failed"

@@ -10,25 +10,31 @@ killed mid-run: the survivors regroup and finish, and with class-wise shards we 
 what only the dead agent knew (its classes) survives in the others.
 
 A run is resumable community by community: each finished (mode, N) leaves `community.json` in its
-directory, and `mortalnet run --resume DIR` runs only the ones that are missing.
+directory, and `mortalnet run --resume DIR` runs only the ones that are missing. A community in
+which no agent finished ends the run with an error (and leaves no `community.json`); the data and
+the split into shards are checked before the first agent starts.
 """
 
 from __future__ import annotations
 
+import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from mortalnet.data.mnist import MnistConfig
+from mortalnet.config import ConfigError
+from mortalnet.data.mnist import DataError, MnistConfig, load_mnist
 from mortalnet.experiments import register_experiment
 from mortalnet.experiments.base import Experiment, RunContext
 from mortalnet.report import plots
-from mortalnet.runs import atomic_write_json, read_json
+from mortalnet.runs import RunError, atomic_write_json, read_json
 from mortalnet.training import TrainingConfig
-from mortalnet.transfer.community import AgentConfig, CommunityConfig
+from mortalnet.transfer.community import AgentConfig, CommunityConfig, make_shards
 from mortalnet.transfer.distill import FLOAT_BITS
 from mortalnet.transfer.launch import launch, simulate
 from mortalnet.transfer.stages import SessionClock
@@ -66,6 +72,7 @@ class Community(Experiment):
     references = {}
 
     def run(self, config: CommunityConfig, ctx: RunContext) -> dict[str, Any]:
+        check_community(config, ctx.seed, ctx.device)
         root = ctx.run.path / "agents" if ctx.run is not None else Path(tempfile.mkdtemp(prefix="community-"))
         communities = []
         clock = SessionClock()  # wall time across the sessions of a resumed run
@@ -83,11 +90,25 @@ class Community(Experiment):
                         atomic_write_json(out / f"agent{rec['rank']}.json", rec)
                 else:
                     records = launch(config, mode, n, ctx.seed, out, ctx.device)
-                communities.append(summarize(config, mode, n, records))
+                try:
+                    communities.append(summarize(config, mode, n, records))
+                except DataError as err:
+                    if communities:  # keep the communities that finished: a failed run, resumable
+                        raise RunError(f"community {mode} N={n}: {err}") from None
+                    shutil.rmtree(out, ignore_errors=True)  # nothing trained: leave no run behind
+                    if root.is_dir() and not any(root.iterdir()):
+                        root.rmdir()
+                    raise
                 communities[-1]["wall_seconds"] = time.perf_counter() - t_start
                 atomic_write_json(out / "community.json", communities[-1])
+                c = communities[-1]
+                lost = {r: s for r, s in c["statuses"].items() if s not in ("done", "killed")}
+                if lost:  # not the fault injection's death: say so even with --quiet
+                    who = ", ".join(f"{r} {s}" for r, s in lost.items())
+                    print(f"mortalnet community {mode} N={n}: agent{'s' * (len(lost) > 1)} {who}; the test error "
+                          f"is the mean over the {c['finished']} of {n} that finished (records in {out})",
+                          file=sys.stderr, flush=True)
                 if ctx.progress:
-                    c = communities[-1]
                     print(f"community {mode:9s} N={n}: test error {c['test_error_mean']:.2%}  "
                           f"bits sent/agent {c['bits_sent_per_agent']:.3g}  statuses {c['statuses']}", flush=True)
         head = communities[[c["n_agents"] for c in communities].index(max(config.agents))]
@@ -190,18 +211,53 @@ class Community(Experiment):
         return "\n".join(lines)
 
 
+def check_community(config: CommunityConfig, seed: int, device: torch.device) -> None:
+    """Refuse before any agent starts what would fail inside every agent: unreadable data (DataError),
+    a community size or transfer pool that the training set cannot be split into, NCCL without a GPU
+    (ConfigError)."""
+    if config.backend == "nccl" and device.type != "cuda":
+        raise ConfigError(f"backend=nccl needs CUDA agents (--device cuda); this run's device is {device.type}")
+    labels = load_mnist(config.data).train.labels
+    for n in config.agents:
+        try:
+            make_shards(labels, n, config.shards, config.transfer_pool, seed)
+        except ValueError as err:
+            raise ConfigError(f"agents={n}, shards={config.shards}, transfer_pool={config.transfer_pool} "
+                              f"with {len(labels)} training images: {err}") from None
+
+
+def _fate(rec: dict) -> str:
+    """Why an agent did not finish, in a few words: its error, else the last line of its log."""
+    if rec.get("error"):
+        return rec["error"]
+    tail = [line for line in rec.get("log_tail", "").splitlines() if line.strip()]
+    return tail[-1].strip() if tail else f"exit code {rec.get('exit_code')}"
+
+
 def summarize(config: CommunityConfig, mode: str, n: int, records: list[dict]) -> dict[str, Any]:
-    """One community's numbers from its agents' records (all of them JSON-able)."""
+    """One community's numbers from its agents' records (all of them JSON-able).
+
+    Test errors, bits and curves are means over the agents that finished (status done); `finished`
+    counts them and `statuses` names what happened to the others (killed by fault injection,
+    failed, missing, ...). If none finished there are no numbers: DataError when every agent
+    failed on the data (its message), else RunError naming each agent's error.
+    """
     living = [r for r in records if r.get("status") == "done"]
+    if not living:
+        errors = [r.get("error", "") for r in records]
+        if errors and all(e.startswith("DataError: ") for e in errors):
+            raise DataError(errors[0].removeprefix("DataError: "))
+        fates: dict[tuple[str, str], list[str]] = {}  # (status, why) -> ranks
+        for r in records:
+            fates.setdefault((str(r.get("status")), _fate(r)), []).append(str(r["rank"]))
+        raise RunError(f"community {mode} N={n}: no agent finished: " + "; ".join(
+            f"agent{'s' * (len(ranks) > 1)} {', '.join(ranks)} {status} ({why})"
+            for (status, why), ranks in fates.items()))
     finals = [r["final"]["test_error"] for r in living]
     statuses = {str(r["rank"]): r.get("status") for r in records}
     out: dict[str, Any] = {"mode": mode, "n_agents": n, "statuses": statuses, "finished": len(living),
                            "test_error_per_agent": {str(r["rank"]): r["final"]["test_error"] for r in living},
-                           "test_error_mean": float(np.mean(finals)) if finals else float("nan")}
-    if not living:
-        out.update(bits_sent_per_agent=0.0, bits_received_per_agent=0.0, exchanges_per_agent=0,
-                   bits_sent_per_exchange=0.0, n_params=0, curve_epoch=[], curve_bits_sent=[], curve_test_error=[])
-        return out
+                           "test_error_mean": float(np.mean(finals))}
     sent = [8 * r["final"]["bytes_sent"] for r in living]
     calls = [sum(r["final"]["calls"].values()) for r in living]
     out["bits_sent_per_agent"] = float(np.mean(sent))

@@ -3,7 +3,9 @@
 mode=pipeline: rank k owns a block of layers and passes normalized activities up the pipeline
 (no backward pass, nothing stored); mode=data-parallel: every rank holds the whole net and
 averages each layer's gradient with an all-reduce. The ranks are started by the experiment
-itself (torch.multiprocessing) with a timeout on every distributed call.
+itself (torch.multiprocessing) with a timeout on every distributed call. The config, the ranks'
+learner and the data are checked here before any rank starts: inside a rank, an error can only
+end the run as a failed rank (RankFailedError).
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ from typing import Any, Literal
 
 from mortalnet import config as cfgmod
 from mortalnet.config import ConfigError
-from mortalnet.data.mnist import MnistConfig
+from mortalnet.data.mnist import MnistConfig, load_mnist
 from mortalnet.experiments import register_experiment
 from mortalnet.experiments.base import Experiment, Reference, RunContext
 from mortalnet.optim import OptimizerConfig
-from mortalnet.parallel.ff_pipeline import data_parallel_rank, pipeline_rank
+from mortalnet.parallel.ff_pipeline import data_parallel_rank, pipeline_rank, pipeline_rule
 from mortalnet.parallel.launch import spawn
-from mortalnet.rules.forward_forward import FFConfig
+from mortalnet.rules.forward_forward import FFConfig, FFLearner
 from mortalnet.training import TrainingConfig
 
 
@@ -43,6 +45,20 @@ class FFPipelineConfig:
     """torch threads in each process."""
     timeout_s: float = 120.0
     """Timeout of every distributed call: a dead rank stops the others after at most this long."""
+
+    def __post_init__(self) -> None:
+        if self.ranks < 1 or self.threads_per_rank < 1:
+            raise ConfigError(f"ranks and threads_per_rank must be >= 1, got {self.ranks} and {self.threads_per_rank}")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"timeout_s must be > 0 (seconds), got {self.timeout_s}")
+        if not self.hidden or min(self.hidden) < 1:
+            raise ConfigError(f"hidden needs at least one layer, each of width >= 1, got {self.hidden}")
+        if self.mode == "pipeline":
+            if self.ranks > len(self.hidden):
+                raise ConfigError(f"mode=pipeline gives each rank at least one layer: ranks={self.ranks} for "
+                                  f"{len(self.hidden)} hidden layers (use ranks <= {len(self.hidden)} or "
+                                  "mode=data-parallel)")
+            pipeline_rule(self.rule)  # random negatives only
 
 
 def _fast() -> FFPipelineConfig:
@@ -81,6 +97,9 @@ class FFPipeline(Experiment):
     def run(self, config: FFPipelineConfig, ctx: RunContext) -> dict[str, Any]:
         if ctx.device.type != "cpu":
             raise ConfigError("ff-pipeline spawns CPU (gloo) ranks; run it with --device cpu")
+        rule = pipeline_rule(config.rule) if config.mode == "pipeline" else replace(config.rule, fast=True)
+        FFLearner(rule, config.hidden)  # the ranks' learner: its ConfigErrors here, before any rank starts
+        load_mnist(config.data)  # and a DataError
         spec = {
             "hidden": list(config.hidden), "rule": cfgmod.to_dict(config.rule), "data": cfgmod.to_dict(config.data),
             "epochs": config.training.epochs, "batch_size": config.training.batch_size,

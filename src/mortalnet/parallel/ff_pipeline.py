@@ -12,8 +12,13 @@ backward dependency the pipeline is built to avoid. The softmax readout is not t
 the test is the per-label goodness test.
 
 Data parallel: every rank holds the whole network and a slice of each minibatch; each layer's
-smoothed gradient (and the readout's gradient, and the peer-normalization means) is averaged
-with an all-reduce as soon as that layer is done, before its update.
+smoothed gradient (and the readout's gradient, and the peer-normalization means) is summed over
+the ranks with an all-reduce as soon as that layer is done, before its update, each rank's
+weighted by its share of the minibatch's rows: the full minibatch's mean gradient however the rows
+were split (a short last batch may leave a rank none; it joins every all-reduce with zeros). The
+data-parallel step equals the single-process step (tested) except for peer normalization: each
+rank's signal uses the running mean updated with its own rows only (the all-reduced mean is the
+full batch's, from the next step on).
 
 Run as a named experiment (`mortalnet run ff-pipeline ...`, which spawns the ranks itself) or
 under torchrun; every distributed call has a timeout, so a dead rank stops the others.
@@ -28,6 +33,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from mortalnet.config import ConfigError
 from mortalnet.data.mnist import MnistConfig, load_mnist
 from mortalnet.optim import schedule_factor
 from mortalnet.parallel.launch import RankFailedError, describe_error
@@ -61,10 +67,11 @@ def _weights_for_products(learner: FFLearner, i: int) -> torch.Tensor:
     return w if lp is None else w.to(lp)
 
 
-def _check_pipeline_rule(rule: FFConfig) -> FFConfig:
+def pipeline_rule(rule: FFConfig) -> FFConfig:
+    """The rule as the pipeline's ranks run it (fast path, no readout); ConfigError if it cannot."""
     if rule.negatives != "random":
-        raise ValueError("the layer pipeline uses random negatives (rule.negatives=random); hard negatives "
-                         "need the top layers' readout before the bottom layer's negative pass")
+        raise ConfigError("the layer pipeline uses random negatives (rule.negatives=random); hard negatives "
+                          "need the top layers' readout before the bottom layer's negative pass")
     return replace(rule, fast=True, readout=False)
 
 
@@ -73,7 +80,7 @@ def pipeline_rank(rank: int, world: int, spec: dict[str, Any]) -> dict[str, Any]
     dict), epochs, batch_size, schedule, shuffle, seed, max_steps, evaluate."""
     from mortalnet import config as cfgmod
 
-    rule = _check_pipeline_rule(cfgmod.from_dict(FFConfig, spec["rule"]))
+    rule = pipeline_rule(cfgmod.from_dict(FFConfig, spec["rule"]))
     hidden, seed = tuple(spec["hidden"]), int(spec["seed"])
     learner = FFLearner(rule, hidden, seed=seed)  # identical on every rank (same seed)
     owned = partition(len(hidden), world)[rank]
@@ -122,6 +129,8 @@ def pipeline_rank(rank: int, world: int, spec: dict[str, Any]) -> dict[str, Any]
         if pending is not None:
             pending.wait()
         dist.barrier()
+    except RankFailedError:
+        raise
     except RuntimeError as err:  # gloo/nccl errors on a dead or stuck peer
         raise RankFailedError(describe_error(err, rank, rank - 1 if rank else rank + 1)) from None
     wall = time.perf_counter() - t0
@@ -168,46 +177,67 @@ def _gather_layers(learner: FFLearner, owned: list[int], rank: int, world: int, 
                     dist.recv(t, src=src)
 
 
-class _AllReduceSink(_GradientSink):
-    """Averages each parameter's accumulated gradient over all ranks before updating it."""
+def _share_sum(t: torch.Tensor, share: float) -> int:
+    """t <- the sum over ranks of share_r * t_r, in place on every rank; returns the bytes all-reduced."""
+    t.mul_(share)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.numel() * t.element_size()
 
-    def __init__(self, optimizer, low_precision, world: int) -> None:
+
+class _AllReduceSink(_GradientSink):
+    """Sums each parameter's accumulated gradient over all ranks, each weighted by its rank's share of
+    the minibatch's rows, before updating it. The shares add up to 1, so with ffnew.m's smoothed
+    gradient (beta * S + (1 - beta) * g_r, S the same on every rank) the sum is beta * S + (1 - beta) * g
+    with g the full minibatch's mean gradient."""
+
+    def __init__(self, optimizer, low_precision, share: float) -> None:
         super().__init__(optimizer, low_precision)
-        self.world = world
+        self.share = share
         self.bytes_sent = 0
 
     def done(self, *params: torch.Tensor) -> None:
         for p in params:
             buf = self.optimizer.state[p]["smoothed_grad"] if self.fused else p.grad
-            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-            buf.div_(self.world)
-            self.bytes_sent += buf.numel() * buf.element_size()
+            self.bytes_sent += _share_sum(buf, self.share)
         super().done(*params)
 
+    def join(self, *params: torch.Tensor) -> None:
+        """This rank has no rows (share 0): take part in the all-reduce of `params`, then update them."""
+        for p in params:
+            self._buffer(p)  # p.grad, or the smoothed gradient, exists
+        self.done(*params)
 
-def data_parallel_step(learner: FFLearner, x: torch.Tensor, y: torch.Tensor, world: int) -> int:
-    """One data-parallel FF step on this rank's slice (x, y); returns bytes all-reduced."""
-    sink = _AllReduceSink(learner.optimizers[0], learner._low_precision(), world)
-    readout_grads, _ = learner._step_fast(x, y, sink)
+
+def data_parallel_step(learner: FFLearner, x: torch.Tensor, y: torch.Tensor, batch_rows: int) -> int:
+    """One data-parallel FF step on this rank's rows (x, y) of a minibatch of `batch_rows` rows in all;
+    returns the bytes all-reduced.
+
+    Gradients and peer-normalization means are weighted by this rank's share len(y) / batch_rows and
+    summed over the ranks. A rank with no rows (len(y) == 0) still joins every all-reduce, with zeros.
+    """
+    share = len(y) / batch_rows
+    sink = _AllReduceSink(learner.optimizers[0], learner._low_precision(), share)
+    if len(y):
+        readout_grads, _ = learner._step_fast(x, y, sink)
+    else:  # the same all-reduces, in the same order, as _step_fast's layers and readout
+        for layer in learner.net.layers:
+            sink.join(layer.weight, layer.bias)
+        readout_grads = [torch.zeros_like(w) for w in learner.net.readout] if learner.cfg.readout else []
     if not sink.fused:
         learner.optimizers[0].step()
     sent = sink.bytes_sent
     for w, g in zip(learner.net.readout, readout_grads):
-        dist.all_reduce(g, op=dist.ReduceOp.SUM)
-        g.div_(world)
+        sent += _share_sum(g, share)
         w.grad = g
-        sent += g.numel() * g.element_size()
     learner.optimizers[1].step()
     for i in range(len(learner.net.layers)):  # keep the peer-normalization means identical
-        m = learner.net.mean_states(i)
-        dist.all_reduce(m, op=dist.ReduceOp.SUM)
-        m.div_(world)
-        sent += m.numel() * m.element_size()
+        sent += _share_sum(learner.net.mean_states(i), share)
     return sent
 
 
 def data_parallel_rank(rank: int, world: int, spec: dict[str, Any]) -> dict[str, Any]:
-    """One rank of data-parallel FF: every rank trains the whole net on 1/world of each minibatch."""
+    """One rank of data-parallel FF: every rank trains the whole net on rows rank, rank + world, ... of
+    each minibatch (a short last batch may leave it none)."""
     from mortalnet import config as cfgmod
 
     rule = replace(cfgmod.from_dict(FFConfig, spec["rule"]), fast=True)
@@ -227,7 +257,7 @@ def data_parallel_rank(rank: int, world: int, spec: dict[str, Any]) -> dict[str,
                 if max_steps and steps >= max_steps:
                     break
                 mine = idx[rank::world]
-                sent += data_parallel_step(learner, x_train[mine], y_train[mine], world)
+                sent += data_parallel_step(learner, x_train[mine], y_train[mine], len(idx))
                 steps += 1
         dist.barrier()
     except RuntimeError as err:

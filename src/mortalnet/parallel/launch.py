@@ -25,9 +25,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from mortalnet.runs import RunError
 
-class RankFailedError(RuntimeError):
-    """A rank of a process group died or timed out; the message names it."""
+
+class RankFailedError(RunError):
+    """A rank of a process group died, timed out or raised; the message names it (one line).
+
+    A RunError, so that `mortalnet run` reports it as `mortalnet: error: ...` (exit 1) and
+    marks the run failed; still a RuntimeError, as torch.distributed's own errors are."""
 
 
 def free_port() -> int:
@@ -93,9 +98,13 @@ def spawn(fn: Callable[..., dict | None], world_size: int, args: tuple = (), bac
     """Run fn(rank, world_size, *args) in `world_size` new processes; return each rank's dict.
 
     fn must be importable (a module-level function). If any rank fails or dies, the others are
-    stopped and RankFailedError says which rank and why.
+    stopped and RankFailedError says which rank and why. Check the configuration before calling
+    this: an error raised inside a rank can only come back as a RankFailedError.
     """
     import torch.multiprocessing as mp
+
+    if world_size < 1 or timeout_s <= 0:
+        raise ValueError(f"spawn needs world_size >= 1 and timeout_s > 0, got {world_size} and {timeout_s}")
 
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="mortalnet-ranks-") as out_dir:

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mortalnet.config import ConfigError
 from mortalnet.data.mnist import MnistConfig, load_mnist
 from mortalnet.optim import OptimizerConfig, make_optimizer
 from mortalnet.rules.backprop import MLP
@@ -74,6 +75,15 @@ class AgentConfig:
         optimizer=OptimizerConfig(name="adam", lr=1e-3, momentum=0.9), sigma=0.3, hardware="mild"))
     """Mortal agents: activity perturbation on their own device instance of this preset (seed set per agent)."""
 
+    def __post_init__(self) -> None:
+        for name in ("exchange_every", "transfer_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"agent.{name} must be >= 1, got {getattr(self, name)}")
+        if self.burn_in_steps < 0:
+            raise ConfigError(f"agent.burn_in_steps must be >= 0, got {self.burn_in_steps}")
+        if self.temperature <= 0:
+            raise ConfigError(f"agent.temperature must be > 0, got {self.temperature}")
+
 
 class CommunityLearner(Learner):
     """The agents hosted by this process, trained in lockstep with the other processes' agents.
@@ -99,8 +109,6 @@ class CommunityLearner(Learner):
         if mode not in self.MODES:
             raise ValueError(f"{type(self).__name__} mode {mode!r}; valid: {', '.join(self.MODES)}"
                              + (" (mortal agents: MortalCommunityLearner)" if mode == "mortal" else ""))
-        if config.exchange_every < 1 or config.transfer_batch < 1:
-            raise ValueError("exchange_every and transfer_batch must be >= 1")
         self.cfg, self.mode, self.group = config, mode, group
         self.ranks = list(group.local_ranks)
         self.seed, self.num_classes, self.input_dim = seed, num_classes, input_dim
@@ -412,6 +420,21 @@ class CommunityConfig:
     """Fault injection: the agent that dies (its process is killed with SIGKILL); -1 = nobody dies."""
     kill_step: int = -1
     """Fault injection: the training step (from 0) before which that agent dies."""
+
+    def __post_init__(self) -> None:
+        if not self.modes:
+            raise ConfigError(f"modes needs at least one of {', '.join(MODES)}")
+        if not self.agents or min(self.agents) < 1:
+            raise ConfigError(f"agents needs at least one community size, each >= 1, got {self.agents}")
+        if self.shards == "by-class" and max(self.agents) > 10:
+            raise ConfigError(f"shards=by-class gives each agent at least one of the 10 classes: agents must be "
+                              f"<= 10, got {max(self.agents)}")
+        if not 1 <= self.agent.transfer_batch <= self.transfer_pool:
+            raise ConfigError(f"agent.transfer_batch ({self.agent.transfer_batch}) must be between 1 and "
+                              f"transfer_pool ({self.transfer_pool}): each exchange draws it from the pool")
+        if self.collective_timeout <= 0 or self.run_timeout <= 0:
+            raise ConfigError(f"collective_timeout and run_timeout must be > 0 (seconds), got "
+                              f"{self.collective_timeout} and {self.run_timeout}")
 
 
 def community_tensors(config: CommunityConfig, n_agents: int, ranks: list[int], seed: int,
