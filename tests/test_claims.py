@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from mortalnet.api import run
-from mortalnet.cli import main
 from mortalnet.coding import arithmetic as ac
 from mortalnet.experiments import get_experiment
 from mortalnet.nets.char_model import one_hot_padded, padded_windows
@@ -125,18 +124,13 @@ def test_compression_fast_preset_codes_the_held_out_text(tmp_path):
     ],
 )
 def test_compression_refuses_bad_settings_before_any_model_trains(settings, message, capsys, tmp_path):
-    out = tmp_path / "r"
-    sets = [a for s in settings for a in ("--set", s)]
-    assert main(["run", "compression", "--preset", "fast", *sets, "--out", str(out), "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert "mortalnet: error:" in err and message in err
-    assert not out.exists()
+    assert_refused(capsys, tmp_path / "r", "compression", settings, message)
 
 
 # ------------------------------------------------------------------------------------------------
 # label-noise
 # ------------------------------------------------------------------------------------------------
-from conftest import needs_mnist  # noqa: E402
+from conftest import assert_refused, needs_mnist  # noqa: E402
 
 from mortalnet.data.label_noise import corrupt_labels  # noqa: E402
 from mortalnet.rules.base import Learner  # noqa: E402

@@ -10,7 +10,7 @@ import torch
 from mortalnet.cli import main
 from mortalnet.runs import RunDir
 
-from conftest import needs_mnist
+from conftest import assert_refused, needs_mnist
 
 
 def test_list_shows_experiments_and_presets(capsys):
@@ -71,11 +71,7 @@ def test_config_refused_by_the_learner_is_a_clear_error_and_leaves_no_run(capsys
     ],
 )
 def test_refused_settings_of_other_rules_are_clear_errors(experiment, settings, message, capsys, tmp_path):
-    out = tmp_path / "r"
-    sets = [a for s in settings for a in ("--set", s)]
-    assert main(["run", experiment, "--preset", "fast", *sets, "--out", str(out), "--quiet"]) == 2
-    assert message in capsys.readouterr().err
-    assert not out.exists()
+    assert_refused(capsys, tmp_path / "r", experiment, settings, message)
 
 
 def test_a_model_refused_after_another_trained_keeps_the_run(capsys, tmp_path):

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from mortalnet.cli import main
 from mortalnet.data.mnist import DataError, MnistConfig
 from mortalnet.experiments.community import summarize
 from mortalnet.runs import RunError
@@ -23,7 +22,7 @@ from mortalnet.transfer.collectives import CollectiveError, SimulatedGroup, payl
 from mortalnet.transfer.community import AgentConfig, CommunityConfig, CommunityLearner, make_shards
 from mortalnet.transfer.launch import launch, simulate
 
-from conftest import needs_mnist
+from conftest import assert_refused, needs_mnist
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 HIDDEN = 8
@@ -267,12 +266,7 @@ def test_a_resumed_community_run_skips_finished_communities(tmp_path):
 ])
 def test_a_config_the_agents_cannot_run_is_refused_up_front(overrides, message, capsys, tmp_path):
     """Refused before any agent starts: one line, exit 2, no run directory (synthetic data: 2000 images)."""
-    sets = [a for o in ["data.source=synthetic", *overrides] for a in ("--set", o)]
-    code = main(["run", "community", "--preset", "fast", "--device", "cpu", "--quiet", *sets,
-                 "--out", str(tmp_path / "r")])
-    err = capsys.readouterr().err
-    assert code == 2 and err.startswith("mortalnet: error: ") and message in err and err.count("\n") == 1, err
-    assert not (tmp_path / "r").exists()
+    assert_refused(capsys, tmp_path / "r", "community", ["data.source=synthetic", *overrides], message)
 
 
 def test_summary_is_over_the_finished_agents_and_none_finished_is_an_error():

@@ -24,6 +24,8 @@ from mortalnet.parallel.launch import RankFailedError, spawn
 from mortalnet.rules.forward_forward import FFConfig, FFLearner
 from mortalnet.runs import RunError
 
+from conftest import assert_refused
+
 pytestmark = pytest.mark.multiprocess
 
 RULE = FFConfig(negatives="random", optimizer=OptimizerConfig(lr=0.03, weight_decay=0.001))
@@ -138,12 +140,7 @@ def test_data_parallel_trains_through_a_last_batch_that_leaves_a_rank_no_rows():
     (["mode=data-parallel", "rule.readout=false", "rule.negatives=hard"], "hard negatives"),
 ])
 def test_a_refused_config_ends_before_any_rank_starts_and_leaves_no_run(overrides, message, capsys, tmp_path):
-    sets = [a for o in ["data.source=synthetic", *overrides] for a in ("--set", o)]
-    code = main(["run", "ff-pipeline", "--preset", "fast", "--device", "cpu", "--quiet", *sets,
-                 "--out", str(tmp_path / "r")])
-    err = capsys.readouterr().err
-    assert code == 2 and err.startswith("mortalnet: error: ") and message in err and err.count("\n") == 1, err
-    assert not (tmp_path / "r").exists()
+    assert_refused(capsys, tmp_path / "r", "ff-pipeline", ["data.source=synthetic", *overrides], message)
 
 
 def test_a_dead_rank_ends_the_run_with_a_one_line_error(monkeypatch, capsys, tmp_path):

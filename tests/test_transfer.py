@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from mortalnet.cli import main
 from mortalnet.config import ConfigError
 from mortalnet.optim import OptimizerConfig
 from mortalnet.rules.backprop import MLP
@@ -24,7 +23,7 @@ from mortalnet.transfer.distill import (
 )
 from mortalnet.transfer.student import DistillConfig, DistillLearner
 
-from conftest import needs_mnist
+from conftest import assert_refused, needs_mnist
 
 
 def test_soft_target_loss_is_t_squared_times_kl_and_zero_at_the_teacher():
@@ -190,12 +189,7 @@ def test_distill_mnist_fast_preset_runs_and_reports(tmp_path):
 )
 def test_distill_mnist_refuses_bad_settings_before_the_teacher_trains(settings, message, capsys, tmp_path):
     """Each of these failed only after the teacher (and some students) had trained; now: exit 2, no run left."""
-    out = tmp_path / "r"
-    sets = [a for s in settings for a in ("--set", s)]
-    assert main(["run", "distill-mnist", "--preset", "fast", *sets, "--out", str(out), "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert "mortalnet: error:" in err and message in err
-    assert not out.exists()
+    assert_refused(capsys, tmp_path / "r", "distill-mnist", settings, message)
 
 
 def test_loss_check_accepts_either_term_alone():

@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mortalnet.cli import main
 from mortalnet.data.mnist import MnistConfig
 from mortalnet.hardware.boundary import assert_no_hidden_state
 from mortalnet.optim import OptimizerConfig
@@ -20,7 +19,7 @@ from mortalnet.transfer.distill import DistillLossConfig, Teacher, TransferTarge
 from mortalnet.transfer.launch import launch, simulate
 from mortalnet.transfer.student import DistillConfig, DistillLearner
 
-from conftest import needs_mnist
+from conftest import assert_refused, needs_mnist
 
 
 def test_row_loss_is_t_squared_kl_for_soft_rows_and_cross_entropy_for_hard_rows():
@@ -136,9 +135,4 @@ def test_mortal_transfer_fast_preset(tmp_path):
 )
 def test_mortal_transfer_refuses_bad_settings_before_the_teacher_trains(settings, message, capsys, tmp_path):
     """copies=0 failed after the teacher trained, an empty temperatures after the scratch student; now: exit 2."""
-    out = tmp_path / "r"
-    sets = [a for s in settings for a in ("--set", s)]
-    assert main(["run", "mortal-transfer", "--preset", "fast", *sets, "--out", str(out), "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert "mortalnet: error:" in err and message in err
-    assert not out.exists()
+    assert_refused(capsys, tmp_path / "r", "mortal-transfer", settings, message)
