@@ -238,7 +238,7 @@ class PerturbationMnist(Experiment):
         out = ["**perturbation-mnist**: MNIST test error by rule, net and hardware (same epochs within a preset; "
                f"reference: {REN})\n",
                "| preset | rule | net | hardware | epochs | seeds | test error (mean ± sd) | reference | train time "
-               "| energy: mortal (device + learner) | same work, digital fp32 |",
+               "| training energy: mortal (device + learner) | same work, digital fp32 |",
                "|---|---|---|---|---|---|---|---|---|---|---|"]
         rule_order = {a: i for i, a in enumerate(ARMS)}
         order.sort(key=lambda k: (k[3], rule_order.get(groups[k][0]["arm"], 9), sum(k[2]), k[0]))
