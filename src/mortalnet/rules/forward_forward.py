@@ -652,7 +652,7 @@ class FFLearner(Learner):
         """Images per call of goodness_scores in evaluate: about 2000 rows (image, label) per matrix
         product whatever the shortlist (200 images x 10 labels, 666 x 3): cache-friendly."""
         k = self.cfg.goodness_shortlist
-        return 2000 // (k if 0 < k < self.num_classes else self.num_classes)
+        return max(1, 2000 // (k if 0 < k < self.num_classes else self.num_classes))
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
