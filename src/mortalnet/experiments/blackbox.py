@@ -10,8 +10,9 @@ models on MNIST, one table:
   * backprop      the same MLP trained by backprop, without the box;
   * backprop-box  backprop through the NumPy box: the backward pass stops with NoDerivativeError;
   * backprop-box-torch  the box re-implemented in torch so that autograd can run: the converter's
-                  rounding has zero derivative, so no gradient reaches layer 1, which stays as
-                  initialized; only the layers above the box learn (its error says how much that buys).
+                  rounding has zero derivative, so no gradient of the loss reaches layer 1, which
+                  only decays with the weight cost; only the layers above the box learn (its error
+                  says how much that buys).
 """
 
 from __future__ import annotations
