@@ -18,7 +18,6 @@ held out for validation.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import tarfile
@@ -29,7 +28,7 @@ from typing import Literal
 
 import numpy as np
 
-from mortalnet.data.mnist import DataError, MnistData, Split, default_cache_dir, file_digest
+from mortalnet.data.mnist import DataError, MnistData, Split, default_cache_dir, digest_problem, file_digest
 from mortalnet.data.safe_pickle import UnsafePickleError, load_numpy_pickle
 from mortalnet.runs import atomic_write_bytes
 
@@ -98,24 +97,9 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def batch_digest_problem(where: Path, sha256: str = "") -> str | None:
     """Why the six batches in `where` are not the expected ones (None when they are): the published
-    CIFAR-10 md5s, or `sha256` over the six files when it is given."""
-    names = (*TRAIN_FILES, TEST_FILE)
-    if sha256:
-        h = hashlib.sha256()
-        for name in names:
-            h.update((where / name).read_bytes())
-        if h.hexdigest() != sha256.strip().lower():
-            return (f"{where}: the batches' sha256 {h.hexdigest()} does not match the expected {sha256.strip()}; "
-                    "they are corrupt or have been tampered with")
-        return None
-    differ = [name for name in names if file_digest(where / name, "md5") != BATCH_MD5[name]]
-    if not differ:
-        return None
-    h = hashlib.sha256()
-    for name in names:
-        h.update((where / name).read_bytes())
-    return (f"{where}: {', '.join(differ)} differ from the published CIFAR-10 batches (md5): corrupt or "
-            f"tampered with; for other batches in this format pin them with data.sha256={h.hexdigest()}")
+    CIFAR-10 md5s, or `sha256` over the six files when it is given (`mnist.digest_problem`)."""
+    contents = {name: (where / name).read_bytes() for name in (*TRAIN_FILES, TEST_FILE)}
+    return digest_problem(where, contents, BATCH_MD5, sha256, "CIFAR-10 batches")
 
 
 def find_batches(path: str | Path) -> Path | None:
@@ -186,11 +170,12 @@ def load_cifar10(config: CifarConfig = CifarConfig()) -> MnistData:
             raise DataError(f"{config.path or '(data.path is empty)'} does not hold {DIRNAME}/ with "
                             f"{', '.join(TRAIN_FILES)} and {TEST_FILE}")
         cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-        if where is None:
-            where = find_batches(cache)
-            if where is None or batch_digest_problem(where, config.sha256):  # none yet, or damaged: (re)extract
-                where = download(cache)
-        problem = batch_digest_problem(where, config.sha256)
+        from_cache = where is None
+        where = find_batches(cache) if from_cache else where
+        problem = batch_digest_problem(where, config.sha256) if where is not None else "not extracted yet"
+        if from_cache and problem:  # none yet, or a damaged extraction: (re)extract from the tarball
+            where = download(cache)
+            problem = batch_digest_problem(where, config.sha256)
         if problem:
             raise DataError(problem)
         parts = [read_batch(where / f) for f in TRAIN_FILES]

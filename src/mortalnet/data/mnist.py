@@ -269,22 +269,24 @@ def parse_idx(raw: bytes, origin: str) -> np.ndarray:
     return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
-def _check_idx_digests(directory: Path, raw: dict[str, bytes], sha256: str) -> None:
-    """The decompressed IDX files must be the published MNIST ones (md5), or hash to `sha256`."""
+def digest_problem(where: Path, contents: dict[str, bytes], published_md5: dict[str, str], sha256: str,
+                   what: str) -> str | None:
+    """Why `contents` (file name -> bytes, in the data set's fixed order) are not the expected files, or
+    None: they must hash to `sha256` over all of them in order when it is given, else each must match
+    its published md5. The message for other files prints the sha256 to pin them with."""
     digest = hashlib.sha256()
-    for stem in IDX_FILES.values():
-        digest.update(raw[stem])
+    for blob in contents.values():
+        digest.update(blob)
     if sha256:
-        if not _same_digest(digest.hexdigest(), sha256):
-            raise DataError(f"{directory}: the IDX files' sha256 {digest.hexdigest()} does not match the expected "
-                            f"{sha256.strip()}; the files are corrupt or have been tampered with")
-        return
-    differ = [stem for stem in IDX_FILES.values() if hashlib.md5(raw[stem]).hexdigest() != IDX_RAW_MD5[stem]]
-    if differ:
-        raise DataError(
-            f"{directory}: {', '.join(differ)} differ from the published MNIST files (md5); they are corrupt or "
-            f"tampered with. For another data set in IDX format, pin its files with data.sha256={digest.hexdigest()}"
-        )
+        if _same_digest(digest.hexdigest(), sha256):
+            return None
+        return (f"{where}: the files' sha256 {digest.hexdigest()} does not match the expected {sha256.strip()}; "
+                "they are corrupt or have been tampered with")
+    differ = [name for name, blob in contents.items() if hashlib.md5(blob).hexdigest() != published_md5[name]]
+    if not differ:
+        return None
+    return (f"{where}: {', '.join(differ)} differ from the published {what} (md5): corrupt or tampered with; "
+            f"for other data in this format pin the files with data.sha256={digest.hexdigest()}")
 
 
 def load_idx_dir(directory: Path, sha256: str = "") -> MnistData:
@@ -295,7 +297,10 @@ def load_idx_dir(directory: Path, sha256: str = "") -> MnistData:
         raise DataError(f"IDX directory {directory} does not exist")
     raw = {stem: _open_maybe_gz(directory, stem) for stem in IDX_FILES.values()}
     arrays = {key: parse_idx(raw[stem], str(directory / stem)) for key, stem in IDX_FILES.items()}
-    _check_idx_digests(directory, raw, sha256)  # after parsing: a truncated file is reported as such
+    # checked after parsing, so that a truncated file is reported as truncated
+    problem = digest_problem(directory, raw, IDX_RAW_MD5, sha256, "MNIST files")
+    if problem:
+        raise DataError(problem)
     tx, ty = arrays["train_images"], arrays["train_labels"]
     if tx.ndim != 3 or tx.shape[1:] != (28, 28):
         raise DataError(f"{directory}: training images have shape {tx.shape}, expected (N, 28, 28)")
