@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mortalnet.cli import main
+from mortalnet.config import ConfigError
 from mortalnet.runs import RunDir
 
 from conftest import assert_refused, needs_mnist
@@ -68,17 +69,34 @@ def test_config_refused_by_the_learner_is_a_clear_error_and_leaves_no_run(capsys
         ("ff-recurrent", ["rule.test_from=9"], "test_from <= test_to <= iterations"),
         ("ff-sequence", ["models=ff-self-generated", "regenerate_every=-1"], "regenerate_every must be >= 1"),
         ("perturbation-mnist", ["arms=local-losses", "ll.group_size=7"], "must divide every block width"),
+        ("ff-sequence", ["rule.precision=bfloat16"], "ff-self-generated trains in float32"),
+        ("ff-sequence", ["models=backprop,backprop"], "lists a model twice"),
     ],
 )
 def test_refused_settings_of_other_rules_are_clear_errors(experiment, settings, message, capsys, tmp_path):
     assert_refused(capsys, tmp_path / "r", experiment, settings, message)
 
 
-def test_a_model_refused_after_another_trained_keeps_the_run(capsys, tmp_path):
+def test_an_unknown_model_is_refused_before_any_training(capsys, tmp_path):
+    assert_refused(capsys, tmp_path / "r", "ff-sequence", ["models=backprop,nope"], "unknown model 'nope'")
+
+
+def test_a_model_refused_after_another_trained_keeps_the_run(capsys, tmp_path, monkeypatch):
+    from mortalnet.experiments.ff_sequence import FFSequence
+
+    build = FFSequence._learner
+
+    def refuse_the_second(self, model, *args):
+        if model == "ff-teacher-forcing":
+            raise ConfigError("refused mid-run")
+        return build(self, model, *args)
+
+    monkeypatch.setattr(FFSequence, "_learner", refuse_the_second)
     out = tmp_path / "r"
-    args = ["run", "ff-sequence", "--preset", "fast", "--set", "models=backprop,nope", "--out", str(out), "--quiet"]
+    args = ["run", "ff-sequence", "--preset", "fast", "--set", "models=backprop,ff-teacher-forcing",
+            "--out", str(out), "--quiet"]
     assert main(args) == 2
-    assert "unknown model 'nope'" in capsys.readouterr().err
+    assert "refused mid-run" in capsys.readouterr().err
     assert (out / "backprop" / "checkpoint.safetensors").exists() and (out / "config.json").exists()
     assert json.loads((out / "status.json").read_text())["state"] == "failed"
 

@@ -69,3 +69,18 @@ def test_models_trained_for_different_epochs_share_one_accuracy_plot(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["models"]["backprop"]["epochs"] == 2 and summary["models"]["ff-teacher-forcing"]["epochs"] == 3
     assert summary["plots"] == ["accuracy.png"] and (out / "plots" / "accuracy.png").is_file()
+
+
+def test_self_generated_negatives_refuse_the_settings_only_the_fused_step_honours():
+    """The self-generated learner trains on the float32 reference path: bf16 products were silently ignored."""
+    import dataclasses
+
+    import pytest
+
+    from mortalnet.config import ConfigError
+
+    starts = torch.zeros(4, 20, dtype=torch.long)
+    for change in ({"precision": "bfloat16"}, {"precision": "bfloat16", "compile_update": True}):
+        with pytest.raises(ConfigError, match="ff-self-generated trains in float32"):
+            FFSequenceLearner(dataclasses.replace(FFLearner.quick_config(), **change), (8, 8), starts)
+    FFSequenceLearner(FFLearner.quick_config(), (8, 8), starts)  # float32 is fine

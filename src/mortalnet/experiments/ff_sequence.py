@@ -34,7 +34,7 @@ from mortalnet.report import plots
 from mortalnet.report.tables import mean_sd_text, runs_by_preset
 from mortalnet.rules.backprop import BackpropConfig, BackpropLearner
 from mortalnet.rules.forward_forward import FFConfig, FFLearner
-from mortalnet.rules.ff_sequence import FFSequenceLearner, sequence_inputs
+from mortalnet.rules.ff_sequence import FFSequenceLearner, check_self_generated_rule, sequence_inputs
 from mortalnet.training import TrainingConfig, fit
 
 MODELS = ("ff-teacher-forcing", "ff-self-generated", "backprop")
@@ -65,6 +65,23 @@ class FFSequenceConfig:
     """Epochs, batch size, schedule of the backprop model."""
     samples: int = 3
     """Held-out prompts continued by each model in the summary."""
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ConfigError(f"models is empty; choose from {', '.join(MODELS)}")
+        unknown = [m for m in self.models if m not in MODELS]
+        if unknown:
+            raise ConfigError(f"unknown model {unknown[0]!r}; valid: {', '.join(MODELS)}")
+        if len(set(self.models)) != len(self.models):
+            raise ConfigError(f"models lists a model twice: {', '.join(self.models)}")
+        if self.regenerate_every < 0:
+            raise ConfigError(f"regenerate_every must be >= 1 (or 0: once per epoch), got {self.regenerate_every}")
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if self.samples < 0:
+            raise ConfigError(f"samples must be >= 0, got {self.samples}")
+        if "ff-self-generated" in self.models:
+            check_self_generated_rule(self.rule)
 
 
 def _fast() -> FFSequenceConfig:

@@ -34,6 +34,15 @@ def sequence_inputs(contexts: torch.Tensor, num_symbols: int) -> torch.Tensor:
     return torch.cat([ctx.new_zeros(len(ctx), num_symbols), ctx], 1)
 
 
+def check_self_generated_rule(config: FFConfig) -> None:
+    """Self-generated negatives train on FFLearner's float32 reference path (`local_gradients`),
+    not its fused step: refuse the settings that only the fused step honours, rather than ignore them."""
+    if config.precision != "float32" or config.compile_update:
+        raise ConfigError("ff-self-generated trains in float32 without the fused step: rule.precision=bfloat16 "
+                          "and rule.compile_update are not supported there (drop them, or leave ff-self-generated "
+                          "out of models)")
+
+
 class FFSequenceLearner(FFLearner):
     """FF next-character model with self-generated negative strings.
 
@@ -51,6 +60,7 @@ class FFSequenceLearner(FFLearner):
     def __init__(self, config: FFConfig, hidden: tuple[int, ...], starts: torch.Tensor, context: int = 10,
                  num_symbols: int = 30, regenerate_every: int = 100, temperature: float = 1.0, seed: int = 0,
                  device: torch.device | str = "cpu"):
+        check_self_generated_rule(config)
         super().__init__(config, hidden, num_symbols * (context + 1), num_symbols, seed, device)
         if regenerate_every < 1:
             raise ConfigError(f"regenerate_every must be >= 1, got {regenerate_every}")
