@@ -151,3 +151,42 @@ def test_a_dead_rank_ends_the_run_with_a_one_line_error(monkeypatch, capsys, tmp
     err = capsys.readouterr().err
     assert code == 1 and "mortalnet: error: rank 1 died" in err and "Traceback" not in err, err
     assert json.loads((tmp_path / "r" / "status.json").read_text())["state"] == "failed"
+
+
+@pytest.mark.parametrize("mode", ["pipeline", "data-parallel"])
+def test_a_run_killed_mid_epoch_resumes_from_the_last_epoch_and_ends_where_an_uninterrupted_one_does(
+        mode, monkeypatch, capsys, tmp_path):
+    """ff-pipeline saved no checkpoint: an interrupted run started again from epoch 1."""
+    sets = ["data.source=synthetic", "hidden=128,128", "training.epochs=3", "training.batch_size=50",
+            "timeout_s=10", f"mode={mode}"]
+    args = ["run", "ff-pipeline", "--preset", "fast", "--device", "cpu", "--quiet", "--seed", "1",
+            *[a for s in sets for a in ("--set", s)]]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    assert whole["test_error"] < 0.5  # it learned (chance: 0.9), so equal errors below mean something
+
+    broken = tmp_path / "broken"
+    monkeypatch.setenv("MORTALNET_FAULT_KILL_RANK", "1:95")  # 40 steps an epoch: rank 1 dies in epoch 3
+    assert main([*args, "--out", str(broken)]) == 1
+    assert "rank 1 died" in capsys.readouterr().err
+    marker = json.loads((broken / "checkpoints" / "complete.json").read_text())
+    assert marker == {"epoch": 2, "world": 2}
+    kept = sorted(p.name for p in (broken / "checkpoints").glob("*.safetensors"))
+    assert "rank1-epoch0002.safetensors" in kept and "rank1-epoch0001.safetensors" not in kept
+    monkeypatch.delenv("MORTALNET_FAULT_KILL_RANK")
+
+    assert main(["run", "--resume", str(broken), "--quiet"]) == 0
+    resumed = json.loads((broken / "summary.json").read_text())
+    assert resumed["test_error"] == whole["test_error"]
+    assert [r["steps"] for r in resumed["per_rank"]] == [r["steps"] for r in whole["per_rank"]] == [120, 120]
+    if mode == "data-parallel":
+        assert resumed["per_rank"][0]["bytes_all_reduced"] == whole["per_rank"][0]["bytes_all_reduced"]
+    # the weights themselves: both runs' last checkpoints hold the same tensors
+    from safetensors.torch import load_file
+
+    for rank in (0, 1):
+        a = load_file(tmp_path / "whole" / "checkpoints" / f"rank{rank}-epoch0003.safetensors")
+        b = load_file(broken / "checkpoints" / f"rank{rank}-epoch0003.safetensors")
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key

@@ -5,7 +5,9 @@ mode=pipeline: rank k owns a block of layers and passes normalized activities up
 averages each layer's gradient with an all-reduce. The ranks are started by the experiment
 itself (torch.multiprocessing) with a timeout on every distributed call. The config, the ranks'
 learner and the data are checked here before any rank starts: inside a rank, an error can only
-end the run as a failed rank (RankFailedError).
+end the run as a failed rank (RankFailedError). Every rank checkpoints after each epoch into
+`<run>/checkpoints/` (`parallel/ff_pipeline.py`, RankCheckpoints); `mortalnet run --resume <run>`
+continues from the last epoch that all ranks saved.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class FFPipelineConfig:
     rule: FFConfig = field(default_factory=lambda: FFConfig(negatives="random"))
     """FF hyper-parameters (the pipeline needs negatives=random)."""
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(epochs=10))
-    """Epochs, batch size, schedule, shuffling (validation/checkpoints are not used here)."""
+    """Epochs, batch size, schedule, shuffling (no validation here; each rank checkpoints after every epoch)."""
     mode: Literal["pipeline", "data-parallel"] = "pipeline"
     """pipeline: one block of layers per rank; data-parallel: whole net per rank, gradients all-reduced."""
     ranks: int = 2
@@ -104,6 +106,9 @@ class FFPipeline(Experiment):
             "hidden": list(config.hidden), "rule": cfgmod.to_dict(config.rule), "data": cfgmod.to_dict(config.data),
             "epochs": config.training.epochs, "batch_size": config.training.batch_size,
             "schedule": config.training.schedule, "shuffle": config.training.shuffle, "seed": ctx.seed,
+            # every rank saves its state after each epoch; --resume continues from the last epoch all saved
+            "checkpoint_dir": str(ctx.run.path / "checkpoints") if ctx.run is not None else None,
+            "resume": ctx.resume,
         }
         fn = pipeline_rank if config.mode == "pipeline" else data_parallel_rank
         results = spawn(fn, config.ranks, args=(spec,), timeout_s=config.timeout_s,

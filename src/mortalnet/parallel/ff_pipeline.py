@@ -22,12 +22,21 @@ full batch's, from the next step on).
 
 Run as a named experiment (`mortalnet run ff-pipeline ...`, which spawns the ranks itself) or
 under torchrun; every distributed call has a timeout, so a dead rank stops the others.
+
+Checkpoints (`spec["checkpoint_dir"]`, a folder every rank can write): after each epoch every rank
+saves its whole learner state (`rank<k>-epoch<NNNN>.safetensors`, atomic, no pickle), all ranks
+meet at a barrier, and rank 0 then records the epoch in `complete.json` and removes the older
+files. A resumed run (`spec["resume"]`) continues every rank from the epoch `complete.json` names,
+so a rank that died mid-epoch, or after saving an epoch the others had not finished, costs at most
+that epoch. The data order of an epoch depends on (seed, epoch) only, and each rank's random
+generator is in its state: a resumed run computes the same weights as an uninterrupted one (tested).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,6 +47,7 @@ from mortalnet.data.mnist import MnistConfig, load_mnist
 from mortalnet.optim import schedule_factor
 from mortalnet.parallel.launch import RankFailedError, describe_error
 from mortalnet.rules.forward_forward import FFConfig, FFLearner, _GradientSink
+from mortalnet.runs import RunDir, RunError, atomic_write_json, read_json
 from mortalnet.training import _epoch_seed
 
 
@@ -59,6 +69,80 @@ def _batches(n: int, batch: int, seed: int, epoch: int, shuffle: bool) -> list[t
     gen = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
     order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
     return [order[i : i + batch] for i in range(0, n, batch)]
+
+
+class RankCheckpoints:
+    """Per-epoch checkpoints of one rank in a folder shared by all ranks (see the module docstring).
+
+    `complete.json` ({"epoch", "world"}) names the last epoch that every rank saved; only that
+    epoch's files are kept once the next one is complete. Each file's metadata holds the rank's
+    counters at that epoch (steps, train_seconds, and bytes_all_reduced for data parallelism)."""
+
+    MARKER = "complete.json"
+
+    def __init__(self, folder: str | Path, rank: int, world: int) -> None:
+        self.folder, self.rank, self.world = Path(folder), rank, world
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, rank: int, epoch: int) -> Path:
+        return self.folder / f"rank{rank}-epoch{epoch:04d}.safetensors"
+
+    def completed(self) -> dict[str, Any] | None:
+        """The marker of the last epoch all ranks saved, or None when there is none."""
+        path = self.folder / self.MARKER
+        if not path.exists():
+            return None
+        marker = read_json(path)
+        if not (isinstance(marker, dict) and isinstance(marker.get("epoch"), int) and marker.get("world") == self.world):
+            raise RunError(f"{path} does not describe a checkpoint of {self.world} ranks: {marker!r}")
+        return marker
+
+    def save(self, learner: FFLearner, epoch: int, counters: dict[str, float]) -> None:
+        """This rank's state and counters after `epoch` (atomic)."""
+        meta = {"epoch": epoch, "rank": self.rank, "world": self.world, "counters": counters}
+        RunDir(self.folder).save_checkpoint(learner.state_tensors(), meta, self._path(self.rank, epoch))
+
+    def commit(self, epoch: int) -> None:
+        """Rank 0, after the barrier that follows every rank's save of `epoch`: mark it complete and
+        remove the files of earlier epochs."""
+        atomic_write_json(self.folder / self.MARKER, {"epoch": epoch, "world": self.world})
+        for path in self.folder.glob("rank*-epoch*.safetensors"):
+            if int(path.stem.rsplit("epoch", 1)[1]) < epoch:
+                path.unlink(missing_ok=True)
+
+    def restore(self, learner: FFLearner) -> tuple[int, dict[str, float]]:
+        """Load this rank's state at the completed epoch: (epoch, counters); (0, {}) when no epoch was
+        completed (the run starts afresh)."""
+        marker = self.completed()
+        if marker is None:
+            return 0, {}
+        meta = RunDir(self.folder).load_into(learner, self._path(self.rank, marker["epoch"]))
+        if meta.get("epoch") != marker["epoch"] or meta.get("rank") != self.rank:
+            raise RunError(f"{self._path(self.rank, marker['epoch'])} holds rank {meta.get('rank')} epoch "
+                           f"{meta.get('epoch')}, not rank {self.rank} epoch {marker['epoch']}")
+        return marker["epoch"], dict(meta.get("counters", {}))
+
+
+def _checkpoints(spec: dict[str, Any], rank: int, world: int,
+                 learner: FFLearner) -> tuple[RankCheckpoints | None, int, dict[str, float]]:
+    """The rank's checkpoints (None without spec["checkpoint_dir"]), the first epoch to train, and
+    the counters (steps, train_seconds, ...) of the epochs already done."""
+    if not spec.get("checkpoint_dir"):
+        return None, 1, {}
+    ckpt = RankCheckpoints(spec["checkpoint_dir"], rank, world)
+    epoch, counters = ckpt.restore(learner) if spec.get("resume") else (0, {})
+    return ckpt, epoch + 1, counters
+
+
+def _end_of_epoch(ckpt: RankCheckpoints | None, learner: FFLearner, rank: int, epoch: int,
+                  counters: dict[str, float]) -> None:
+    """Save this rank's state, wait for every rank to have saved, then (rank 0) mark the epoch complete."""
+    if ckpt is None:
+        return
+    ckpt.save(learner, epoch, counters)
+    dist.barrier()
+    if rank == 0:
+        ckpt.commit(epoch)
 
 
 def _weights_for_products(learner: FFLearner, i: int) -> torch.Tensor:
@@ -90,11 +174,13 @@ def pipeline_rank(rank: int, world: int, spec: dict[str, Any]) -> dict[str, Any]
     in_width = 784 if rank == 0 else hidden[owned[0] - 1]
     recv_buf = torch.empty(2 * B, in_width)
     pending = None
-    steps, max_steps = 0, int(spec.get("max_steps", 0))
+    ckpt, first_epoch, done = _checkpoints(spec, rank, world, learner)
+    steps, seconds_before = int(done.get("steps", 0)), float(done.get("train_seconds", 0.0))
+    max_steps = int(spec.get("max_steps", 0))
     dist.barrier()
     t0 = time.perf_counter()
     try:
-        for epoch in range(1, int(spec["epochs"]) + 1):
+        for epoch in range(first_epoch, int(spec["epochs"]) + 1):
             learner.set_lr_scale(schedule_factor(spec["schedule"], epoch, int(spec["epochs"])))
             for idx in _batches(n, B, seed, epoch, bool(spec.get("shuffle", True))):
                 if max_steps and steps >= max_steps:
@@ -126,6 +212,11 @@ def pipeline_rank(rank: int, world: int, spec: dict[str, Any]) -> dict[str, Any]
                     out = states.contiguous()
                     pending = dist.isend(out, dst=rank + 1)
                 steps += 1
+            if ckpt is not None and pending is not None:
+                pending.wait()  # the next rank has this epoch's last states before the barrier
+                pending = None
+            _end_of_epoch(ckpt, learner, rank, epoch,
+                          {"steps": steps, "train_seconds": seconds_before + time.perf_counter() - t0})
         if pending is not None:
             pending.wait()
         dist.barrier()
@@ -134,8 +225,8 @@ def pipeline_rank(rank: int, world: int, spec: dict[str, Any]) -> dict[str, Any]
     except RuntimeError as err:  # gloo/nccl errors on a dead or stuck peer
         raise RankFailedError(describe_error(err, rank, rank - 1 if rank else rank + 1)) from None
     wall = time.perf_counter() - t0
-    result: dict[str, Any] = {"rank": rank, "layers": owned, "steps": steps, "train_seconds": wall,
-                              "examples_per_s": steps * B / wall}
+    result: dict[str, Any] = {"rank": rank, "layers": owned, "steps": steps, "train_seconds": seconds_before + wall,
+                              "examples_per_s": steps * B / (seconds_before + wall)}
     _gather_layers(learner, owned, rank, world, hidden)
     if rank == 0 and spec.get("evaluate", True):
         tx, ty = data.test.tensors()
@@ -247,24 +338,29 @@ def data_parallel_rank(rank: int, world: int, spec: dict[str, Any]) -> dict[str,
     data = load_mnist(cfgmod.from_dict(MnistConfig, spec["data"]))
     x_train, y_train = data.train.tensors()
     n, B = len(y_train), int(spec["batch_size"])
-    steps, sent, max_steps = 0, 0, int(spec.get("max_steps", 0))
+    ckpt, first_epoch, done = _checkpoints(spec, rank, world, learner)
+    steps, seconds_before = int(done.get("steps", 0)), float(done.get("train_seconds", 0.0))
+    sent, max_steps = int(done.get("bytes_all_reduced", 0)), int(spec.get("max_steps", 0))
     dist.barrier()
     t0 = time.perf_counter()
     try:
-        for epoch in range(1, int(spec["epochs"]) + 1):
+        for epoch in range(first_epoch, int(spec["epochs"]) + 1):
             learner.set_lr_scale(schedule_factor(spec["schedule"], epoch, int(spec["epochs"])))
             for idx in _batches(n, B, seed, epoch, bool(spec.get("shuffle", True))):
                 if max_steps and steps >= max_steps:
                     break
+                _fault_injection(rank, steps)
                 mine = idx[rank::world]
                 sent += data_parallel_step(learner, x_train[mine], y_train[mine], len(idx))
                 steps += 1
+            _end_of_epoch(ckpt, learner, rank, epoch, {"steps": steps, "bytes_all_reduced": sent,
+                                                       "train_seconds": seconds_before + time.perf_counter() - t0})
         dist.barrier()
     except RuntimeError as err:
         raise RankFailedError(describe_error(err, rank)) from None
     wall = time.perf_counter() - t0
-    result: dict[str, Any] = {"rank": rank, "steps": steps, "train_seconds": wall,
-                              "examples_per_s": steps * B / wall, "bytes_all_reduced": sent}
+    result: dict[str, Any] = {"rank": rank, "steps": steps, "train_seconds": seconds_before + wall,
+                              "examples_per_s": steps * B / (seconds_before + wall), "bytes_all_reduced": sent}
     if rank == 0 and spec.get("evaluate", True):
         tx, ty = data.test.tensors()
         result["test"] = learner.evaluate(tx, ty)
