@@ -28,14 +28,19 @@ from mortalnet.rules.forward_forward import FFConfig, FFLearner
 from mortalnet.runs import atomic_write_json, benchmark_provenance, machine_info
 
 
-def timeit(fn, min_seconds: float = 2.0, warmup: int = 3) -> float:
-    """Median-free simple timing: seconds per call over at least `min_seconds`."""
+def timeit(fn, min_seconds: float = 2.0, warmup: int = 3, device: torch.device | None = None) -> float:
+    """Mean seconds per call over at least `min_seconds` (and 3 calls), after `warmup` calls. On a
+    CUDA device the queue is drained before the clock starts and before each reading, so
+    asynchronous launches are not mistaken for finished work."""
+    sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         fn()
+    sync()
     n, t0 = 0, time.perf_counter()
     while True:
         fn()
         n += 1
+        sync()
         dt = time.perf_counter() - t0
         if dt >= min_seconds and n >= 3:
             return dt / n
@@ -89,7 +94,7 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, shapes) -> tuple[float
     for m, k, n in shapes:
         a = torch.randn(m, k, dtype=dtype, device=device)
         b = torch.randn(k, n, dtype=dtype, device=device)
-        sec = timeit(lambda: torch.mm(a, b), 1.0)
+        sec = timeit(lambda: torch.mm(a, b), 1.0, device=device)
         per_shape[f"{m}x{k}x{n}"] = 2 * m * k * n / sec
     return max(per_shape.values()), per_shape
 
@@ -97,13 +102,16 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, shapes) -> tuple[float
 class NaiveFF:
     """A straightforward PyTorch FF with the same recipe, written the usual way: nn.Linear layers,
     autograd on each layer's own loss with detached inputs, separate neutral/positive/negative
-    passes, torch.optim.SGD per layer, and the per-label test as ten full passes."""
+    passes, torch.optim.SGD per layer, and the per-label test as ten full passes. Its layer loss
+    is the library's (the mean of softplus over the positive and negative rows: the same gradient,
+    tested); peer normalization is left out (O(B*H) work, nothing next to the products)."""
 
-    def __init__(self, hidden: tuple[int, ...], seed: int = 0) -> None:
+    def __init__(self, hidden: tuple[int, ...], seed: int = 0, device: torch.device | str = "cpu") -> None:
         torch.manual_seed(seed)
+        self.device = torch.device(device)
         dims = (784, *hidden)
-        self.layers = [torch.nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:])]
-        self.readout = torch.nn.Linear(sum(hidden[1:]), 10, bias=False)
+        self.layers = [torch.nn.Linear(a, b).to(self.device) for a, b in zip(dims[:-1], dims[1:])]
+        self.readout = torch.nn.Linear(sum(hidden[1:]), 10, bias=False).to(self.device)
         # SGD momentum 0.9 with dampening 0.9 = ffnew.m's smoothing; weight decay inside (slightly different)
         self.opts = [torch.optim.SGD(l.parameters(), lr=0.01, momentum=0.9, dampening=0.9, weight_decay=0.001)
                      for l in self.layers]
@@ -122,7 +130,7 @@ class NaiveFF:
     def step(self, x, y):
         onehot = torch.nn.functional.one_hot(y, 10).float()
         with torch.no_grad():
-            h, outs = self.norm(self.embed(x, torch.full((len(x), 10), 0.1))), []
+            h, outs = self.norm(self.embed(x, torch.full((len(x), 10), 0.1, device=x.device))), []
             for l in self.layers:
                 h = self.norm(torch.relu(l(h)))
                 outs.append(h)
@@ -134,21 +142,27 @@ class NaiveFF:
             y_neg = torch.multinomial(torch.softmax(logits - 1000 * onehot, 1), 1).squeeze(1)
         for o in self.opts:
             o.zero_grad()
-        for labels, sign in ((onehot, -1.0), (torch.nn.functional.one_hot(y_neg, 10).float(), 1.0)):
-            h = self.norm(self.embed(x, labels))
+        self.ff_backward(x, y, y_neg)
+        for o in self.opts:
+            o.step()
+
+    def ff_backward(self, x, y, y_neg):
+        """Each layer's FF loss on positive (true label) and negative (y_neg) rows, backpropagated
+        into that layer only (its input is detached)."""
+        for labels, sign in ((y, -1.0), (y_neg, 1.0)):
+            h = self.norm(self.embed(x, torch.nn.functional.one_hot(labels, 10).float()))
             for l in self.layers:
                 z = torch.relu(l(h.detach()))
                 g = z.pow(2).sum(1)
-                torch.nn.functional.softplus(sign * (g - z.shape[1])).mean().backward()
+                (0.5 * torch.nn.functional.softplus(sign * (g - z.shape[1])).mean()).backward()  # mean over 2B rows
                 h = self.norm(z)
-        for o in self.opts:
-            o.step()
 
     @torch.no_grad()
     def goodness_test(self, x):
         scores = []
         for k in range(10):
-            h = self.norm(self.embed(x, torch.nn.functional.one_hot(torch.full((len(x),), k), 10).float()))
+            labels = torch.nn.functional.one_hot(torch.full((len(x),), k, device=x.device), 10).float()
+            h = self.norm(self.embed(x, labels))
             total = 0
             for i, l in enumerate(self.layers):
                 z = torch.relu(l(h))
@@ -187,7 +201,14 @@ def main() -> None:
     device = torch.device(args.device)
     hidden = tuple(int(h) for h in args.hidden.split(","))
     B = args.batch
+    if B < 1:
+        raise SystemExit("--batch must be >= 1")
     x, y = benchmark_batches(B, device)
+    xe = benchmark_batches(50, device)[0]  # 1000 images for every goodness-test timing, whatever the batch
+
+    def t(fn) -> float:
+        """Seconds per call of fn within the timing budget (synchronized on CUDA)."""
+        return timeit(fn, args.seconds, device=device)
 
     shapes = [(2000, 2000, 2000), (2 * B, hidden[0], hidden[-1]), (hidden[-1], 2 * B, hidden[-1]), (B, 784, hidden[0])]
     peak, per_shape = matmul_peak(torch.float32, device, shapes)
@@ -203,10 +224,8 @@ def main() -> None:
             i = state["i"] % 20
             learner.train_batch(x[i * B : (i + 1) * B], y[i * B : (i + 1) * B])
             state["i"] += 1
-            if device.type == "cuda":
-                torch.cuda.synchronize()
 
-        sec = timeit(step, args.seconds)
+        sec = t(step)
         step_time[fast] = sec
         flops = ff_step_flops(784, hidden, B, fast)
         rows.append({
@@ -220,14 +239,14 @@ def main() -> None:
     speedup_train = step_time[False] / step_time[True]
 
     learner = FFLearner(FFConfig(), hidden, seed=0, device=device)
-    xe = x[:1000]  # both in chunks of 200 images, as FFLearner.evaluate does
-    t_fast = timeit(lambda: learner.predict_batches(learner.goodness_scores, xe, 200), args.seconds)
-    t_ref = timeit(lambda: learner.predict_batches(learner.goodness_scores_reference, xe, 200), args.seconds)
+    # both in chunks of 200 images, as FFLearner.evaluate does
+    t_fast = t(lambda: learner.predict_batches(learner.goodness_scores, xe, 200))
+    t_ref = t(lambda: learner.predict_batches(learner.goodness_scores_reference, xe, 200))
     rows.append({"measurement": "per-label goodness test, layer 1 shared", "images_per_s": len(xe) / t_fast})
     rows.append({"measurement": "per-label goodness test, naive (10 full passes)", "images_per_s": len(xe) / t_ref})
 
     # --- a naive implementation of the same recipe, per epoch (500 steps + the 10k validation test)
-    naive = NaiveFF(hidden)
+    naive = NaiveFF(hidden, device=device)
     state = {"i": 0}
 
     def naive_step():
@@ -235,8 +254,8 @@ def main() -> None:
         naive.step(x[i * B : (i + 1) * B], y[i * B : (i + 1) * B])
         state["i"] += 1
 
-    t_naive_step = timeit(naive_step, args.seconds)
-    t_naive_eval = timeit(lambda: [naive.goodness_test(x[j : j + 200]) for j in range(0, 1000, 200)], args.seconds)
+    t_naive_step = t(naive_step)
+    t_naive_eval = t(lambda: [naive.goodness_test(xe[j : j + 200]) for j in range(0, len(xe), 200)])
     flops = ff_step_flops(784, hidden, B, True)
 
     def time_bf16_step(learner: FFLearner, label: str) -> float:
@@ -248,7 +267,7 @@ def main() -> None:
             learner.train_batch(x[i * B : (i + 1) * B], y[i * B : (i + 1) * B])
             state["i"] += 1
 
-        sec = timeit(step, args.seconds)
+        sec = t(step)
         rows.append({"measurement": label, "examples_per_s": B / sec, "ms_per_step": 1e3 * sec,
                      "matmul_gflops_per_step": flops / 1e9, "achieved_gflop_s": flops / sec / 1e9,
                      "fraction_of_bf16_matmul_peak": flops / sec / peak_bf16})
@@ -266,13 +285,13 @@ def main() -> None:
             compiled, "FF training step, fused fast path, bfloat16 products, compiled update")
     except RuntimeError as exc:  # torch.compile unavailable (no C++ compiler): the row is left out
         print(f"compiled update not measured: {exc}")
-    t_bf16_eval = timeit(lambda: bf16.predict_batches(bf16.goodness_scores, xe, 200), args.seconds)
+    t_bf16_eval = t(lambda: bf16.predict_batches(bf16.goodness_scores, xe, 200))
     # the shortlist test (rule.goodness_shortlist=3): one neutral pass picks 3 labels, only those are
     # scored; its agreement with the exact test on trained nets is benchmarks/goodness_test.py's job
     bf16.cfg = replace(bf16.cfg, goodness_shortlist=3)
-    t_bf16_short = timeit(lambda: bf16.predict_batches(bf16.goodness_scores, xe, bf16.goodness_chunk), args.seconds)
+    t_bf16_short = t(lambda: bf16.predict_batches(bf16.goodness_scores, xe, bf16.goodness_chunk))
     bf16.cfg = replace(bf16.cfg, goodness_shortlist=0)
-    steps_per_epoch, eval_scale = 50_000 // B, 10
+    steps_per_epoch, eval_scale = -(-50_000 // B), 10_000 / len(xe)  # the 10k validation test, timed on xe
     epoch = {
         "naive": steps_per_epoch * t_naive_step + eval_scale * t_naive_eval,
         "float32": steps_per_epoch * step_time[True] + eval_scale * t_fast,
@@ -285,13 +304,13 @@ def main() -> None:
     for name, sec in epoch.items():
         rows.append({"measurement": f"one epoch (50k train + 10k validation goodness test), {name}",
                      "seconds_per_epoch": sec})
-    rows.append({"measurement": "per-label goodness test, naive implementation", "images_per_s": 1000 / t_naive_eval})
-    rows.append({"measurement": "per-label goodness test, layer 1 shared, bfloat16", "images_per_s": 1000 / t_bf16_eval})
-    rows.append({"measurement": "per-label goodness test, shortlist of 3, bfloat16", "images_per_s": 1000 / t_bf16_short})
+    rows.append({"measurement": "per-label goodness test, naive implementation", "images_per_s": len(xe) / t_naive_eval})
+    rows.append({"measurement": "per-label goodness test, layer 1 shared, bfloat16", "images_per_s": len(xe) / t_bf16_eval})
+    rows.append({"measurement": "per-label goodness test, shortlist of 3, bfloat16", "images_per_s": len(xe) / t_bf16_short})
 
     env = machine_info(device)
     result = {
-        **benchmark_provenance("ff_throughput", args, f"784-{'-'.join(map(str, hidden))}, batch {B}, float32", env),
+        **benchmark_provenance("ff_throughput", args, f"784-{'-'.join(map(str, hidden))}, batch {B}, float32 and bfloat16 products", env),
         "matmul_peak_gflop_s": peak / 1e9,
         "matmul_gflop_s_by_shape": {k: v / 1e9 for k, v in per_shape.items()},
         "bf16_matmul_peak_gflop_s": peak_bf16 / 1e9,

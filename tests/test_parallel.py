@@ -190,3 +190,53 @@ def test_a_run_killed_mid_epoch_resumes_from_the_last_epoch_and_ends_where_an_un
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), key
+
+
+def _gpipe_spec(**kw):
+    return {"hidden": [16, 12, 10, 8], "batch_size": 8, "micro_batches": 4, "steps": 3, "seed": 5, "lr": 0.05,
+            "return_state": True, **kw}
+
+
+def test_gpipe_splits_layers_like_the_ff_pipeline_and_equals_full_batch_sgd():
+    """The GPipe baseline gave rank 0 layers 0-1 and the 16->12 layer too (partition over all linears,
+    output included): a lopsided split that slowed the baseline the FF pipeline is compared with."""
+    from torch import nn
+    import torch.nn.functional as F
+
+    from mortalnet.parallel.gpipe import gpipe_rank
+
+    spec = _gpipe_spec()
+    results = spawn(gpipe_rank, 2, args=(spec,), timeout_s=30)
+    assert [r["layers"] for r in results] == [[0, 1], [2, 3, 4]] == [partition(4, 2)[0], partition(4, 2)[1] + [4]]
+    # the same net trained on one process with whole minibatches
+    dims = [784, 16, 12, 10, 8, 10]
+    torch.manual_seed(5)
+    linears = [nn.Linear(dims[i], dims[i + 1]) for i in range(5)]
+    opt = torch.optim.SGD([p for lin in linears for p in lin.parameters()], lr=0.05, momentum=0.9)
+    gen = torch.Generator().manual_seed(5)
+    x_all, y_all = torch.rand(160, 784, generator=gen), torch.randint(0, 10, (160,), generator=gen)
+    for step in range(3):
+        h = x_all[step * 8 : (step + 1) * 8]
+        for i, lin in enumerate(linears):
+            h = lin(h) if i == 4 else torch.relu(lin(h))
+        F.cross_entropy(h, y_all[step * 8 : (step + 1) * 8]).backward()
+        opt.step()
+        opt.zero_grad()
+    piped = results[0]["state"] | results[1]["state"]
+    for i, lin in enumerate(linears):
+        torch.testing.assert_close(torch.tensor(piped[f"{i}.weight"]), lin.weight.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_gpipe_refuses_micro_batches_that_do_not_divide_the_batch():
+    from mortalnet.parallel.gpipe import gpipe_rank
+
+    with pytest.raises(RankFailedError, match="micro_batches=3 must be >= 1 and divide batch_size=8"):
+        spawn(gpipe_rank, 1, args=(_gpipe_spec(micro_batches=3),), timeout_s=30)
+
+
+def test_steady_rate_leaves_out_the_first_step():
+    from mortalnet.parallel.ff_pipeline import steady_rate
+
+    # 5 steps of 10 examples: the first took 4 s (start-up), the other four 1 s each
+    assert steady_rate(5, 10, t0=0.0, t_first=4.0, t_end=8.0) == 10.0
+    assert steady_rate(1, 10, t0=0.0, t_first=0.0, t_end=2.0) == 5.0

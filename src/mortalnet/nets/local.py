@@ -116,8 +116,16 @@ class LocallyConnected2d(nn.Module):
         return (self.out_channels, self.in_shape[1], self.in_shape[2])
 
     def macs_per_example(self) -> int:
-        """Multiply-adds of the exact locally connected product (not counting masked zeros)."""
-        return self.fan_out * self.fan_in
+        """Multiply-adds of the exact locally connected product: one per (unit, input) connection
+        inside the map. Masked zeros do not count, and neither do receptive-field positions in the
+        zero padding (their weights are fixed at 0): a unit near the border has fewer than fan_in."""
+        c_in, H, W = self.in_shape
+        p = self.kernel // 2
+
+        def in_bounds(side: int) -> int:  # sum over output rows of the kernel rows inside the map
+            return sum(min(i + p, side - 1) - max(i - p, 0) + 1 for i in range(side))
+
+        return self.out_channels * c_in * in_bounds(H) * in_bounds(W)
 
     # -- tiles <-> (B, C*H*W) layouts --------------------------------------------------------
     def patches_t(self, h: torch.Tensor) -> torch.Tensor:

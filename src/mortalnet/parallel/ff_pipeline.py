@@ -64,6 +64,14 @@ def partition(n_layers: int, n_ranks: int) -> list[list[int]]:
     return out
 
 
+def steady_rate(steps: int, batch: int, t0: float, t_first: float, t_end: float) -> float:
+    """Examples per second after the first step (its one-off costs: allocation, a pipeline that
+    fills): (steps - 1) * batch / (t_end - t_first); with one step, steps * batch / (t_end - t0)."""
+    if steps > 1 and t_end > t_first:
+        return (steps - 1) * batch / (t_end - t_first)
+    return steps * batch / max(t_end - t0, 1e-12)
+
+
 def _batches(n: int, batch: int, seed: int, epoch: int, shuffle: bool) -> list[torch.Tensor]:
     """The minibatch indices of an epoch, exactly as `mortalnet.training.fit` draws them."""
     gen = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
@@ -177,14 +185,18 @@ def pipeline_rank(rank: int, world: int, spec: dict[str, Any]) -> dict[str, Any]
     ckpt, first_epoch, done = _checkpoints(spec, rank, world, learner)
     steps, seconds_before = int(done.get("steps", 0)), float(done.get("train_seconds", 0.0))
     max_steps = int(spec.get("max_steps", 0))
+    steps_before = steps
     dist.barrier()
     t0 = time.perf_counter()
+    t_first = t0
     try:
         for epoch in range(first_epoch, int(spec["epochs"]) + 1):
             learner.set_lr_scale(schedule_factor(spec["schedule"], epoch, int(spec["epochs"])))
             for idx in _batches(n, B, seed, epoch, bool(spec.get("shuffle", True))):
                 if max_steps and steps >= max_steps:
                     break
+                if steps == steps_before + 1:
+                    t_first = time.perf_counter()
                 _fault_injection(rank, steps)
                 sink, metrics = learner.gradient_sink(), {}
                 if rank == 0:
@@ -224,9 +236,10 @@ def pipeline_rank(rank: int, world: int, spec: dict[str, Any]) -> dict[str, Any]
         raise
     except RuntimeError as err:  # gloo/nccl errors on a dead or stuck peer
         raise RankFailedError(describe_error(err, rank, rank - 1 if rank else rank + 1)) from None
-    wall = time.perf_counter() - t0
-    result: dict[str, Any] = {"rank": rank, "layers": owned, "steps": steps, "train_seconds": seconds_before + wall,
-                              "examples_per_s": steps * B / (seconds_before + wall)}
+    t_end = time.perf_counter()
+    result: dict[str, Any] = {"rank": rank, "layers": owned, "steps": steps,
+                              "train_seconds": seconds_before + t_end - t0,
+                              "examples_per_s": steady_rate(steps - steps_before, B, t0, t_first, t_end)}
     _gather_layers(learner, owned, rank, world, hidden)
     if rank == 0 and spec.get("evaluate", True):
         tx, ty = data.test.tensors()
@@ -341,14 +354,18 @@ def data_parallel_rank(rank: int, world: int, spec: dict[str, Any]) -> dict[str,
     ckpt, first_epoch, done = _checkpoints(spec, rank, world, learner)
     steps, seconds_before = int(done.get("steps", 0)), float(done.get("train_seconds", 0.0))
     sent, max_steps = int(done.get("bytes_all_reduced", 0)), int(spec.get("max_steps", 0))
+    steps_before = steps
     dist.barrier()
     t0 = time.perf_counter()
+    t_first = t0
     try:
         for epoch in range(first_epoch, int(spec["epochs"]) + 1):
             learner.set_lr_scale(schedule_factor(spec["schedule"], epoch, int(spec["epochs"])))
             for idx in _batches(n, B, seed, epoch, bool(spec.get("shuffle", True))):
                 if max_steps and steps >= max_steps:
                     break
+                if steps == steps_before + 1:
+                    t_first = time.perf_counter()
                 _fault_injection(rank, steps)
                 mine = idx[rank::world]
                 sent += data_parallel_step(learner, x_train[mine], y_train[mine], len(idx))
@@ -358,9 +375,10 @@ def data_parallel_rank(rank: int, world: int, spec: dict[str, Any]) -> dict[str,
         dist.barrier()
     except RuntimeError as err:
         raise RankFailedError(describe_error(err, rank)) from None
-    wall = time.perf_counter() - t0
-    result: dict[str, Any] = {"rank": rank, "steps": steps, "train_seconds": seconds_before + wall,
-                              "examples_per_s": steps * B / (seconds_before + wall), "bytes_all_reduced": sent}
+    t_end = time.perf_counter()
+    result: dict[str, Any] = {"rank": rank, "steps": steps, "train_seconds": seconds_before + t_end - t0,
+                              "examples_per_s": steady_rate(steps - steps_before, B, t0, t_first, t_end),
+                              "bytes_all_reduced": sent}
     if rank == 0 and spec.get("evaluate", True):
         tx, ty = data.test.tensors()
         result["test"] = learner.evaluate(tx, ty)

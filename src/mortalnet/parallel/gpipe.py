@@ -18,24 +18,29 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from mortalnet.parallel.ff_pipeline import partition
+from mortalnet.parallel.ff_pipeline import partition, steady_rate
 
 
 def gpipe_rank(rank: int, world: int, spec: dict[str, Any]) -> dict[str, Any]:
     """One rank of a GPipe backprop pipeline over an MLP 784-hidden...-10 on random data.
 
-    spec: hidden, batch_size, micro_batches, steps, seed, lr.
+    spec: hidden, batch_size, micro_batches (must divide batch_size), steps, seed, lr, return_state.
+
+    The hidden layers are split over the ranks exactly as the FF pipeline splits them
+    (`partition(len(hidden), world)`), and the output layer goes with the last rank: both
+    pipelines then give each rank the same hidden layers to run.
     """
     hidden = list(spec["hidden"])
     dims = [784, *hidden, 10]
-    blocks = partition(len(dims) - 1, world)  # linear layers 0..L (the last one is the output)
-    mine = blocks[rank]
+    mine = partition(len(hidden), world)[rank] + ([len(hidden)] if rank == world - 1 else [])
     torch.manual_seed(int(spec["seed"]))
     linears = [nn.Linear(dims[i], dims[i + 1]) for i in range(len(dims) - 1)]  # same init everywhere
     block = nn.ModuleList(linears[i] for i in mine)
     last_layer = len(dims) - 2
     opt = torch.optim.SGD(block.parameters(), lr=float(spec.get("lr", 0.05)), momentum=0.9)
     B, M = int(spec["batch_size"]), int(spec["micro_batches"])
+    if M < 1 or B % M:
+        raise ValueError(f"micro_batches={M} must be >= 1 and divide batch_size={B}")
     mb = B // M
     gen = torch.Generator().manual_seed(int(spec["seed"]))
     x_all = torch.rand(20 * B, 784, generator=gen)
@@ -50,6 +55,7 @@ def gpipe_rank(rank: int, world: int, spec: dict[str, Any]) -> dict[str, Any]:
 
     dist.barrier()
     t0 = time.perf_counter()
+    t_first = t0
     for step in range(int(spec["steps"])):
         base = (step % 20) * B
         saved = []
@@ -78,7 +84,13 @@ def gpipe_rank(rank: int, world: int, spec: dict[str, Any]) -> dict[str, Any]:
                 dist.send(inp.grad.contiguous(), dst=rank - 1)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if step == 0:
+            t_first = time.perf_counter()
     dist.barrier()
-    wall = time.perf_counter() - t0
-    return {"rank": rank, "steps": int(spec["steps"]), "train_seconds": wall,
-            "examples_per_s": int(spec["steps"]) * B / wall}
+    t_end = time.perf_counter()
+    steps = int(spec["steps"])
+    result = {"rank": rank, "layers": mine, "steps": steps, "train_seconds": t_end - t0,
+              "examples_per_s": steady_rate(steps, B, t0, t_first, t_end)}
+    if spec.get("return_state"):  # tests: this rank's trained layers
+        result["state"] = {f"{i}.{k}": v.tolist() for i, lin in zip(mine, block) for k, v in lin.state_dict().items()}
+    return result
