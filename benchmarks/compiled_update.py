@@ -22,21 +22,59 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ff_throughput import benchmark_batches, interleaved_step_times, write_record  # noqa: E402
 
 from mortalnet.rules.forward_forward import FFConfig, FFLearner  # noqa: E402
-from mortalnet.runs import benchmark_provenance, machine_info  # noqa: E402
+from mortalnet.runs import benchmark_provenance, machine_info, machine_label  # noqa: E402
 
 
-def main() -> None:
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_ints(text: str) -> tuple[int, ...]:
+    """Comma-separated integers, each >= 1."""
+    return tuple(positive_int(t) for t in text.split(","))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hidden", default="2000,2000,2000,2000")
-    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--batch", type=positive_int, default=100)
     ap.add_argument("--threads", default="1,2", help="thread counts to measure, comma-separated")
-    ap.add_argument("--blocks", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=15, help="training steps per timed block")
+    ap.add_argument("--blocks", type=positive_int, default=8)
+    ap.add_argument("--steps", type=positive_int, default=15, help="training steps per timed block")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="results/benchmarks")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    for option in ("hidden", "threads"):  # kept as typed, for the recorded command line
+        try:
+            positive_ints(getattr(args, option))
+        except argparse.ArgumentTypeError as e:
+            ap.error(f"--{option} {getattr(args, option)!r}: each value {e}")
+    return args
+
+
+def provenance(args: argparse.Namespace, architecture: str, env: dict, threads: tuple[int, ...]) -> dict:
+    """The record's head, with every thread count measured (not only the last one set) in env and
+    in the machine label."""
+    env = {**env, "torch_threads": list(threads)}
+    head = benchmark_provenance("compiled_update", args, architecture, env)
+    counts = [str(t) for t in threads]
+    counts_text = counts[0] if len(counts) == 1 else f"{', '.join(counts[:-1])} and {counts[-1]}"
+    head["machine"] = machine_label({**env, "torch_threads": counts_text})  # e.g. 'AMD EPYC, 1 and 2 threads'
+    return head
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     device = torch.device(args.device)
-    hidden = tuple(int(h) for h in args.hidden.split(","))
+    hidden = positive_ints(args.hidden)
+    thread_counts = positive_ints(args.threads)
     B = args.batch
     x, y = benchmark_batches(B, device)
 
@@ -47,7 +85,7 @@ def main() -> None:
     }
 
     rows, ratios = [], {}
-    for threads in (int(t) for t in args.threads.split(",")):
+    for threads in thread_counts:
         torch.set_num_threads(threads)
         ms = interleaved_step_times(learners, x, y, B, args.blocks, args.steps, device)  # compiles at warm-up
         for name in learners:
@@ -59,7 +97,7 @@ def main() -> None:
 
     env = machine_info(device)
     result = {
-        **benchmark_provenance("compiled_update", args, f"784-{'-'.join(map(str, hidden))}, batch {B}, bfloat16", env),
+        **provenance(args, f"784-{'-'.join(map(str, hidden))}, batch {B}, bfloat16", env, thread_counts),
         "rows": rows,
         "ratios": ratios,
     }

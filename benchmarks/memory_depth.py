@@ -25,8 +25,11 @@ from mortalnet.rules import create_rule
 from mortalnet.rules.forward_forward import FFConfig
 variant, depth, width, batch, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 torch.manual_seed(0)
-configs = {"ff-layers": ("forward-forward", FFConfig(negatives="random", readout=False)),
-           "ff-ffnew": ("forward-forward", FFConfig()), "backprop": ("backprop", None)}
+first = 0 if depth == 1 else 1  # goodness and readout from layer 2 (ffnew.m), or from the only layer of a 1-layer net
+configs = {"ff-layers": ("forward-forward", FFConfig(negatives="random", readout=False, goodness_from=first,
+                                                     readout_from=first)),
+           "ff-ffnew": ("forward-forward", FFConfig(goodness_from=first, readout_from=first)),
+           "backprop": ("backprop", None)}
 rule, config = configs[variant]
 learner = create_rule(rule, config, hidden=(width,) * depth, seed=0)
 x, y = torch.rand(batch, 784), torch.randint(0, 10, (batch,))
@@ -54,25 +57,61 @@ VARIANTS = {
 }
 
 
+def child_threads() -> str:
+    """OMP_NUM_THREADS of the measuring processes: this process's, or 2."""
+    return os.environ.get("OMP_NUM_THREADS", "2")
+
+
 def measure(rule: str, depth: int, width: int, batch: int, steps: int) -> dict:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", OMP_NUM_THREADS=child_threads())
     out = subprocess.run([sys.executable, "-c", CHILD, rule, str(depth), str(width), str(batch), str(steps)],
-                         capture_output=True, text=True, env=env, check=True)
+                         capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"the measuring process for {rule}, {depth} layers of {width}, batch {batch} failed "
+                           f"(exit status {out.returncode}):\n{out.stderr.strip()}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--depths", default="2,4,8,16")
-    ap.add_argument("--width", type=int, default=2000)
-    ap.add_argument("--batch", type=int, default=1000)
-    ap.add_argument("--steps", type=int, default=2)
-    ap.add_argument("--out", default="results/benchmarks")
-    args = ap.parse_args()
-    from mortalnet.report.plots import _plt, _save
-    from mortalnet.runs import atomic_write_json, git_commit, machine_info, machine_label
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
-    depths = [int(d) for d in args.depths.split(",")]
+
+def depth_list(text: str) -> list[int]:
+    """argparse type: comma-separated depths, each >= 1."""
+    try:
+        return [positive_int(d) for d in text.split(",")]
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"--depths {text!r}: each depth {e}") from None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--depths", default="2,4,8,16", help="comma-separated numbers of hidden layers (>= 1)")
+    ap.add_argument("--width", type=positive_int, default=2000)
+    ap.add_argument("--batch", type=positive_int, default=1000)
+    ap.add_argument("--steps", type=positive_int, default=2)
+    ap.add_argument("--out", default="results/benchmarks")
+    args = ap.parse_args(argv)
+    try:
+        depth_list(args.depths)
+    except argparse.ArgumentTypeError as e:
+        ap.error(str(e))
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    from mortalnet.report.plots import _plt, _save
+    from mortalnet.runs import atomic_write_json, benchmark_provenance, machine_info
+
+    depths = depth_list(args.depths)
     rows = []
     for rule in VARIANTS:
         for depth in depths:
@@ -101,16 +140,19 @@ def main() -> None:
         return w[depths[-1]] / max(w[depths[0]], 1e-9)
 
     env = machine_info("cpu")
+    if child_threads().isdigit():
+        env["torch_threads"] = int(child_threads())  # the measuring processes' threads, not this one's
+    notes = ["The readout of ffnew.m keeps each read-out layer's normalized neutral-pass activity "
+             "(B x H) until the softmax gradient is known: that part grows with depth."]
+    if 1 in depths:
+        notes.append("The 1-layer FF nets read out and test goodness from their only layer "
+                     "(readout_from = goodness_from = 0); deeper nets from layer 2 on, as ffnew.m.")
     atomic_write_json(out_dir / "memory_depth-cpu.json", {
-        "benchmark": "memory_depth",
-        "command": f"python benchmarks/memory_depth.py --depths {args.depths} --width {args.width} --batch {args.batch}",
-        "architecture": f"784-({args.width} x depth), batch {args.batch}, float32",
-        "machine": machine_label(env), "env": env, "git_commit": git_commit(),
+        **benchmark_provenance("memory_depth", args, f"784-({args.width} x depth), batch {args.batch}, float32", env),
         "rows": rows,
         "ratios": {f"{key}_working_memory_{depths[-1]}_over_{depths[0]}_layers": ratio(name)
                    for key, name in VARIANTS.items()},
-        "notes": ["The readout of ffnew.m keeps each read-out layer's normalized neutral-pass activity "
-                  "(B x H) until the softmax gradient is known: that part grows with depth."],
+        "notes": notes,
         "plots": [plot.as_posix()],
     })
     print(f"written to {out_dir / 'memory_depth-cpu.json'}")

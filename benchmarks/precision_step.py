@@ -37,20 +37,36 @@ NETS = {
 }
 
 
-def main() -> None:
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nets", default=",".join(NETS), help=f"comma-separated, from {', '.join(NETS)}")
-    ap.add_argument("--batch", type=int, default=100)
-    ap.add_argument("--threads", type=int, default=1, help="the paper records ran one thread each")
-    ap.add_argument("--blocks", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=5, help="training steps per timed block")
+    ap.add_argument("--batch", type=positive_int, default=100)
+    ap.add_argument("--threads", type=positive_int, default=1, help="the paper records ran one thread each")
+    ap.add_argument("--blocks", type=positive_int, default=5)
+    ap.add_argument("--steps", type=positive_int, default=5, help="training steps per timed block")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="results/benchmarks")
-    args = ap.parse_args()
-    names = args.nets.split(",")
-    unknown = [n for n in names if n not in NETS]
+    args = ap.parse_args(argv)
+    unknown = [n for n in args.nets.split(",") if n not in NETS]
     if unknown:
         ap.error(f"unknown net(s) {', '.join(unknown)}; valid: {', '.join(NETS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    names = args.nets.split(",")
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     B = args.batch

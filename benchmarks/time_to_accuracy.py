@@ -32,6 +32,7 @@ import torch
 
 from mortalnet import api
 from mortalnet.data.mnist import MnistConfig, load_mnist
+from mortalnet.report.plots import _plt, _save
 from mortalnet.runs import atomic_write_json, git_commit, machine_info, machine_label
 
 
@@ -98,11 +99,7 @@ def error_at(seconds: list[float], errors: list[float], budget: float) -> float 
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for r in result["runs"]:
         ax.plot(r["curve_seconds"], np.array(r["curve_test_error"]) * 100, "o-", ms=3,
@@ -119,11 +116,10 @@ def plot(result: dict, path: Path) -> None:
     ax.set_title(f"ff-supervised time to accuracy ({result['machine']})", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)  # atomic, as the other plots (closes the figure)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="speed")
     ap.add_argument("--seeds", default="0,1")
@@ -137,7 +133,8 @@ def main() -> None:
     ap.add_argument("--records", default="", help="where the preset's run records go, one seed<k> folder each "
                     "(e.g. results/ff-supervised/speed; default: a temporary directory)")
     ap.add_argument("--out", default="results/benchmarks")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    command = "python " + " ".join(sys.argv if argv is None else ["benchmarks/time_to_accuracy.py", *argv])
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -145,13 +142,19 @@ def main() -> None:
     t0 = time.perf_counter()
     load_mnist(MnistConfig())  # fills the cache: the runs below load from it, as the target allows
     cache_seconds = time.perf_counter() - t0
-    scratch = Path(tempfile.mkdtemp(prefix="tta-"))
+    # the scratch folder (per-epoch snapshots of the runs kept there) is removed at the end, whatever happens
+    with tempfile.TemporaryDirectory(prefix="tta-") as scratch:
+        measure(args, command, Path(scratch), threads, cache_seconds)
+
+
+def measure(args: argparse.Namespace, command: str, scratch: Path, threads: int, cache_seconds: float) -> None:
+    """The runs (records in --records, or in `scratch`), the baseline (in `scratch`), the record and plot."""
     root = Path(args.records) if args.records else scratch
     seeds = [int(s) for s in args.seeds.split(",")]
     env = machine_info(args.device)
     result = {
         "benchmark": "time_to_accuracy",
-        "command": "python " + " ".join(sys.argv),
+        "command": command,
         "experiment": "ff-supervised",
         "preset": args.preset,
         "config_overrides": [f"training.snapshot_every={args.snapshot_every}"],

@@ -1,0 +1,148 @@
+"""The benchmark scripts' argument checks, provenance and small helpers (no benchmark runs end to end)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    """Import benchmarks/<name>.py as a module (they are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def refused(capsys, parse, argv: list[str]) -> str:
+    """parse(argv) exits with argparse's usage error (status 2); its message."""
+    with pytest.raises(SystemExit) as e:
+        parse(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+# -- memory_depth -------------------------------------------------------------------------------
+
+
+def test_memory_depth_refuses_zero_depth_and_steps(capsys):
+    md = load("memory_depth")
+    assert "each depth must be >= 1, got 0" in refused(capsys, md.parse_args, ["--depths", "2,0"])
+    assert "must be >= 1" in refused(capsys, md.parse_args, ["--steps", "0"])
+    assert md.parse_args(["--depths", "1,2"]).depths == "1,2"
+
+
+def test_memory_depth_measures_a_one_layer_net():
+    md = load("memory_depth")
+    m = md.measure("ff-ffnew", 1, 8, 4, 1)  # goodness and readout from the only layer
+    assert m["params_kib"] >= 0 and "working_kib" in m
+
+
+def test_memory_depth_shows_the_measuring_process_stderr(monkeypatch):
+    md = load("memory_depth")
+    monkeypatch.setattr(md, "CHILD", "import sys; sys.stderr.write('ValueError: boom from the child'); sys.exit(3)")
+    with pytest.raises(RuntimeError, match="boom from the child"):
+        md.measure("ff-ffnew", 1, 8, 4, 1)
+
+
+def test_memory_depth_record_names_every_option_that_changes_the_numbers(monkeypatch, tmp_path):
+    from mortalnet.report.tables import render_benchmarks
+
+    md = load("memory_depth")
+    monkeypatch.setattr(md, "measure", lambda rule, depth, width, batch, steps: {
+        "working_kib": 1024 * depth * steps, "params_kib": 2048 * depth, "rss_before_kib": 4096})
+    out = tmp_path / "benchmarks"
+    md.main(["--depths", "1,2", "--width", "8", "--batch", "4", "--steps", "3", "--out", str(out)])
+    record = json.loads((out / "memory_depth-cpu.json").read_text())
+    assert record["command"] == "python benchmarks/memory_depth.py --depths 1,2 --width 8 --batch 4 --steps 3"
+    assert record["benchmark"] == "memory_depth" and "git_commit" in record
+    assert (out / "memory_depth-cpu.png").is_file()
+    assert "--steps 3" in render_benchmarks(tmp_path)
+
+
+# -- precision_step, compiled_update ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["precision_step", "compiled_update"])
+@pytest.mark.parametrize("option", ["--blocks", "--steps", "--batch"])
+def test_timed_blocks_and_steps_must_be_positive(capsys, name, option):
+    bench = load(name)
+    assert "must be >= 1, got 0" in refused(capsys, bench.parse_args, [option, "0"])
+    assert getattr(bench.parse_args([option, "2"]), option[2:]) == 2
+
+
+def test_compiled_update_refuses_zero_threads(capsys):
+    cu = load("compiled_update")
+    assert "must be >= 1, got 0" in refused(capsys, cu.parse_args, ["--threads", "1,0"])
+
+
+def test_compiled_update_records_every_thread_count_measured(monkeypatch, tmp_path):
+    from mortalnet.report.tables import render_benchmarks
+
+    cu = load("compiled_update")
+
+    class Learner:
+        def __init__(self, *args, **kwargs):
+            pass
+
+    monkeypatch.setattr(cu, "FFLearner", Learner)
+    monkeypatch.setattr(cu, "benchmark_batches", lambda batch, device: (None, None))
+    monkeypatch.setattr(cu, "interleaved_step_times", lambda learners, *a: {name: [2.0, 1.0] for name in learners})
+    threads = torch.get_num_threads()
+    out = tmp_path / "benchmarks"
+    try:
+        cu.main(["--hidden", "8", "--threads", "1,2", "--blocks", "1", "--steps", "1", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    record = json.loads((out / "compiled_update-cpu.json").read_text())
+    assert record["env"]["torch_threads"] == [1, 2]
+    assert record["machine"].endswith(", 1 and 2 threads")
+    assert "--threads 1,2" in record["command"]
+    assert len(record["rows"]) == 4
+    assert ", 1 and 2 threads;" in render_benchmarks(tmp_path)
+
+
+# -- time_to_accuracy ---------------------------------------------------------------------------
+
+
+def test_time_to_accuracy_removes_its_scratch_folder_and_saves_the_plot_atomically(monkeypatch, tmp_path):
+    tta = load("time_to_accuracy")
+    scratch_parent = tmp_path / "tmp"
+    scratch_parent.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch_parent))
+    monkeypatch.setattr(tta, "load_mnist", lambda cfg: None)
+
+    def run_preset(preset, seed, root, snapshot_every, device):
+        (root / f"seed{seed}" / "snapshots").mkdir(parents=True)  # what a real run leaves there
+        (root / f"seed{seed}" / "snapshots" / "epoch5.safetensors").write_bytes(b"x")
+        return {"seed": seed, "test_error": 0.013, "seconds_to_result": 100.0, "wall_seconds": 101.0,
+                "data_seconds": 1.0, "train_seconds": 95.0, "test_eval_seconds": 2.0, "epochs": 10,
+                "curve_seconds": [50.0, 95.0], "curve_test_error": [0.02, 0.013], "run_dir": str(root)}
+
+    saved = []
+    real_save = tta._save
+    monkeypatch.setattr(tta, "run_preset", run_preset)
+    monkeypatch.setattr(tta, "_save", lambda fig, path: saved.append(Path(path)) or real_save(fig, path))
+    out = tmp_path / "benchmarks"
+    tta.main(["--seeds", "0", "--baseline-seconds", "0", "--out", str(out)])
+    assert list(scratch_parent.iterdir()) == []
+    assert saved == [out / "time_to_accuracy-cpu.png"] and saved[0].is_file()
+    assert json.loads((out / "time_to_accuracy-cpu.json").read_text())["runs"][0]["epochs"] == 10
+
+
+# -- goodness_test ------------------------------------------------------------------------------
+
+
+def test_goodness_test_agreement_title_counts_the_images_measured():
+    gt = load("goodness_test")
+    same = [{"split": s, "images": 10_000} for s in ("validation", "test")]
+    assert gt.agreement_title(["r0", "r1"], same).endswith("(r0, r1; errors out of 10,000 images per set)")
+    small = [{"split": "validation", "images": 5_000}, {"split": "test", "images": 10_000}]
+    title = gt.agreement_title(["r0"], small)
+    assert "validation: 5,000 images" in title and "test: 10,000 images" in title and "per set" not in title
