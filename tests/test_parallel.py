@@ -240,3 +240,14 @@ def test_steady_rate_leaves_out_the_first_step():
     # 5 steps of 10 examples: the first took 4 s (start-up), the other four 1 s each
     assert steady_rate(5, 10, t0=0.0, t_first=4.0, t_end=8.0) == 10.0
     assert steady_rate(1, 10, t0=0.0, t_first=0.0, t_end=2.0) == 5.0
+
+
+def test_device_auto_runs_the_cpu_only_pipeline_on_the_cpu_where_a_gpu_is_visible(monkeypatch, tmp_path):
+    """`--device auto` (the default) on a GPU machine stopped ff-pipeline with "run it with --device cpu"."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "a GPU")
+    out = tmp_path / "r"
+    args = ["run", "ff-pipeline", "--preset", "fast", "--quiet", "--set", "data.source=synthetic",
+            "--set", "hidden=32,32", "--set", "training.epochs=1", "--out", str(out)]
+    assert main(args) == 0
+    assert json.loads((out / "env.json").read_text())["machine"]["torch_device"] == "cpu"

@@ -127,6 +127,8 @@ def run(
         )
         earlier_seconds, resuming = 0.0, False
 
+    if device == "auto" and exp.cpu_only:
+        dev = torch.device("cpu")  # e.g. ff-pipeline's gloo ranks: a visible GPU is not an error
     env = {"git_commit": git_commit(), "machine": machine_info(dev), "command": _command_line(),
            "load_average_at_start": _load_average()}
     if resume is not None and run_dir.exists("env.json"):

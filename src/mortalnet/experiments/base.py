@@ -72,6 +72,8 @@ class Experiment:
     Config: ClassVar[type]
     presets: ClassVar[dict[str, Callable[[], Any]]] = {}
     references: ClassVar[dict[str, Reference]] = {}
+    cpu_only: ClassVar[bool] = False
+    """Runs on the CPU only: `--device auto` then means cpu even where a GPU is visible (cuda is refused)."""
     headline: ClassVar[str] = ""
     """What `test_error` measures when it is not a test error rate (e.g. "1 - cosine"); shown by the report."""
 

@@ -95,10 +95,11 @@ class FFPipeline(Experiment):
     presets = {"fast": _fast, "paper": _paper, "paper-1-process": _paper_one_process,
                "paper-data-parallel": _paper_data_parallel}
     references: dict[str, Reference] = {}
+    cpu_only = True  # gloo ranks on CPU tensors; --device auto picks the CPU on a GPU machine too
 
     def run(self, config: FFPipelineConfig, ctx: RunContext) -> dict[str, Any]:
         if ctx.device.type != "cpu":
-            raise ConfigError("ff-pipeline spawns CPU (gloo) ranks; run it with --device cpu")
+            raise ConfigError("ff-pipeline spawns CPU (gloo) ranks; run it with --device cpu or auto")
         rule = pipeline_rule(config.rule) if config.mode == "pipeline" else replace(config.rule, fast=True)
         FFLearner(rule, config.hidden)  # the ranks' learner: its ConfigErrors here, before any rank starts
         load_mnist(config.data)  # and a DataError
