@@ -70,6 +70,10 @@ def test_config_refused_by_the_learner_is_a_clear_error_and_leaves_no_run(capsys
         ("ff-sequence", ["models=ff-self-generated", "regenerate_every=-1"], "regenerate_every must be >= 1"),
         ("perturbation-mnist", ["arms=local-losses", "ll.group_size=7"], "must divide every block width"),
         ("ff-sequence", ["rule.precision=bfloat16"], "ff-self-generated trains in float32"),
+        ("blackbox", ["data.source=synthetic", "models=ff,bogus"], "unknown model 'bogus' in models"),
+        ("ff-cifar10", ["models=ff,bogus"], "unknown model 'bogus' in models"),
+        ("ff-cifar10", ["depths=2,0"], "each >= 1"),
+        ("label-noise", ["data.source=synthetic", "rates=0,1.5"], "a label noise rate is a fraction in [0, 1]"),
         ("ff-sequence", ["models=backprop,backprop"], "lists a model twice"),
     ],
 )
@@ -275,3 +279,13 @@ def test_report_refuses_a_summary_that_is_not_a_run_record(capsys, tmp_path):
         assert main(["report", "--results", str(tmp_path / "results"), "--readme", str(readme)]) == 1
         assert "summary.json" in capsys.readouterr().err
     assert readme.read_text() == f"# x\n{BEGIN}\n{END}\n"  # untouched
+
+
+def test_refit_readout_refuses_a_negative_number_of_epochs(tmp_path, capsys):
+    """`--refit-readout -3` refit for "-3 epochs" and wrote a record the report would table."""
+    out = tmp_path / "u"
+    assert main(["run", "ff-unsupervised", "--preset", "fast", "--quiet", "--set", "data.source=synthetic",
+                 "--set", "training.epochs=1", "--set", "hidden=32,32,32", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--refit-readout", "-3"]) == 2
+    assert "epochs >= 1" in capsys.readouterr().err and not (out / "readout_refit.json").exists()

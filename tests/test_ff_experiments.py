@@ -80,3 +80,26 @@ def test_ff_supervised_max_shift_jitters_training_images_by_at_most_that_much(ti
     match = torch.stack([(out == s).all(1) for s in shifted.values()])  # (9, n)
     assert match.any(0).all()  # every image is one of its 9 shifts by at most 1 px
     assert (~match[list(shifted).index((0, 0))]).sum() > n // 2  # and most were moved
+
+
+def test_blackbox_headline_is_a_model_that_trained(tmp_path):
+    """With backprop-box first and no ff-box, the record said 100% test error (the failed model's default)."""
+    s = _run("blackbox", tmp_path, ["data.source=synthetic", "models=backprop-box,ff", "hidden=64,64",
+                                    "training.epochs=1", "backprop_training.epochs=1"])
+    assert s["headline_model"] == "ff" and s["test_error"] == s["models"]["ff"]["test_error"] < 0.9
+    assert s["models"]["backprop-box"]["status"] == "failed"
+
+
+def test_blackbox_with_no_model_that_can_train_is_an_error(tmp_path, capsys):
+    from mortalnet.cli import main
+
+    code = main(["run", "blackbox", "--preset", "fast", "--quiet", "--set", "data.source=synthetic",
+                 "--set", "models=backprop-box", "--out", str(tmp_path / "b")])
+    assert code == 1 and "no model trained: backprop-box: backpropagation reached the black box" in capsys.readouterr().err
+
+
+def test_hybrid_figure_with_a_small_training_set(tmp_path):
+    """Fewer than 16 training images crashed the plot after training."""
+    s = _run("ff-unsupervised", tmp_path, ["data.source=synthetic", "data.train_subset=12", "hidden=32,32,32",
+                                           "training.epochs=1"])
+    assert "hybrid_images.png" in s["plots"]

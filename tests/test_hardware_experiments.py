@@ -59,3 +59,55 @@ def test_mortality_on_the_ideal_device_copies_perfectly(tmp_path):
             overrides=["rule.hardware=ideal", "data.source=synthetic", "training.epochs=1", "drift_times=0,3600"])
     assert s["copy_errors"] == [s["a_error_eval_images"]] * 2
     assert s["drift_error_frozen"][0] == s["drift_error_frozen"][1]  # no drift on ideal
+
+
+def test_mortality_training_energy_leaves_out_the_relearning_and_relearns_on_new_images(tmp_path, monkeypatch):
+    """The training energy was taken after the drift relearning (40% more learner MACs in the records), and
+    the relearning at successive drift times uses disjoint blocks of images while they fit."""
+    from safetensors.torch import load_file
+
+    import mortalnet.experiments.mortality as mortality
+    from mortalnet.api import run
+
+    seen = []
+    fit = mortality.fit
+
+    def recording_fit(learner, train, *args, **kwargs):
+        seen.append(train[0].clone())
+        return fit(learner, train, *args, **kwargs)
+
+    monkeypatch.setattr(mortality, "fit", recording_fit)
+    out = tmp_path / "m"
+    s = run("mortality", preset="fast", seed=0, out=out, progress=False,
+            overrides=["data.source=synthetic", "training.epochs=1", "drift_times=0,60,3600", "relearn_batches=6"])
+    trained = load_file(out / "checkpoint.safetensors")["module.learner_macs"].item()
+    assert s["energy"]["train"]["learner_digital_macs"] == int(trained)
+    assert len(seen) == 3 and all(len(x) == 600 for x in seen)
+    rows = [{tuple(r.tolist()) for r in x} for x in seen]  # 2000 synthetic training images: 3 x 600 fit
+    assert not (rows[0] & rows[1]) and not (rows[1] & rows[2]) and not (rows[0] & rows[2])
+
+
+def test_mortality_refuses_no_relearning_before_training(capsys, tmp_path):
+    from conftest import assert_refused
+
+    assert_refused(capsys, tmp_path / "r", "mortality", ["data.source=synthetic", "relearn_batches=0"],
+                   "relearn_batches must be >= 1")
+
+
+def test_ff_device_report_compares_mild_and_ideal_of_the_same_net():
+    """The 'mild − ideal' line compared whichever mild and ideal presets came last (short vs short-ideal),
+    unlabelled, or different nets when only some presets were there."""
+    def summary(preset, hardware, hidden, epochs, err):
+        return {"experiment": "ff-device", "preset": preset, "seed": 0, "hardware": hardware, "hidden": hidden,
+                "epochs": epochs, "test_error": err, "test/error_softmax": err, "energy_train_device_J": 1.0,
+                "energy_train_mortal_total_J": 2.0, "energy_train_digital_fp32_J": 3.0,
+                "energy_test_per_image_device_J": 1e-6, "energy_test_per_image_digital_fp32_J": 1e-5}
+
+    section = get_experiment("ff-device").report_section([
+        summary("paper", "mild", [1000] * 3, 20, 0.0167), summary("paper-ideal", "ideal", [1000] * 3, 20, 0.0166),
+        summary("short", "mild", [500] * 3, 5, 0.0370), summary("short-ideal", "ideal", [500] * 3, 5, 0.0328)])
+    assert "paper − paper-ideal (1000x1000x1000, 20 epochs): +0.01 points (within" in section
+    assert "short − short-ideal (500x500x500, 5 epochs): +0.42 points (within" in section
+    only = get_experiment("ff-device").report_section([
+        summary("paper", "mild", [1000] * 3, 20, 0.0167), summary("short-ideal", "ideal", [500] * 3, 5, 0.0328)])
+    assert "−" not in only.split("|")[-1]  # different nets: no comparison

@@ -43,7 +43,11 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, tiny_data, kin
     with pytest.raises(Stop):
         fit(_learner(kind), train, valid, cfg, seed=7, run=run_b, on_epoch=die_after_2)
     resumed = _learner(kind, seed=123)  # a different init: everything must come from the checkpoint
-    fit(resumed, train, valid, cfg, seed=7, run=run_b, resume=True)
+    second = fit(resumed, train, valid, cfg, seed=7, run=run_b, resume=True)
+    # the total counts the interrupted session's training too; the session's own time does not
+    first_two = run_b.metrics()[1]["train_seconds"]
+    assert second.train_seconds == pytest.approx(first_two + second.session_train_seconds)
+    assert 0 < second.session_train_seconds < second.train_seconds
 
     for (k, va), vb in zip(straight.state_tensors().items(), resumed.state_tensors().values()):
         assert torch.equal(va, vb), k

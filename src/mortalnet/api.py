@@ -233,7 +233,8 @@ def refit_readout(run_path: str | Path, epochs: int = 20, device: str = "auto") 
     ff-local-rf): `learner.refit_readout` on the training images (the run's seed orders them),
     then the softmax test error on validation and test before and after. The checkpoint is not
     changed; writes <run>/readout_refit.json."""
-
+    if epochs < 1:
+        raise cfgmod.ConfigError(f"the readout is refit for a number of epochs >= 1, got {epochs}")
     exp, config, ctx = _stored_run(run_path, device)
     learner, _ = load_learner(run_path, device)
     if not hasattr(learner, "refit_readout"):

@@ -69,7 +69,10 @@ class FitResult:
 
     history: list[dict[str, Any]]
     train_seconds: float
+    """Training seconds in all, those before a resume included."""
     resumed_from_epoch: int
+    session_train_seconds: float = 0.0
+    """Training seconds of this call alone (after a resume: without the earlier sessions')."""
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -199,7 +202,8 @@ def fit(
     finally:
         if writer is not None:
             writer.close()
-    return FitResult(history, elapsed_before + time.perf_counter() - t_start, resumed_from)
+    session = time.perf_counter() - t_start
+    return FitResult(history, elapsed_before + session, resumed_from, session)
 
 
 def _fault_injection(epoch: int) -> None:

@@ -13,10 +13,23 @@ from typing import Any, ClassVar
 
 import torch
 
+from mortalnet.config import ConfigError
 from mortalnet.data.mnist import MnistData, load_mnist
 from mortalnet.rules.base import Learner
 from mortalnet.runs import RunDir, RunError
 from mortalnet.training import TrainingConfig, fit
+
+
+def check_models(models: tuple[str, ...], valid: tuple[str, ...], field: str = "models") -> None:
+    """ConfigError unless `models` is a non-empty list of distinct names from `valid` (checked before
+    the first model of a multi-model experiment trains)."""
+    if not models:
+        raise ConfigError(f"{field} is empty: give at least one of {', '.join(valid)}")
+    for m in models:
+        if m not in valid:
+            raise ConfigError(f"unknown model {m!r} in {field}; valid: {', '.join(valid)}")
+    if len(set(models)) < len(models):
+        raise ConfigError(f"{field} lists a model twice: {', '.join(models)}")
 
 
 @dataclass(frozen=True)

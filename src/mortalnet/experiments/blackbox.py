@@ -27,10 +27,11 @@ import torch.nn.functional as F
 from mortalnet.config import ConfigError
 from mortalnet.data.mnist import MnistConfig, load_mnist
 from mortalnet.experiments import register_experiment
-from mortalnet.experiments.base import Experiment, RunContext
+from mortalnet.experiments.base import Experiment, RunContext, check_models
 from mortalnet.nets.blackbox import NoDerivativeError, NumpyQuantizer, opaque, torch_quantizer
 from mortalnet.optim import OptimizerConfig
 from mortalnet.report.tables import mean_sd_text, runs_by_preset
+from mortalnet.runs import RunError
 from mortalnet.rules.backprop import BackpropConfig, BackpropLearner
 from mortalnet.rules.ff_layerwise import FFLayerwiseConfig, FFLayerwiseLearner
 from mortalnet.training import TrainingConfig, fit
@@ -61,6 +62,11 @@ class BlackBoxConfig:
     backprop_training: TrainingConfig = field(
         default_factory=lambda: TrainingConfig(epochs=20, eval_every=5, schedule="cosine"))
     """Epochs, batch size, schedule of the backprop models."""
+
+    def __post_init__(self) -> None:
+        check_models(self.models, MODELS)
+        if len(self.hidden) < 2:
+            raise ConfigError("the box sits between hidden layers 1 and 2: give at least 2 hidden layers")
 
 
 def _fast() -> BlackBoxConfig:
@@ -134,8 +140,6 @@ class BlackBox(Experiment):
         return BoxedBackprop(config.backprop, config.hidden, wrapped, 0, **kwargs)
 
     def run(self, config: BlackBoxConfig, ctx: RunContext) -> dict[str, Any]:
-        if len(config.hidden) < 2:
-            raise ConfigError("the box sits between hidden layers 1 and 2: give at least 2 hidden layers")
         data = load_mnist(config.data)
         train, valid = data.train.tensors(ctx.device), data.valid.tensors(ctx.device)
         test = data.test.tensors(ctx.device)
@@ -165,9 +169,12 @@ class BlackBox(Experiment):
             if model == "backprop-box-torch":
                 grads = [r.get("train/grad_norm/layer1") for r in fitted.history]
                 results[model]["layer1_mean_grad_norm"] = max(g for g in grads if g is not None)
-        head = "ff-box" if "ff-box" in results else config.models[0]
+        trained = [m for m, r in results.items() if r["status"] == "trained"]
+        if not trained:  # e.g. models=backprop-box alone: nothing has a test error to report
+            raise RunError("no model trained: " + "; ".join(f"{m}: {r['error']}" for m, r in results.items()))
+        head = "ff-box" if "ff-box" in trained else trained[0]
         summary = {
-            "test_error": results[head].get("test_error", 1.0),
+            "test_error": results[head]["test_error"],
             "headline_model": head,
             "models": results,
             **{f"test/{m}": r["test_error"] for m, r in results.items() if "test_error" in r},

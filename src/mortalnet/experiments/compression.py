@@ -38,7 +38,7 @@ from mortalnet.config import ConfigError
 from mortalnet.coding import arithmetic
 from mortalnet.data.text import ALPHABET, BUILTIN_TEXT, TextError, encode, normalize
 from mortalnet.experiments import register_experiment
-from mortalnet.experiments.base import Experiment, RunContext
+from mortalnet.experiments.base import Experiment, RunContext, check_models
 from mortalnet.nets.char_model import bits_per_char, coder_model, model_inputs, next_char_logits, padded_windows
 from mortalnet.optim import OptimizerConfig
 from mortalnet.report import plots
@@ -115,13 +115,7 @@ def _paper() -> CompressionConfig:
 
 def check_config(config: CompressionConfig) -> None:
     """Raise ConfigError for a setting that would fail only after training (called before any model trains)."""
-    if not config.models:
-        raise ConfigError(f"models is empty: give at least one of {', '.join(MODELS)}")
-    for m in config.models:
-        if m not in MODELS:
-            raise ConfigError(f"unknown model {m!r} in models; valid: {', '.join(MODELS)}")
-    if len(set(config.models)) < len(config.models):
-        raise ConfigError(f"models lists a model twice: {', '.join(config.models)}")
+    check_models(config.models, MODELS)
     if config.context < 1:
         raise ConfigError(f"context must be >= 1 character, got {config.context}")
     if not 1 <= config.compress_level <= 9:

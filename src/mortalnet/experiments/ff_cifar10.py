@@ -30,7 +30,7 @@ from torch import nn
 from mortalnet.config import ConfigError
 from mortalnet.data.cifar import PIXELS, CifarConfig, load_cifar10
 from mortalnet.experiments import register_experiment
-from mortalnet.experiments.base import Experiment, Reference, RunContext
+from mortalnet.experiments.base import Experiment, Reference, RunContext, check_models
 from mortalnet.nets.ff import normalize_rows
 from mortalnet.nets.local import LocallyConnected2d
 from mortalnet.optim import OptimizerConfig, make_optimizer
@@ -114,6 +114,13 @@ class FFCifarConfig:
     backprop_training: TrainingConfig = field(
         default_factory=lambda: TrainingConfig(epochs=60, eval_every=5, schedule="cosine"))
     """Epochs, batch size, schedule of backprop."""
+
+    def __post_init__(self) -> None:
+        check_models(self.models, ("ff", "backprop"))
+        if not self.depths or min(self.depths) < 1:
+            raise ConfigError(f"depths needs at least one number of hidden layers, each >= 1, got {self.depths}")
+        if self.channels < 1:
+            raise ConfigError(f"channels must be >= 1, got {self.channels}")
 
 
 def _fast() -> FFCifarConfig:

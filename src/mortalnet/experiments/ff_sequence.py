@@ -28,7 +28,7 @@ import torch
 from mortalnet.config import ConfigError
 from mortalnet.data.text import ALPHABET, TextConfig, decode, load_corpus, one_hot_context, windows
 from mortalnet.experiments import register_experiment
-from mortalnet.experiments.base import Experiment, RunContext
+from mortalnet.experiments.base import Experiment, RunContext, check_models
 from mortalnet.optim import OptimizerConfig
 from mortalnet.report import plots
 from mortalnet.report.tables import mean_sd_text, runs_by_preset
@@ -67,13 +67,7 @@ class FFSequenceConfig:
     """Held-out prompts continued by each model in the summary."""
 
     def __post_init__(self) -> None:
-        if not self.models:
-            raise ConfigError(f"models is empty; choose from {', '.join(MODELS)}")
-        unknown = [m for m in self.models if m not in MODELS]
-        if unknown:
-            raise ConfigError(f"unknown model {unknown[0]!r}; valid: {', '.join(MODELS)}")
-        if len(set(self.models)) != len(self.models):
-            raise ConfigError(f"models lists a model twice: {', '.join(self.models)}")
+        check_models(self.models, MODELS)
         if self.regenerate_every < 0:
             raise ConfigError(f"regenerate_every must be >= 1 (or 0: once per epoch), got {self.regenerate_every}")
         if not self.temperature > 0:

@@ -101,7 +101,8 @@ class FFUnsupervised(LearningCurveMixin, SupervisedExperiment):
     def plots(self, learner: FFUnsupervisedLearner, data: MnistData, history, config, ctx: RunContext) -> list[str]:
         out = ctx.run.plots
         names = [plots.learning_curves(history, out / "learning_curves.png", f"{self.name} ({ctx.preset})")]
-        names.append(hybrid_figure(data, config.rule.blur_steps, ctx.seed, out / "hybrid_images.png"))
+        if len(data.train) >= 2:  # a hybrid needs two images
+            names.append(hybrid_figure(data, config.rule.blur_steps, ctx.seed, out / "hybrid_images.png"))
         split = data.valid if len(data.valid) else data.train
         x, _ = split.take(1000).tensors(ctx.device)
         g = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
@@ -132,12 +133,14 @@ class FFLocalRF(FFUnsupervised):
 
 
 def hybrid_figure(data: MnistData, blur_steps: int, seed: int, path) -> str:
-    """Rows of (digit A, digit B, mask, hybrid) for a few training images (paper figure 1 style)."""
+    """Rows of (digit A, digit B, mask, hybrid) for up to 8 pairs of training images (paper figure 1
+    style); the training set needs at least 2 images."""
     g = torch.Generator().manual_seed(seed)
-    x, _ = data.train.take(16).tensors()
-    masks = hybrid_masks(8, g, 28, blur_steps)
-    a, b = x[:8], x[8:16]
+    pairs = min(8, len(data.train) // 2)
+    x, _ = data.train.take(2 * pairs).tensors()
+    masks = hybrid_masks(pairs, g, 28, blur_steps)
+    a, b = x[:pairs], x[pairs : 2 * pairs]
     hyb = torch.lerp(b, a, masks)
-    tiles = np.concatenate([np.stack([a[i], b[i], masks[i], hyb[i]]) for i in range(8)])
-    titles = ["digit A", "digit B", "mask", "hybrid"] * 8
+    tiles = np.concatenate([np.stack([a[i], b[i], masks[i], hyb[i]]) for i in range(pairs)])
+    titles = ["digit A", "digit B", "mask", "hybrid"] * pairs
     return plots.image_grid(tiles, path, titles, cols=8, title=f"hybrid negatives (mask: {blur_steps} blurs, threshold 0.5)")

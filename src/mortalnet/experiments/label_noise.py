@@ -29,7 +29,7 @@ from mortalnet.config import ConfigError
 from mortalnet.data.label_noise import corrupt_labels
 from mortalnet.data.mnist import MnistConfig, load_mnist
 from mortalnet.experiments import register_experiment
-from mortalnet.experiments.base import Experiment, Reference, RunContext
+from mortalnet.experiments.base import Experiment, Reference, RunContext, check_models
 from mortalnet.optim import OptimizerConfig
 from mortalnet.report import plots
 from mortalnet.report.tables import mean_sd_text, runs_by_preset
@@ -65,6 +65,16 @@ class LabelNoiseConfig:
     """Epochs, batch size, schedule of the FF net."""
     agreement_subset: int = 0
     """Training examples on which agreement with the true / noisy labels is measured (0 = all)."""
+
+    def __post_init__(self) -> None:
+        check_models(self.rules, RULES, field="rules")
+        if not self.rates:
+            raise ConfigError("rates is empty: give at least one fraction of wrong labels in [0, 1]")
+        if len(set(self.rates)) < len(self.rates):
+            raise ConfigError(f"rates lists a rate twice: {self.rates}")
+        for rate in self.rates:
+            if not 0.0 <= rate <= 1.0:
+                raise ConfigError(f"a label noise rate is a fraction in [0, 1], got {rate}")
 
 
 def _fast() -> LabelNoiseConfig:
@@ -120,8 +130,6 @@ class LabelNoise(Experiment):
         valid = data.valid.tensors(dev) if len(data.valid) else None
         x_test, y_test = data.test.tensors(dev)
         n_agree = len(y_true) if config.agreement_subset <= 0 else min(config.agreement_subset, len(y_true))
-        for rule in config.rules:
-            self._rule(rule, config)  # fail early on an unknown rule
         rows: list[dict[str, Any]] = []
         for rate in config.rates:
             y_noisy, corrupted = corrupt_labels(y_true, rate, 10, ctx.seed)  # drawn once, fixed for all epochs

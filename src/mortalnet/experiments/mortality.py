@@ -55,7 +55,7 @@ class MortalityConfig:
     drift_times: tuple[float, ...] = (0.0, 60.0, 3600.0, 86400.0, 2592000.0, 31536000.0)
     """Simulated seconds after training at which A is tested (0, 1 min, 1 h, 1 day, 30 days, 1 year)."""
     relearn_batches: int = 100
-    """Minibatches of continued FF learning at each drift time (the 'with learning' curve), fresh training data each time."""
+    """Minibatches of continued FF learning at each drift time (the 'with learning' curve): a new block of training images each time while the blocks fit in the training set."""
     relearn_lr_scale: float = 1.0
     """Learning-rate multiplier of that continued learning (small rates stall in FF's 'raise all goodness' phase)."""
     energy: EnergyModel = field(default_factory=EnergyModel)
@@ -126,9 +126,13 @@ class Mortality(Experiment):
             raise ConfigError("mortality needs copies >= 1, eval_images >= 1 and at least one drift time")
         if list(config.drift_times) != sorted(config.drift_times) or config.drift_times[0] < 0:
             raise ConfigError(f"drift_times must be increasing and >= 0, got {config.drift_times}")
+        if config.relearn_batches < 1 or not config.relearn_lr_scale > 0:
+            raise ConfigError(f"relearn_batches must be >= 1 and relearn_lr_scale > 0, got {config.relearn_batches} "
+                              f"and {config.relearn_lr_scale}")
         t0 = time.perf_counter()
         data = load_mnist(config.data)
         learner, result, train_counts = train_on_device(config, ctx, data)
+        train_macs = int(learner.learner_macs.item())  # the learner's digital work in training alone
         dev_a = learner.hardware
         x_test, y_test = data.test.tensors(ctx.device)
         test = learner.evaluate(x_test, y_test)
@@ -155,14 +159,17 @@ class Mortality(Experiment):
             frozen.append(learner.evaluate(xs, ys)[err])
         learner.load_state_tensors(snapshot)  # the same instance, back at the end of training
         x_train, y_train = data.train.tensors(ctx.device)
-        n_relearn = min(config.relearn_batches * config.training.batch_size, len(y_train))
+        N = len(y_train)
+        n_relearn = min(config.relearn_batches * config.training.batch_size, N)
         relearn_cfg = replace(config.training, epochs=1, schedule="constant", shuffle=True, progress=False,
                               tensorboard=False, eval_every=1)
         relearned = []
         c_before = dev_a.counts()
         for i, t in enumerate(config.drift_times):
             dev_a.advance_time(t - dev_a.time)
-            start = (i * n_relearn) % max(len(y_train) - n_relearn + 1, 1)
+            # the i-th block of n_relearn images: disjoint blocks while they fit in the training set,
+            # after that a block starts over from the front (some images seen again)
+            start = (i * n_relearn) % max(N - n_relearn + 1, 1)
             with scaled_lr(learner, config.relearn_lr_scale):
                 fit(learner, (x_train[start : start + n_relearn], y_train[start : start + n_relearn]), None,
                     relearn_cfg, seed=ctx.seed + 1 + i)
@@ -196,7 +203,7 @@ class Mortality(Experiment):
             "n_train": len(data.train),
             "n_test": len(data.test),
             "data_source": data.source,
-            **energy_summary(learner, train_counts, test_counts, len(y_test), config.energy),
+            **energy_summary(learner, train_counts, test_counts, len(y_test), config.energy, train_macs),
         }
         names: list[str] = []
         if ctx.run is not None:
@@ -212,7 +219,7 @@ class Mortality(Experiment):
                 out / "error_vs_drift_time.png", f"device A ({hw}) drifting after training", "simulated time after training",
                 "test error", xticklabels=[time_label(t) for t in config.drift_times]))
         summary["plots"] = names
-        summary["other_seconds"] = time.perf_counter() - t0 - result.train_seconds
+        summary["other_seconds"] = time.perf_counter() - t0 - result.session_train_seconds
         return summary
 
     def report_section(self, summaries: list[dict]) -> str:
