@@ -40,8 +40,10 @@ def test_memory_depth_refuses_zero_depth_and_steps(capsys):
 
 def test_memory_depth_measures_a_one_layer_net():
     md = load("memory_depth")
-    m = md.measure("ff-ffnew", 1, 8, 4, 1)  # goodness and readout from the only layer
-    assert m["params_kib"] >= 0 and "working_kib" in m
+    width = 256  # every part a whole number of KiB: W 784 x 256, b 256, readout 256 x 10, float32
+    m = md.measure("ff-ffnew", 1, width, 4, 1)  # goodness and readout from the only layer
+    assert m["params_kib"] == (784 * width + width + width * 10) * 4 // 1024 == 784 + 1 + 10
+    assert m["rss_before_kib"] > 0 and m["working_kib"] == m["peak_kib"] - m["rss_before_kib"]
 
 
 def test_memory_depth_shows_the_measuring_process_stderr(monkeypatch):

@@ -101,7 +101,10 @@ def test_compression_fast_preset_codes_the_held_out_text(tmp_path):
         assert abs(m["coded_payload_bits"] - m["ideal_bits"]) <= 12  # within ~1.5 bytes of sum -log2 p
         assert m["coded_bytes"] == ac.HEADER_BYTES + m["coded_payload_bits"] // 8
         assert m["test_bits_per_char"] == pytest.approx(m["ideal_bits"] / n, abs=1e-3)
-        assert m["test_bits_per_char"] < 4.5, name
+        # the context must pay: an add-one unigram of the training text codes the test text in 4.25 bits/char
+        # (ff 3.74, backprop 3.63 at seed 0); a model that ignored its context would be near the unigram
+        assert m["test_bits_per_char"] < s["unigram_bits_per_char"] - 0.3, (name, s["unigram_bits_per_char"])
+    assert s["unigram_bits_per_char"] < s["uniform_bits_per_char"]
     assert s["models"]["backprop"]["test_bits_per_char"] < 4.1
     assert s["models"]["backprop"]["train_bits_per_char"] < s["unigram_bits_per_char"]
     for k in ("gzip", "bz2", "xz"):

@@ -75,15 +75,24 @@ def test_no_gradient_reaches_a_lower_layer_from_a_higher_layer(fast):
     assert not torch.allclose(w2_before, w2_after)  # layer 2's own updates did differ
 
 
-def test_training_never_builds_an_autograd_graph():
-    for fast in (True, False):
-        learner = tiny(fast=fast)
-        before = learner.net.layers[0].weight.clone()
+def test_training_never_builds_an_autograd_graph(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a Forward-Forward step called autograd")
+
+    learners = [tiny(fast=fast) for fast in (True, False)]  # built first: optimizers import torch._dynamo lazily
+    monkeypatch.setattr(torch.Tensor, "backward", refuse)
+    monkeypatch.setattr(torch.autograd, "backward", refuse)
+    monkeypatch.setattr(torch.autograd, "grad", refuse)
+    for learner in learners:
+        before = [p.clone() for p in learner.parameters()]
         assert all(not p.requires_grad for p in learner.parameters())
-        learner.train_batch(images(), torch.arange(16) % 10)
-        assert not torch.equal(before, learner.net.layers[0].weight)
-        for layer in learner.net.layers:
-            assert layer.weight.grad is None or layer.weight.grad.grad_fn is None
+        for _ in range(2):  # the readout is zero at first: a second step makes it matter
+            learner.train_batch(images(), torch.arange(16) % 10)
+        assert not torch.equal(before[0], learner.net.layers[0].weight)
+        assert all(not torch.equal(b, p) for b, p in zip(before, learner.parameters()))  # every weight learned
+        assert all(not p.requires_grad for p in learner.parameters())
+        for p in learner.parameters():
+            assert p.grad is None or p.grad.grad_fn is None
 
 
 @pytest.mark.parametrize("optimizer", ["smoothed-sgd", "sgd", "adam"])
@@ -161,11 +170,20 @@ def test_peer_normalization_revives_a_dead_unit():
         assert (moved > 0) == expect_change, (peer, moved)
 
 
-def test_mean_states_track_positive_activity():
-    learner = tiny(seed=0)
+@pytest.mark.parametrize("fast", [True, False])
+def test_mean_states_track_positive_activity(fast):
+    """m <- d m + (1 - d) mean over the batch of layer 1's states on the positive (true-label) inputs."""
+    d = 0.7
+    learner = tiny(seed=0, peer_decay=d, fast=fast)
+    x, y = images(), torch.arange(16) % 10
     before = learner.net.mean_states(0).clone()
-    learner.train_batch(images(), torch.arange(16) % 10)
-    assert not torch.equal(before, learner.net.mean_states(0))
+    layer = learner.net.layers[0]
+    h = normalize_rows(embed_label(x, one_hot(y)))  # positive rows, weights before the step
+    positive = torch.relu(h @ layer.weight + layer.bias)
+    assert positive.gt(0).any() and not torch.allclose(positive.mean(0), before)
+    learner.train_batch(x, y)
+    torch.testing.assert_close(learner.net.mean_states(0), d * before + (1 - d) * positive.mean(0),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_ff_learns_tiny_synthetic_digits(tiny_data):

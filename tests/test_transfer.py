@@ -162,7 +162,14 @@ def test_distill_mnist_fast_preset_runs_and_reports(tmp_path):
     assert s["omit3_transfer_size"] < s["n_train"] and s["n_test_omitted"] > 100
     # without any 3 in its transfer set the student misses many more 3s than the teacher does
     assert s["omit3_errors_on_class"] > s["omit3_teacher_errors_on_class"]
-    assert s["omit3_bias_valid_errors_on_class"] <= s["omit3_errors_on_class"]
+    # the bias of class 3 is the grid value with the fewest *total* validation errors (seed 0: 0.7, 188 -> 164);
+    # on the 2000 test images it removes total errors (454 -> 404) and is as good as the test set's own best bias (404):
+    # a shift chosen for class 3 alone (e.g. the paper's 3.5: 728 errors) would fail these
+    valid = s["omit3_valid_errors_at_bias"]
+    assert s["omit3_bias_valid"] > 0 and valid["best"] < valid["0"]
+    assert s["omit3_bias_valid_errors"] < s["omit3_errors"] - 0.01 * s["n_test"]  # n_test 2000: 20 fewer
+    assert s["omit3_bias_test_oracle_errors"] <= s["omit3_bias_valid_errors"] <= s["omit3_bias_test_oracle_errors"] + 20
+    assert s["omit3_bias_valid_errors_on_class"] < s["omit3_errors_on_class"]
     assert s["teacher_queries"] == s["n_train"]
     assert math.isclose(s["test_error"], s["student_soft_errors"] / s["n_test"])
     assert (tmp_path / "r" / "plots" / "soft_targets.png").exists()

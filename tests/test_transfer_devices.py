@@ -116,7 +116,13 @@ def test_mortal_transfer_fast_preset(tmp_path):
     assert s["teacher_error"] < 0.5 and len(s["copy_errors"]) == 2
     assert s["teacher_queries"] == s["transfer_size"] and s["distill_bits"] == s["transfer_size"] * 10 * 32
     assert s["copy_bits"] == 32 * (784 * 32 + 32 + 32 * 10 + 10)
-    assert 0.0 <= s["distilled"][0]["agreement_with_teacher"] <= 1.0 and s["scratch_error"] < 0.9
+    # measured (seed 0, real MNIST): teacher 0.353; copies 0.419 / 0.417; distilled (T = 2) 0.701 with
+    # 33% agreement; scratch 0.596. Untrained or unprogrammed instances sit near chance (copies that
+    # were never programmed: 0.885 / 0.898; a student trained 0 epochs: 0.885 with 11% agreement)
+    assert s["copy_error_worst"] < s["teacher_error"] + 0.2 and s["copy_error_mean"] < 0.6, s["copy_errors"]
+    distilled = s["distilled"][0]
+    assert distilled["test_error"] < 0.8 and distilled["agreement_with_teacher"] > 0.2, distilled
+    assert s["scratch_error"] < 0.75
     assert s["distilled"][0]["energy"]["device_total_J"] > 0
     text = get_experiment("mortal-transfer").report_section([s])
     assert "(b) distillation at T = 2, no labels" in text
