@@ -19,21 +19,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ff_throughput import benchmark_batches, interleaved_step_times, write_record  # noqa: E402
+from ff_throughput import benchmark_batches, interleaved_step_times, positive_int, write_record  # noqa: E402
 
 from mortalnet.rules.forward_forward import FFConfig, FFLearner  # noqa: E402
 from mortalnet.runs import benchmark_provenance, machine_info, machine_label  # noqa: E402
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def positive_ints(text: str) -> tuple[int, ...]:

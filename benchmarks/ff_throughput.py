@@ -28,6 +28,17 @@ from mortalnet.rules.forward_forward import FFConfig, FFLearner
 from mortalnet.runs import atomic_write_json, benchmark_provenance, machine_info
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def timeit(fn, min_seconds: float = 2.0, warmup: int = 3, device: torch.device | None = None) -> float:
     """Mean seconds per call over at least `min_seconds` (and 3 calls), after `warmup` calls. On a
     CUDA device the queue is drained before the clock starts and before each reading, so

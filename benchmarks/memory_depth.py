@@ -19,6 +19,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ff_throughput import positive_int  # noqa: E402  (the benchmarks' shared helpers)
+
 CHILD = r"""
 import gc, json, sys, torch
 from mortalnet.rules import create_rule
@@ -70,17 +73,6 @@ def measure(rule: str, depth: int, width: int, batch: int, steps: int) -> dict:
         raise RuntimeError(f"the measuring process for {rule}, {depth} layers of {width}, batch {batch} failed "
                            f"(exit status {out.returncode}):\n{out.stderr.strip()}")
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def depth_list(text: str) -> list[int]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ff_throughput import benchmark_batches, interleaved_step_times, write_record  # noqa: E402
+from ff_throughput import benchmark_batches, interleaved_step_times, positive_int, write_record  # noqa: E402
 
 from mortalnet.rules.ff_recurrent import FFRecurrentConfig, FFRecurrentLearner  # noqa: E402
 from mortalnet.rules.ff_unsupervised import FFUnsupervisedConfig, FFUnsupervisedLearner  # noqa: E402
@@ -35,17 +35,6 @@ NETS = {
     "unsupervised-4x2000": ("unsupervised FF step (hybrid negatives), 4x2000", FFUnsupervisedLearner,
                             FFUnsupervisedConfig(), (2000, 2000, 2000, 2000)),
 }
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
