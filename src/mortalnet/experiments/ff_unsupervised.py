@@ -68,6 +68,18 @@ def _paper_bf16() -> FFUnsupervisedExpConfig:
     return replace(paper, rule=replace(paper.rule, precision="bfloat16"))
 
 
+def _tuned_bf16() -> FFUnsupervisedExpConfig:
+    """paper-bf16 with the FF layers' weight cost raised from 0.001 to 0.003 (the only change).
+
+    The paper does not give its weight cost. 0.003 was picked among 25-epoch variants (weight cost,
+    learning rate, peer normalization, threshold, temperature), then kept because at 100 epochs it
+    lowered the *validation* error on both seeds tried (1.76% -> 1.54%, 1.57% -> 1.55%); the test
+    split played no part in keeping it.
+    """
+    bf16 = _paper_bf16()
+    return replace(bf16, rule=replace(bf16.rule, optimizer=replace(bf16.rule.optimizer, weight_decay=0.003)))
+
+
 def _local_fast() -> FFUnsupervisedExpConfig:
     return FFUnsupervisedExpConfig(
         data=MnistConfig(train_subset=5000, valid_subset=1000, test_subset=2000),
@@ -90,9 +102,9 @@ class FFUnsupervised(LearningCurveMixin, SupervisedExperiment):
     name = "ff-unsupervised"
     description = "unsupervised FF (real vs hybrid images, no labels), then a linear softmax on the last 3 layers"
     Config = FFUnsupervisedExpConfig
-    presets = {"fast": _fast, "paper": _paper, "paper-bf16": _paper_bf16}
+    presets = {"fast": _fast, "paper": _paper, "paper-bf16": _paper_bf16, "tuned-bf16": _tuned_bf16}
     references = {preset: Reference(0.0137, "Hinton 2022, sec. 3.2: 4x2000, hybrid negatives, 100 epochs")
-                  for preset in ("paper", "paper-bf16")}
+                  for preset in ("paper", "paper-bf16", "tuned-bf16")}
 
     def build_learner(self, config: FFUnsupervisedExpConfig, ctx: RunContext) -> FFUnsupervisedLearner:
         return FFUnsupervisedLearner(config.rule, config.hidden, input_dim=784, num_classes=10, seed=ctx.seed,
