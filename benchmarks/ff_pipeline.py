@@ -7,13 +7,15 @@ All runs train 784-1000-1000-1000-1000 (default) with minibatches of 100 on the 
   * backprop on one process, and a GPipe backprop pipeline of K ranks with M micro-batches.
 Writes results/benchmarks/ff_pipeline-cpu.json (rows + ratios).
 
-    python benchmarks/ff_pipeline.py --ranks 2 --steps 60
+    python benchmarks/ff_pipeline.py --ranks 2 --steps 60 --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
+import sys
 from pathlib import Path
 
 from mortalnet import config as cfgmod
@@ -24,15 +26,19 @@ from mortalnet.parallel.launch import spawn
 from mortalnet.rules.forward_forward import FFConfig
 from mortalnet.runs import atomic_write_json, git_commit, machine_info, machine_label
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ff_throughput import positive_int  # noqa: E402  (the benchmarks' shared argument type)
 
-def main() -> None:
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hidden", default="1000,1000,1000,1000")
-    ap.add_argument("--ranks", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--micro-batches", type=int, default=4)
+    ap.add_argument("--ranks", type=positive_int, default=2)
+    ap.add_argument("--steps", type=positive_int, default=60)
+    ap.add_argument("--micro-batches", type=positive_int, default=4)
+    ap.add_argument("--repeats", type=positive_int, default=3, help="rounds, each timing every row once")
     ap.add_argument("--out", default="results/benchmarks")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     hidden = [int(h) for h in args.hidden.split(",")]
     cores = os.cpu_count() or 1
     K = args.ranks
@@ -46,45 +52,61 @@ def main() -> None:
     def rate(results):
         return min(r["examples_per_s"] for r in results)
 
-    rows = []
+    gpipe_name = f"backprop GPipe, {args.micro_batches} micro-batches"
+    # (row name, ranks, threads per rank, rank function, its argument, note)
+    runs = [
+        ("FF, one process", 1, cores, pipeline_rank, ff_random, ""),
+        ("FF layer pipeline", K, 1, pipeline_rank, ff_random, "random negatives, no readout, as the one-process row"),
+        ("FF data parallel (hard negatives + readout)", K, 1, data_parallel_rank, ff_hard,
+         "gradients all-reduced per layer"),
+        ("backprop, one process", 1, cores, gpipe_rank, dict(gp, micro_batches=1), ""),
+        (gpipe_name, K, 1, gpipe_rank, dict(gp, micro_batches=args.micro_batches),
+         f"bubble (K-1)/(M+K-1) = {(K - 1) / (args.micro_batches + K - 1):.2f}"),
+    ]
+    # Round-robin: every round times each run once, so a slow spell of the machine hits all rows
+    # alike instead of one; rows report the median round and the range.
+    rates: dict[str, list[float]] = {name: [] for name, *_ in runs}
+    for round_index in range(args.repeats):
+        for name, ranks, threads, fn, arg, _ in runs:
+            rates[name].append(rate(spawn(fn, ranks, (arg,), threads_per_rank=threads)))
+            print(f"round {round_index + 1}/{args.repeats}  {name:45s} {ranks} x {threads} threads: "
+                  f"{rates[name][-1]:8.0f} examples/s")
+    rows = [{"run": name, "ranks": ranks, "threads_per_rank": threads,
+             "examples_per_s": statistics.median(rates[name]),
+             "min_examples_per_s": min(rates[name]), "max_examples_per_s": max(rates[name]), "note": note}
+            for name, ranks, threads, _, _, note in runs]
 
-    def add(name, ranks, threads, results, note=""):
-        rows.append({"run": name, "ranks": ranks, "threads_per_rank": threads,
-                     "examples_per_s": rate(results), "note": note})
-        print(f"{name:45s} {ranks} x {threads} threads: {rate(results):8.0f} examples/s {note}")
+    def ratio(a: str, b: str) -> tuple[float, float, float]:
+        """Median of the two rows' medians' ratio, and the range of the per-round ratios."""
+        per_round = [x / y for x, y in zip(rates[a], rates[b])]
+        return statistics.median(rates[a]) / statistics.median(rates[b]), min(per_round), max(per_round)
 
-    add("FF, one process", 1, cores, spawn(pipeline_rank, 1, (ff_random,), threads_per_rank=cores))
-    add("FF layer pipeline", K, 1, spawn(pipeline_rank, K, (ff_random,), threads_per_rank=1),
-        "random negatives, no readout, as the one-process row")
-    add("FF data parallel (hard negatives + readout)", K, 1, spawn(data_parallel_rank, K, (ff_hard,), threads_per_rank=1),
-        "gradients all-reduced per layer")
-    add("backprop, one process", 1, cores, spawn(gpipe_rank, 1, (dict(gp, micro_batches=1),), threads_per_rank=cores))
-    add(f"backprop GPipe, {args.micro_batches} micro-batches", K, 1,
-        spawn(gpipe_rank, K, (dict(gp, micro_batches=args.micro_batches),), threads_per_rank=1),
-        f"bubble (K-1)/(M+K-1) = {(K - 1) / (args.micro_batches + K - 1):.2f}")
-
-    r = {row["run"]: row["examples_per_s"] for row in rows}
+    ratio_pairs = {
+        "ff_pipeline_over_ff_one_process": ("FF layer pipeline", "FF, one process"),
+        "ff_pipeline_over_backprop_gpipe": ("FF layer pipeline", gpipe_name),
+        "backprop_gpipe_over_backprop_one_process": (gpipe_name, "backprop, one process"),
+    }
+    ratios = {key: ratio(a, b) for key, (a, b) in ratio_pairs.items()}
     env = machine_info("cpu")
     result = {
         "benchmark": "ff_pipeline",
         "command": f"python benchmarks/ff_pipeline.py --hidden {args.hidden} --ranks {K} --steps {args.steps} "
-                   f"--micro-batches {args.micro_batches}",
+                   f"--micro-batches {args.micro_batches} --repeats {args.repeats}",
         "architecture": f"784-{'-'.join(map(str, hidden))}, batch 100, float32, {cores} CPU cores",
         "machine": machine_label(env),
         "env": env,
         "git_commit": git_commit(),
         "rows": rows,
-        "ratios": {
-            "ff_pipeline_over_ff_one_process": r["FF layer pipeline"] / r["FF, one process"],
-            "ff_pipeline_over_backprop_gpipe": r["FF layer pipeline"] / r[f"backprop GPipe, {args.micro_batches} micro-batches"],
-            "backprop_gpipe_over_backprop_one_process": r[f"backprop GPipe, {args.micro_batches} micro-batches"] / r["backprop, one process"],
-        },
-        "notes": [f"{K} ranks on a {cores}-core machine: more ranks than cores only time-share the cores."],
+        "ratios": {key: median for key, (median, _, _) in ratios.items()},
+        "notes": [f"{K} ranks on a {cores}-core machine: more ranks than cores only time-share the cores.",
+                  f"{args.repeats} rounds, each timing every row once in turn; examples/s is the median round "
+                  "(min and max beside it), ratios are of the medians. Per-round ratio ranges: "
+                  + "; ".join(f"{key} {low:.2f}-{high:.2f}" for key, (_, low, high) in ratios.items())],
     }
     out = Path(args.out) / "ff_pipeline-cpu.json"
     atomic_write_json(out, result)
-    for k, v in result["ratios"].items():
-        print(f"  {k}: {v:.2f}")
+    for key, (median, low, high) in ratios.items():
+        print(f"  {key}: {median:.2f} (rounds {low:.2f}-{high:.2f})")
     print(f"written to {out}")
 
 

@@ -148,3 +148,41 @@ def test_goodness_test_agreement_title_counts_the_images_measured():
     small = [{"split": "validation", "images": 5_000}, {"split": "test", "images": 10_000}]
     title = gt.agreement_title(["r0"], small)
     assert "validation: 5,000 images" in title and "test: 10,000 images" in title and "per set" not in title
+
+
+# -- ff_pipeline --------------------------------------------------------------------------------
+
+
+def test_ff_pipeline_times_rows_round_robin_and_reports_medians(monkeypatch, tmp_path):
+    """Rounds interleave the rows; a row's examples/s is its median round, the ratios the medians'."""
+    fp = load("ff_pipeline")
+    calls = []
+    # Rates by (rank function, ranks), one per round: round 2 is a slow spell for everyone.
+    rates = {("pipeline_rank", 1): [100, 50, 120], ("pipeline_rank", 2): [110, 60, 100],
+             ("data_parallel_rank", 2): [80, 40, 90], ("gpipe_rank", 1): [200, 90, 210],
+             ("gpipe_rank", 2): [100, 45, 120]}
+
+    def fake_spawn(fn, ranks, args, threads_per_rank):
+        calls.append((fn.__name__, ranks))
+        round_index = sum(1 for c in calls if c == calls[-1]) - 1
+        return [{"examples_per_s": rates[calls[-1]][round_index]}] * ranks
+
+    monkeypatch.setattr(fp, "spawn", fake_spawn)
+    fp.main(["--hidden", "8,8", "--steps", "2", "--repeats", "3", "--out", str(tmp_path)])
+    assert calls[:5] == calls[5:10] == calls[10:] and len(calls) == 15  # each round times every row once
+    record = json.loads((tmp_path / "ff_pipeline-cpu.json").read_text())
+    rows = {r["run"]: r for r in record["rows"]}
+    assert rows["FF layer pipeline"]["examples_per_s"] == 100
+    assert (rows["FF layer pipeline"]["min_examples_per_s"], rows["FF layer pipeline"]["max_examples_per_s"]) == (60, 110)
+    assert record["ratios"]["ff_pipeline_over_ff_one_process"] == pytest.approx(100 / 100)
+    assert record["ratios"]["ff_pipeline_over_backprop_gpipe"] == pytest.approx(100 / 100)
+    assert record["ratios"]["backprop_gpipe_over_backprop_one_process"] == pytest.approx(100 / 200)
+    assert "--repeats 3" in record["command"]
+    assert "ff_pipeline_over_ff_one_process 0.83-1.20" in record["notes"][1]  # 100/120, 110/100 (and 60/50)
+
+
+def test_ff_pipeline_refuses_zero_repeats(capsys):
+    fp = load("ff_pipeline")
+    with pytest.raises(SystemExit) as e:
+        fp.main(["--repeats", "0"])
+    assert e.value.code == 2 and "must be >= 1" in capsys.readouterr().err
