@@ -24,10 +24,10 @@ from mortalnet.parallel.ff_pipeline import data_parallel_rank, pipeline_rank
 from mortalnet.parallel.gpipe import gpipe_rank
 from mortalnet.parallel.launch import spawn
 from mortalnet.rules.forward_forward import FFConfig
-from mortalnet.runs import atomic_write_json, git_commit, machine_info, machine_label
+from mortalnet.runs import benchmark_provenance, machine_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ff_throughput import positive_int  # noqa: E402  (the benchmarks' shared argument type)
+from ff_throughput import positive_int, write_record  # noqa: E402  (the benchmarks' shared helpers)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
             for name, ranks, threads, _, _, note in runs]
 
     def ratio(a: str, b: str) -> tuple[float, float, float]:
-        """Median of the two rows' medians' ratio, and the range of the per-round ratios."""
+        """The ratio of row a's median to row b's, and the lowest and highest per-round ratio."""
         per_round = [x / y for x, y in zip(rates[a], rates[b])]
         return statistics.median(rates[a]) / statistics.median(rates[b]), min(per_round), max(per_round)
 
@@ -88,14 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     }
     ratios = {key: ratio(a, b) for key, (a, b) in ratio_pairs.items()}
     env = machine_info("cpu")
-    result = {
-        "benchmark": "ff_pipeline",
-        "command": f"python benchmarks/ff_pipeline.py --hidden {args.hidden} --ranks {K} --steps {args.steps} "
-                   f"--micro-batches {args.micro_batches} --repeats {args.repeats}",
-        "architecture": f"784-{'-'.join(map(str, hidden))}, batch 100, float32, {cores} CPU cores",
-        "machine": machine_label(env),
-        "env": env,
-        "git_commit": git_commit(),
+    result = benchmark_provenance("ff_pipeline", args,
+                                  f"784-{'-'.join(map(str, hidden))}, batch 100, float32, {cores} CPU cores", env)
+    result |= {
         "rows": rows,
         "ratios": {key: median for key, (median, _, _) in ratios.items()},
         "notes": [f"{K} ranks on a {cores}-core machine: more ranks than cores only time-share the cores.",
@@ -103,11 +98,7 @@ def main(argv: list[str] | None = None) -> None:
                   "(min and max beside it), ratios are of the medians. Per-round ratio ranges: "
                   + "; ".join(f"{key} {low:.2f}-{high:.2f}" for key, (_, low, high) in ratios.items())],
     }
-    out = Path(args.out) / "ff_pipeline-cpu.json"
-    atomic_write_json(out, result)
-    for key, (median, low, high) in ratios.items():
-        print(f"  {key}: {median:.2f} (rounds {low:.2f}-{high:.2f})")
-    print(f"written to {out}")
+    write_record(result, Path(args.out) / "ff_pipeline-cpu.json")
 
 
 if __name__ == "__main__":
