@@ -93,3 +93,22 @@ def test_benchmark_provenance_names_the_command_machine_and_commit():
     assert head["command"] == "python benchmarks/goodness_test.py --agreement-threads 1 --seconds 3.0"
     assert head["benchmark"] == "goodness_test" and head["architecture"] == "784-10"
     assert head["machine"].endswith("threads") and head["git_commit"]
+
+
+def test_cpu_details_tell_two_cpus_of_the_same_name_apart():
+    from mortalnet.runs import cpu_details, machine_label
+
+    def cpuinfo(family: str, flags: str) -> str:
+        block = (f"processor\t: {{n}}\nvendor_id\t: AuthenticAMD\ncpu family\t: {family}\nmodel\t\t: 17\n"
+                 f"model name\t: AMD EPYC\nstepping\t: 1\ncache size\t: 1024 KB\nflags\t\t: {flags}\n\n")
+        return block.format(n=0) + block.format(n=1).replace(family, "99")  # only the first block counts
+
+    zen4 = cpu_details(cpuinfo("25", "fpu avx2 fma avx512f avx512_bf16 sse4_2"))
+    old = cpu_details(cpuinfo("23", "fpu avx2 fma"))
+    assert zen4["family"] == "25" and zen4["model"] == "17" and zen4["vendor"] == "AuthenticAMD"
+    assert zen4["matmul_flags"] == ["avx2", "fma", "avx512f", "avx512_bf16"]
+    assert old["matmul_flags"] == ["avx2", "fma"]
+    env = {"cpu": "AMD EPYC", "torch_threads": 2}
+    assert machine_label({**env, "cpu_details": zen4}) == "AMD EPYC (family 25 model 17), 2 threads"
+    assert machine_label(env) == "AMD EPYC, 2 threads"  # records written before cpu_details existed
+    assert cpu_details("") == {k: v for k, v in cpu_details("").items() if k == "torch_cpu_capability"}

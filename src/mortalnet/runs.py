@@ -138,6 +138,43 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+# /proc/cpuinfo flags that decide how fast matrix products run (float32 FMA width, bf16 dot products,
+# Intel AMX tiles): two "AMD EPYC" VMs of the same name can differ 2x in bf16 matmul rate.
+MATMUL_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "avx_vnni")
+
+
+def cpu_details(cpuinfo: str | None = None) -> dict[str, Any]:
+    """What identifies the CPU beyond its marketing name: vendor, family/model/stepping (e.g. AMD
+    family 25 is Zen 3/4, 26 is Zen 5), cache, the matmul-relevant flags it has, and the SIMD level
+    PyTorch dispatches to. `cpuinfo` is /proc/cpuinfo's text (read when None; {} of it off Linux)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    first: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            if first:
+                break  # the first processor's block is enough
+            continue
+        key, _, value = line.partition(":")
+        first.setdefault(key.strip(), value.strip())
+    details: dict[str, Any] = {}
+    for key, name in (("vendor_id", "vendor"), ("cpu family", "family"), ("model", "model"),
+                      ("stepping", "stepping"), ("cache size", "cache")):
+        if key in first:
+            details[name] = first[key]
+    if "flags" in first:
+        flags = set(first["flags"].split())
+        details["matmul_flags"] = [f for f in MATMUL_CPU_FLAGS if f in flags]
+    try:
+        details["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:  # pragma: no cover - torch < 2.1
+        pass
+    return details
+
+
 def machine_info(torch_device: torch.device | str = "cpu") -> dict[str, Any]:
     """Versions and hardware: what a reader needs to compare a number with another run's."""
     import numpy
@@ -149,6 +186,7 @@ def machine_info(torch_device: torch.device | str = "cpu") -> dict[str, Any]:
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
         "cpu": _cpu_model(),
+        "cpu_details": cpu_details(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch_device": str(torch_device),
@@ -169,7 +207,11 @@ def machine_label(env: Mapping[str, Any]) -> str:
     """A short human label for a machine: 'AMD EPYC, 2 CPU threads' or the GPU name."""
     if str(env.get("torch_device", "cpu")).startswith("cuda") and env.get("gpu"):
         return str(env["gpu"])
-    return f"{env.get('cpu', 'CPU')}, {env.get('torch_threads', '?')} threads"
+    cpu = env.get("cpu", "CPU")
+    details = env.get("cpu_details") or {}
+    if "family" in details and "model" in details:  # records before 2026-11-24 lack it
+        cpu = f"{cpu} (family {details['family']} model {details['model']})"
+    return f"{cpu}, {env.get('torch_threads', '?')} threads"
 
 
 def benchmark_provenance(name: str, args: Any, architecture: str, env: Mapping[str, Any]) -> dict[str, Any]:
