@@ -13,6 +13,7 @@ Prints a table and writes results/benchmarks/time_to_accuracy-<device>.json and 
 
     python benchmarks/time_to_accuracy.py                       # speed preset, seeds 0 and 1, + paper 300 s
     python benchmarks/time_to_accuracy.py --seeds 0 --baseline-seconds 0
+    python benchmarks/time_to_accuracy.py --preset speed-30 --tag speed-30   # record time_to_accuracy-cpu-speed-30.json
 """
 
 from __future__ import annotations
@@ -133,7 +134,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--records", default="", help="where the preset's run records go, one seed<k> folder each "
                     "(e.g. results/ff-supervised/speed; default: a temporary directory)")
     ap.add_argument("--out", default="results/benchmarks")
+    ap.add_argument("--tag", default="", help="appended to the record's file name, time_to_accuracy-<device>-<tag> "
+                    "(e.g. a preset or host), so that records of several presets or machines sit side by side")
     args = ap.parse_args(argv)
+    if args.tag and not args.tag.replace("-", "").replace("_", "").isalnum():
+        ap.error(f"--tag {args.tag!r}: use letters, digits, '-' and '_' only (it becomes part of a file name)")
     command = "python " + " ".join(sys.argv if argv is None else ["benchmarks/time_to_accuracy.py", *argv])
 
     if args.threads:
@@ -196,7 +201,7 @@ def measure(args: argparse.Namespace, command: str, scratch: Path, threads: int,
           f"{'met' if result['target_met'] else 'NOT met'}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"time_to_accuracy-{args.device}"
+    name = f"time_to_accuracy-{args.device}" + (f"-{args.tag}" if args.tag else "")
     result["architecture"] = f"ff-supervised --preset {args.preset} vs --preset {args.baseline}, per-label goodness test"
     result["rows"] = [
         {"run": f"{args.preset} seed {r['seed']}", "epochs": r["epochs"], "test_error_%": 100 * r["test_error"],

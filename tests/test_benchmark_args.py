@@ -113,7 +113,7 @@ def test_compiled_update_records_every_thread_count_measured(monkeypatch, tmp_pa
 # -- time_to_accuracy ---------------------------------------------------------------------------
 
 
-def test_time_to_accuracy_removes_its_scratch_folder_and_saves_the_plot_atomically(monkeypatch, tmp_path):
+def test_time_to_accuracy_removes_its_scratch_folder_and_saves_the_plot_atomically(monkeypatch, tmp_path, capsys):
     tta = load("time_to_accuracy")
     scratch_parent = tmp_path / "tmp"
     scratch_parent.mkdir()
@@ -136,6 +136,10 @@ def test_time_to_accuracy_removes_its_scratch_folder_and_saves_the_plot_atomical
     assert list(scratch_parent.iterdir()) == []
     assert saved == [out / "time_to_accuracy-cpu.png"] and saved[0].is_file()
     assert json.loads((out / "time_to_accuracy-cpu.json").read_text())["runs"][0]["epochs"] == 10
+    tta.main(["--preset", "speed-30", "--seeds", "0", "--baseline-seconds", "0", "--out", str(out), "--tag", "zen4"])
+    tagged = json.loads((out / "time_to_accuracy-cpu-zen4.json").read_text())
+    assert tagged["preset"] == "speed-30" and "--tag zen4" in tagged["command"]
+    assert "use letters, digits" in refused(capsys, tta.main, ["--tag", "../x"])
 
 
 # -- goodness_test ------------------------------------------------------------------------------

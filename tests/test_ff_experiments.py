@@ -103,6 +103,16 @@ def test_ff_supervised_max_shift_jitters_training_images_by_at_most_that_much(ti
     assert (~match[list(shifted).index((0, 0))]).sum() > n // 2  # and most were moved
 
 
+def test_speed_30_is_the_speed_recipe_with_30_epochs():
+    from dataclasses import replace
+
+    from mortalnet.api import preset_config
+
+    speed, short = preset_config("ff-supervised", "speed"), preset_config("ff-supervised", "speed-30")
+    assert short.training.epochs == 30 and speed.training.epochs == 50
+    assert replace(short, training=replace(short.training, epochs=50)) == speed
+
+
 def test_blackbox_headline_is_a_model_that_trained(tmp_path):
     """With backprop-box first and no ff-box, the record said 100% test error (the failed model's default)."""
     s = _run("blackbox", tmp_path, ["data.source=synthetic", "models=backprop-box,ff", "hidden=64,64",
