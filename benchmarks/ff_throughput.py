@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from mortalnet.rules.forward_forward import FFConfig, FFLearner
-from mortalnet.runs import atomic_write_json, benchmark_provenance, machine_info
+from mortalnet.runs import atomic_write_json, benchmark_provenance, benchmark_record_path, machine_info, record_tag
 
 
 def positive_int(text: str) -> int:
@@ -206,6 +206,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seconds", type=float, default=3.0, help="timing budget per measurement")
     ap.add_argument("--out", default="results/benchmarks")
+    ap.add_argument("--tag", default="", type=record_tag,
+                    help="appended to the record's file name, ff_throughput-<device>-<tag> (e.g. a host)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -351,7 +353,7 @@ def main() -> None:
                 epoch["naive"] / epoch["bfloat16, compiled update, shortlist-3 test"],
         })
     print(f"machine: {result['machine']}; matmul peak {peak / 1e9:.0f} GFLOP/s (float32), {peak_bf16 / 1e9:.0f} (bfloat16)")
-    write_record(result, Path(args.out) / f"ff_throughput-{device.type}.json")
+    write_record(result, benchmark_record_path(args.out, "ff_throughput", device.type, args.tag))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ import torch
 from mortalnet import api
 from mortalnet.data.mnist import MnistConfig, load_mnist
 from mortalnet.report.plots import _plt, _save
-from mortalnet.runs import atomic_write_json, git_commit, machine_info, machine_label
+from mortalnet.runs import (atomic_write_json, benchmark_record_path, git_commit, machine_info, machine_label,
+                            record_tag)
 
 
 def run_preset(preset: str, seed: int, root: Path, snapshot_every: int, device: str) -> dict:
@@ -134,11 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--records", default="", help="where the preset's run records go, one seed<k> folder each "
                     "(e.g. results/ff-supervised/speed; default: a temporary directory)")
     ap.add_argument("--out", default="results/benchmarks")
-    ap.add_argument("--tag", default="", help="appended to the record's file name, time_to_accuracy-<device>-<tag> "
-                    "(e.g. a preset or host), so that records of several presets or machines sit side by side")
+    ap.add_argument("--tag", default="", type=record_tag, help="appended to the record's file name, "
+                    "time_to_accuracy-<device>-<tag> (e.g. a preset or host), so that records sit side by side")
     args = ap.parse_args(argv)
-    if args.tag and not args.tag.replace("-", "").replace("_", "").isalnum():
-        ap.error(f"--tag {args.tag!r}: use letters, digits, '-' and '_' only (it becomes part of a file name)")
     command = "python " + " ".join(sys.argv if argv is None else ["benchmarks/time_to_accuracy.py", *argv])
 
     if args.threads:
@@ -201,7 +200,7 @@ def measure(args: argparse.Namespace, command: str, scratch: Path, threads: int,
           f"{'met' if result['target_met'] else 'NOT met'}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"time_to_accuracy-{args.device}" + (f"-{args.tag}" if args.tag else "")
+    name = benchmark_record_path(out, "time_to_accuracy", args.device, args.tag).stem
     result["architecture"] = f"ff-supervised --preset {args.preset} vs --preset {args.baseline}, per-label goodness test"
     result["rows"] = [
         {"run": f"{args.preset} seed {r['seed']}", "epochs": r["epochs"], "test_error_%": 100 * r["test_error"],

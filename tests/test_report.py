@@ -88,7 +88,7 @@ def test_benchmark_provenance_names_the_command_machine_and_commit():
 
     from mortalnet.runs import benchmark_provenance, machine_info
 
-    args = argparse.Namespace(agreement_threads=1, seconds=3.0, out="results/benchmarks")
+    args = argparse.Namespace(agreement_threads=1, seconds=3.0, tag="", out="results/benchmarks")
     head = benchmark_provenance("goodness_test", args, "784-10", machine_info("cpu"))
     assert head["command"] == "python benchmarks/goodness_test.py --agreement-threads 1 --seconds 3.0"
     assert head["benchmark"] == "goodness_test" and head["architecture"] == "784-10"
@@ -112,3 +112,15 @@ def test_cpu_details_tell_two_cpus_of_the_same_name_apart():
     assert machine_label({**env, "cpu_details": zen4}) == "AMD EPYC (family 25 model 17), 2 threads"
     assert machine_label(env) == "AMD EPYC, 2 threads"  # records written before cpu_details existed
     assert cpu_details("") == {k: v for k, v in cpu_details("").items() if k == "torch_cpu_capability"}
+
+
+def test_benchmark_record_path_takes_a_tag_that_is_a_plain_name():
+    import argparse
+
+    from mortalnet.runs import benchmark_record_path
+
+    assert benchmark_record_path("r/b", "ff_throughput", "cpu").as_posix() == "r/b/ff_throughput-cpu.json"
+    assert benchmark_record_path("r/b", "ff_throughput", "cpu", "amd-f25").name == "ff_throughput-cpu-amd-f25.json"
+    for bad in ("../x", "a b", "x/y"):
+        with pytest.raises(argparse.ArgumentTypeError, match="letters, digits"):
+            benchmark_record_path("r/b", "ff_throughput", "cpu", bad)

@@ -217,9 +217,25 @@ def machine_label(env: Mapping[str, Any]) -> str:
 def benchmark_provenance(name: str, args: Any, architecture: str, env: Mapping[str, Any]) -> dict[str, Any]:
     """The head of a benchmark record: name, the command line that reproduces it (every argparse
     option but --out), what was measured, the machine (label and details) and the git commit."""
-    options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out")
+    options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+                       if k != "out" and v != "")  # an empty string is an unset option (e.g. --tag)
     return {"benchmark": name, "command": f"python benchmarks/{name}.py {options}", "architecture": architecture,
             "machine": machine_label(env), "env": env, "git_commit": git_commit()}
+
+
+def record_tag(text: str) -> str:
+    """argparse type for a benchmark's --tag: letters, digits, '-' and '_' (it becomes part of a file name)."""
+    if text and not text.replace("-", "").replace("_", "").isalnum():
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"{text!r}: use letters, digits, '-' and '_' only (it names a file)")
+    return text
+
+
+def benchmark_record_path(out: str | Path, name: str, device: str, tag: str = "") -> Path:
+    """Where a benchmark writes its record: <out>/<name>-<device>[-<tag>].json. A tag (a preset, a
+    host) lets records of several machines or configurations sit side by side in one folder."""
+    return Path(out) / (f"{name}-{device}" + (f"-{record_tag(tag)}" if tag else "") + ".json")
 
 
 def _now() -> str:
