@@ -19,15 +19,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ff_throughput import benchmark_batches, interleaved_step_times, positive_int, write_record  # noqa: E402
+from ff_throughput import benchmark_batches, interleaved_step_times, positive_int, positive_ints, write_record  # noqa: E402
 
 from mortalnet.rules.forward_forward import FFConfig, FFLearner  # noqa: E402
 from mortalnet.runs import benchmark_provenance, machine_info, machine_label  # noqa: E402
-
-
-def positive_ints(text: str) -> tuple[int, ...]:
-    """Comma-separated integers, each >= 1."""
-    return tuple(positive_int(t) for t in text.split(","))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -39,6 +39,20 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_ints(text: str) -> tuple[int, ...]:
+    """Comma-separated integers, each >= 1 (e.g. --hidden 2000,2000)."""
+    return tuple(positive_int(t) for t in text.split(","))
+
+
+def hidden_widths(ap: argparse.ArgumentParser, text: str) -> tuple[int, ...]:
+    """--hidden as layer widths, or argparse's usage error (the option stays a string, as typed, for
+    the recorded command line)."""
+    try:
+        return positive_ints(text)
+    except argparse.ArgumentTypeError as e:
+        ap.error(f"--hidden {text!r}: each width {e}")
+
+
 def timeit(fn, min_seconds: float = 2.0, warmup: int = 3, device: torch.device | None = None) -> float:
     """Mean seconds per call over at least `min_seconds` (and 3 calls), after `warmup` calls. On a
     CUDA device the queue is drained before the clock starts and before each reading, so
@@ -212,7 +226,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    hidden = tuple(int(h) for h in args.hidden.split(","))
+    hidden = hidden_widths(ap, args.hidden)
     B = args.batch
     if B < 1:
         raise SystemExit("--batch must be >= 1")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,18 @@ def test_ff_pipeline_refuses_zero_repeats(capsys):
     with pytest.raises(SystemExit) as e:
         fp.main(["--repeats", "0"])
     assert e.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["ff_pipeline", "ff_throughput", "compiled_update"])
+@pytest.mark.parametrize("hidden", ["1000,0", "1000,-5", "1000,x", "1000,,1000"])
+def test_a_hidden_width_below_one_or_not_a_number_is_a_usage_error(monkeypatch, capsys, name, hidden):
+    """Before, ff_pipeline and ff_throughput took `--hidden 1000,0` and failed deep inside the run."""
+    bench = load(name)
+    argv = ["--hidden", hidden]
+    if name == "ff_throughput":  # reads sys.argv
+        monkeypatch.setattr(sys, "argv", ["ff_throughput.py", *argv])
+        call = lambda _argv: bench.main()  # noqa: E731
+    else:
+        call = bench.parse_args if name == "compiled_update" else bench.main
+    err = refused(capsys, call, argv)
+    assert "--hidden" in err and hidden in err
