@@ -146,7 +146,8 @@ MATMUL_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx
 def cpu_details(cpuinfo: str | None = None) -> dict[str, Any]:
     """What identifies the CPU beyond its marketing name: vendor, family/model/stepping (e.g. AMD
     family 25 is Zen 3/4, 26 is Zen 5), cache, the matmul-relevant flags it has, and the SIMD level
-    PyTorch dispatches to. `cpuinfo` is /proc/cpuinfo's text (read when None; {} of it off Linux)."""
+    PyTorch dispatches to. `cpuinfo` is /proc/cpuinfo's text (read when None); where there is none
+    (not Linux), only the SIMD level."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
