@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ff_throughput import benchmark_batches, interleaved_step_times, positive_int, positive_ints, write_record  # noqa: E402
+from ff_throughput import benchmark_batches, interleaved_step_times, positive_int, positive_ints, positive_ints_option, write_record  # noqa: E402
 
 from mortalnet.rules.forward_forward import FFConfig, FFLearner  # noqa: E402
 from mortalnet.runs import benchmark_provenance, machine_info, machine_label  # noqa: E402
@@ -35,11 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="results/benchmarks")
     args = ap.parse_args(argv)
-    for option in ("hidden", "threads"):  # kept as typed, for the recorded command line
-        try:
-            positive_ints(getattr(args, option))
-        except argparse.ArgumentTypeError as e:
-            ap.error(f"--{option} {getattr(args, option)!r}: each value {e}")
+    for option in ("hidden", "threads"):  # checked here, kept as typed for the recorded command line
+        positive_ints_option(ap, option, getattr(args, option))
     return args
 
 

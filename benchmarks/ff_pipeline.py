@@ -27,7 +27,7 @@ from mortalnet.rules.forward_forward import FFConfig
 from mortalnet.runs import benchmark_provenance, machine_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ff_throughput import hidden_widths, positive_int, write_record  # noqa: E402  (the benchmarks' shared helpers)
+from ff_throughput import positive_int, positive_ints_option, write_record  # noqa: E402  (the benchmarks' shared helpers)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=positive_int, default=3, help="rounds, each timing every row once")
     ap.add_argument("--out", default="results/benchmarks")
     args = ap.parse_args(argv)
-    hidden = list(hidden_widths(ap, args.hidden))
+    hidden = list(positive_ints_option(ap, "hidden", args.hidden))
     cores = os.cpu_count() or 1
     K = args.ranks
     base = {"hidden": hidden, "data": cfgmod.to_dict(MnistConfig(source="synthetic")), "batch_size": 100,

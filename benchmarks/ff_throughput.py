@@ -44,13 +44,13 @@ def positive_ints(text: str) -> tuple[int, ...]:
     return tuple(positive_int(t) for t in text.split(","))
 
 
-def hidden_widths(ap: argparse.ArgumentParser, text: str) -> tuple[int, ...]:
-    """--hidden as layer widths, or argparse's usage error (the option stays a string, as typed, for
-    the recorded command line)."""
+def positive_ints_option(ap: argparse.ArgumentParser, option: str, text: str) -> tuple[int, ...]:
+    """The value `text` of --option (e.g. --hidden) as integers >= 1, or argparse's usage error. The
+    option stays a string in args, as typed, for the recorded command line."""
     try:
         return positive_ints(text)
     except argparse.ArgumentTypeError as e:
-        ap.error(f"--hidden {text!r}: each width {e}")
+        ap.error(f"--{option} {text!r}: each value {e}")
 
 
 def timeit(fn, min_seconds: float = 2.0, warmup: int = 3, device: torch.device | None = None) -> float:
@@ -226,7 +226,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    hidden = hidden_widths(ap, args.hidden)
+    hidden = positive_ints_option(ap, "hidden", args.hidden)
     B = args.batch
     if B < 1:
         raise SystemExit("--batch must be >= 1")

@@ -67,9 +67,9 @@ def _speed() -> FFSupervisedConfig:
 
 def _speed_30() -> FFSupervisedConfig:
     # `speed` cut to 30 epochs so that it fits the 5-minute budget on the slower of this project's
-    # 2-core hosts too (AMD family 25 model 17: bf16 matmul ~400 GFLOP/s, `speed` 7-8 s an
-    # epoch, 376-401 s a run). 30 was chosen from that time budget (30 x 8 s plus tests and
-    # checkpoints < 300 s), not from any test error.
+    # 2-core hosts too (AMD family 25 model 17: bf16 matmul ~420 GFLOP/s, `speed` 7-8 s an epoch,
+    # 376-397 s a run in its time_to_accuracy record). 30 was chosen from that time budget
+    # (30 x 8 s plus tests and checkpoints < 300 s), not from any test error.
     base = _speed()
     return replace(base, training=replace(base.training, epochs=30))
 
