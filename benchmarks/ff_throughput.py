@@ -18,6 +18,7 @@ Prints and writes (results/benchmarks/ff_throughput-<device>.json):
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -113,6 +114,12 @@ def write_record(result: dict, out: Path) -> None:
     print(f"written to {out}")
 
 
+def median_by_shape(rounds: list[dict], dtype_name: str, shapes) -> dict[str, float]:
+    """{"MxKxN": median GFLOP/s over rounds} for one dtype's matmul timings in `rounds`."""
+    keys = [f"{m}x{k}x{n}" for m, k, n in shapes]
+    return {k: statistics.median(r[f"{dtype_name} by shape {k} GFLOP/s"] for r in rounds) for k in keys}
+
+
 def matmul_peak(dtype: torch.dtype, device: torch.device, shapes) -> tuple[float, dict]:
     """Best matmul FLOP/s over square and FF-shaped products; also each shape's FLOP/s."""
     per_shape = {}
@@ -122,6 +129,41 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, shapes) -> tuple[float
         sec = timeit(lambda: torch.mm(a, b), 1.0, device=device)
         per_shape[f"{m}x{k}x{n}"] = 2 * m * k * n / sec
     return max(per_shape.values()), per_shape
+
+
+def peak_and_step_rounds(learners: dict[str, FFLearner], x: torch.Tensor, y: torch.Tensor, batch: int,
+                         hidden: tuple[int, ...], shapes, rounds: int, timer) -> list[dict]:
+    """`rounds` times in turn: the matmul peak in float32 and bfloat16 (`matmul_peak` over `shapes`),
+    then each learner's training step (cycling through the batches of x, y; `timer(fn)` gives
+    seconds per call). On a shared machine the speed drifts over minutes; within a round a step and
+    the peak it is divided by are measured seconds apart. Returns one dict per round: each peak
+    (GFLOP/s, and per shape), each learner's ms/step and achieved FLOP/s over the same round's peak
+    in the dtype of its products."""
+    device = x.device
+    out = []
+    for _ in range(rounds):
+        peaks = {}
+        row: dict = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            peaks[dtype], per_shape = matmul_peak(dtype, device, shapes)
+            name = str(dtype).removeprefix("torch.")
+            row[f"{name} matmul peak GFLOP/s"] = peaks[dtype] / 1e9
+            row.update({f"{name} by shape {k} GFLOP/s": v / 1e9 for k, v in per_shape.items()})
+        for name, learner in learners.items():
+            state = {"i": 0}
+
+            def step(learner=learner, state=state):
+                i = state["i"] % (len(x) // batch)
+                learner.train_batch(x[i * batch : (i + 1) * batch], y[i * batch : (i + 1) * batch])
+                state["i"] += 1
+
+            sec = timer(step)
+            flops = ff_step_flops(784, hidden, batch, learner.cfg.fast)
+            dtype = torch.bfloat16 if learner.cfg.precision == "bfloat16" else torch.float32
+            row[f"{name} ms/step"] = 1e3 * sec
+            row[f"{name} fraction of peak"] = flops / sec / peaks[dtype]
+        out.append(row)
+    return out
 
 
 class NaiveFF:
@@ -219,6 +261,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seconds", type=float, default=3.0, help="timing budget per measurement")
+    ap.add_argument("--rounds", type=positive_int, default=3,
+                    help="rounds of matmul peak + training steps, in turn; the FLOP/s ratios are medians over them")
     ap.add_argument("--out", default="results/benchmarks")
     ap.add_argument("--tag", default="", type=record_tag,
                     help="appended to the record's file name, ff_throughput-<device>-<tag> (e.g. a host)")
@@ -238,32 +282,41 @@ def main() -> None:
         return timeit(fn, args.seconds, device=device)
 
     shapes = [(2000, 2000, 2000), (2 * B, hidden[0], hidden[-1]), (hidden[-1], 2 * B, hidden[-1]), (B, 784, hidden[0])]
-    peak, per_shape = matmul_peak(torch.float32, device, shapes)
-    peak_bf16, per_shape_bf16 = matmul_peak(torch.bfloat16, device, shapes)
+    steppers = {
+        "float32": FFLearner(FFConfig(), hidden, seed=0, device=device),
+        "straightforward": FFLearner(replace(FFConfig(), fast=False), hidden, seed=0, device=device),
+        "bfloat16": FFLearner(replace(FFConfig(), precision="bfloat16"), hidden, seed=0, device=device),
+    }
+    # the same step with rule.compile_update: the smoothed-gradient and weight update of each layer
+    # in one torch.compile'd pass (compiled at this first step, outside the timing)
+    try:
+        compiled = FFLearner(replace(FFConfig(), precision="bfloat16", compile_update=True), hidden, seed=0,
+                             device=device)
+        compiled.train_batch(x[:B], y[:B])
+        steppers["bfloat16, compiled update"] = compiled
+    except RuntimeError as exc:  # torch.compile unavailable (no C++ compiler): the row is left out
+        print(f"compiled update not measured: {exc}")
+    rounds = peak_and_step_rounds(steppers, x, y, B, hidden, shapes, args.rounds, t)
+    peak = statistics.median(r["float32 matmul peak GFLOP/s"] for r in rounds) * 1e9
+    peak_bf16 = statistics.median(r["bfloat16 matmul peak GFLOP/s"] for r in rounds) * 1e9
+    step_time = {name: statistics.median(r[f"{name} ms/step"] for r in rounds) / 1e3 for name in steppers}
+
+    def fraction(name: str) -> float:
+        """Median over rounds of the step's achieved FLOP/s over that round's peak in its dtype."""
+        return statistics.median(r[f"{name} fraction of peak"] for r in rounds)
 
     rows = []
-    step_time = {}
-    for fast in (True, False):
-        learner = FFLearner(replace(FFConfig(), fast=fast), hidden, seed=0, device=device)
-        state = {"i": 0}
-
-        def step():
-            i = state["i"] % 20
-            learner.train_batch(x[i * B : (i + 1) * B], y[i * B : (i + 1) * B])
-            state["i"] += 1
-
-        sec = t(step)
-        step_time[fast] = sec
-        flops = ff_step_flops(784, hidden, B, fast)
+    for name, label in (("float32", "fused fast path"), ("straightforward", "straightforward (3 passes)")):
+        flops = ff_step_flops(784, hidden, B, name == "float32")
         rows.append({
-            "measurement": "FF training step, " + ("fused fast path" if fast else "straightforward (3 passes)"),
-            "examples_per_s": B / sec,
-            "ms_per_step": 1e3 * sec,
+            "measurement": "FF training step, " + label,
+            "examples_per_s": B / step_time[name],
+            "ms_per_step": 1e3 * step_time[name],
             "matmul_gflops_per_step": flops / 1e9,
-            "achieved_gflop_s": flops / sec / 1e9,
-            "fraction_of_matmul_peak": flops / sec / peak,
+            "achieved_gflop_s": flops / step_time[name] / 1e9,
+            "fraction_of_matmul_peak": fraction(name),
         })
-    speedup_train = step_time[False] / step_time[True]
+    speedup_train = step_time["straightforward"] / step_time["float32"]
 
     learner = FFLearner(FFConfig(), hidden, seed=0, device=device)
     # both in chunks of 200 images, as FFLearner.evaluate does
@@ -285,33 +338,16 @@ def main() -> None:
     t_naive_eval = t(lambda: [naive.goodness_test(xe[j : j + 200]) for j in range(0, len(xe), 200)])
     flops = ff_step_flops(784, hidden, B, True)
 
-    def time_bf16_step(learner: FFLearner, label: str) -> float:
-        """Seconds per training step of `learner` over the 20 benchmark batches; appends its row."""
-        state["i"] = 0
-
-        def step():
-            i = state["i"] % 20
-            learner.train_batch(x[i * B : (i + 1) * B], y[i * B : (i + 1) * B])
-            state["i"] += 1
-
-        sec = t(step)
-        rows.append({"measurement": label, "examples_per_s": B / sec, "ms_per_step": 1e3 * sec,
-                     "matmul_gflops_per_step": flops / 1e9, "achieved_gflop_s": flops / sec / 1e9,
-                     "fraction_of_bf16_matmul_peak": flops / sec / peak_bf16})
-        return sec
-
-    bf16 = FFLearner(replace(FFConfig(), precision="bfloat16"), hidden, seed=0, device=device)
-    t_bf16_step = time_bf16_step(bf16, "FF training step, fused fast path, bfloat16 products")
-    # the same step with rule.compile_update: the smoothed-gradient and weight update of each layer
-    # in one torch.compile'd pass (compiled during the warm-up steps, outside the timing)
-    t_compiled_step = None
-    try:
-        compiled = FFLearner(replace(FFConfig(), precision="bfloat16", compile_update=True), hidden, seed=0,
-                             device=device)
-        t_compiled_step = time_bf16_step(
-            compiled, "FF training step, fused fast path, bfloat16 products, compiled update")
-    except RuntimeError as exc:  # torch.compile unavailable (no C++ compiler): the row is left out
-        print(f"compiled update not measured: {exc}")
+    for name, label in (("bfloat16", "bfloat16 products"),
+                        ("bfloat16, compiled update", "bfloat16 products, compiled update")):
+        if name in step_time:
+            rows.append({"measurement": "FF training step, fused fast path, " + label,
+                         "examples_per_s": B / step_time[name], "ms_per_step": 1e3 * step_time[name],
+                         "matmul_gflops_per_step": flops / 1e9, "achieved_gflop_s": flops / step_time[name] / 1e9,
+                         "fraction_of_bf16_matmul_peak": fraction(name)})
+    bf16 = steppers["bfloat16"]
+    t_bf16_step = step_time["bfloat16"]
+    t_compiled_step = step_time.get("bfloat16, compiled update")
     t_bf16_eval = t(lambda: bf16.predict_batches(bf16.goodness_scores, xe, 200))
     # the shortlist test (rule.goodness_shortlist=3): one neutral pass picks 3 labels, only those are
     # scored; its agreement with the exact test on trained nets is benchmarks/goodness_test.py's job
@@ -321,7 +357,7 @@ def main() -> None:
     steps_per_epoch, eval_scale = -(-50_000 // B), 10_000 / len(xe)  # the 10k validation test, timed on xe
     epoch = {
         "naive": steps_per_epoch * t_naive_step + eval_scale * t_naive_eval,
-        "float32": steps_per_epoch * step_time[True] + eval_scale * t_fast,
+        "float32": steps_per_epoch * step_time["float32"] + eval_scale * t_fast,
         "bfloat16": steps_per_epoch * t_bf16_step + eval_scale * t_bf16_eval,
         "bfloat16 with the shortlist-3 test": steps_per_epoch * t_bf16_step + eval_scale * t_bf16_short,
     }
@@ -339,9 +375,14 @@ def main() -> None:
     result = {
         **benchmark_provenance("ff_throughput", args, f"784-{'-'.join(map(str, hidden))}, batch {B}, float32 and bfloat16 products", env),
         "matmul_peak_gflop_s": peak / 1e9,
-        "matmul_gflop_s_by_shape": {k: v / 1e9 for k, v in per_shape.items()},
+        "matmul_gflop_s_by_shape": median_by_shape(rounds, "float32", shapes),
         "bf16_matmul_peak_gflop_s": peak_bf16 / 1e9,
-        "bf16_matmul_gflop_s_by_shape": {k: v / 1e9 for k, v in per_shape_bf16.items()},
+        "bf16_matmul_gflop_s_by_shape": median_by_shape(rounds, "bfloat16", shapes),
+        "tables": [{"title": f"The {len(rounds)} rounds of matmul peak and training steps, in turn (the "
+                             "ratios above are medians over them; the other rows are measured once)",
+                    "rows": [{"round": k + 1, **{c: v for c, v in r.items() if " by shape " not in c}}
+                             for k, r in enumerate(rounds)]}],
+        "rounds": rounds,
         "rows": rows,
         "ratios": {
             "fast_step_achieved_over_matmul_peak": rows[0]["fraction_of_matmul_peak"],
@@ -353,13 +394,13 @@ def main() -> None:
             "goodness_test_bf16_shortlist3_over_naive_implementation": t_naive_eval / t_bf16_short,
             "epoch_bfloat16_shortlist3_over_naive_implementation_speed":
                 epoch["naive"] / epoch["bfloat16 with the shortlist-3 test"],
-            "bfloat16_over_float32_step_speed": step_time[True] / t_bf16_step,
-            "bf16_step_achieved_over_bf16_matmul_peak": flops / t_bf16_step / peak_bf16,
+            "bfloat16_over_float32_step_speed": step_time["float32"] / t_bf16_step,
+            "bf16_step_achieved_over_bf16_matmul_peak": fraction("bfloat16"),
         },
     }
     if t_compiled_step is not None:
         result["ratios"].update({
-            "bf16_compiled_update_step_achieved_over_bf16_matmul_peak": flops / t_compiled_step / peak_bf16,
+            "bf16_compiled_update_step_achieved_over_bf16_matmul_peak": fraction("bfloat16, compiled update"),
             "compiled_over_eager_bf16_step_speed": t_bf16_step / t_compiled_step,
             "epoch_bfloat16_compiled_update_over_naive_implementation_speed":
                 epoch["naive"] / epoch["bfloat16, compiled update"],

@@ -206,3 +206,36 @@ def test_a_hidden_width_below_one_or_not_a_number_is_a_usage_error(monkeypatch, 
         call = bench.parse_args if name == "compiled_update" else bench.main
     err = refused(capsys, call, argv)
     assert "--hidden" in err and hidden in err
+
+
+# -- ff_throughput --------------------------------------------------------------------------------
+
+
+def test_ff_throughput_divides_each_step_by_its_own_round_s_peak_in_its_dtype(monkeypatch):
+    """The FLOP/s ratios are per round (peak and steps seconds apart), float32 steps over the float32
+    peak and bf16 steps over the bf16 peak, and every learner steps in every round."""
+    ft = load("ff_throughput")
+    peaks = iter([100e9, 400e9, 50e9, 200e9])  # round 1: fp32, bf16; round 2: fp32, bf16
+    monkeypatch.setattr(ft, "matmul_peak", lambda dtype, device, shapes: (next(peaks), {"8x8x8": 1.0}))
+    hidden, B = (16, 16), 4
+    x, y = ft.benchmark_batches(B, torch.device("cpu"))
+    learners = {"fp32": ft.FFLearner(ft.FFConfig(), hidden),
+                "slow": ft.FFLearner(ft.replace(ft.FFConfig(), fast=False), hidden),
+                "bf16": ft.FFLearner(ft.replace(ft.FFConfig(), precision="bfloat16"), hidden)}
+    calls = []
+
+    def timer(fn):
+        fn()
+        calls.append(1)
+        return 0.002
+
+    rounds = ft.peak_and_step_rounds(learners, x, y, B, hidden, [(8, 8, 8)], 2, timer)
+    assert len(rounds) == 2 and len(calls) == 6
+    fast, slow = ft.ff_step_flops(784, hidden, B, True), ft.ff_step_flops(784, hidden, B, False)
+    for r, (p32, p16) in zip(rounds, [(100e9, 400e9), (50e9, 200e9)]):
+        assert r["float32 matmul peak GFLOP/s"] == p32 / 1e9 and r["bfloat16 matmul peak GFLOP/s"] == p16 / 1e9
+        assert r["fp32 fraction of peak"] == pytest.approx(fast / 0.002 / p32)
+        assert r["slow fraction of peak"] == pytest.approx(slow / 0.002 / p32)
+        assert r["bf16 fraction of peak"] == pytest.approx(fast / 0.002 / p16)
+        assert r["bf16 ms/step"] == pytest.approx(2.0)
+    assert ft.median_by_shape(rounds, "float32", [(8, 8, 8)]) == {"8x8x8": pytest.approx(1e-9)}
