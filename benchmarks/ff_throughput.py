@@ -378,8 +378,9 @@ def main() -> None:
         "matmul_gflop_s_by_shape": median_by_shape(rounds, "float32", shapes),
         "bf16_matmul_peak_gflop_s": peak_bf16 / 1e9,
         "bf16_matmul_gflop_s_by_shape": median_by_shape(rounds, "bfloat16", shapes),
-        "tables": [{"title": f"The {len(rounds)} rounds of matmul peak and training steps, in turn (the "
-                             "ratios above are medians over them; the other rows are measured once)",
+        "tables": [{"title": f"The {len(rounds)} rounds of matmul peak and training steps, in turn: the step "
+                             "rows, the FLOP/s ratios and the epochs use their medians (the other rows are "
+                             "measured once)",
                     "rows": [{"round": k + 1, **{c: v for c, v in r.items() if " by shape " not in c}}
                              for k, r in enumerate(rounds)]}],
         "rounds": rounds,
