@@ -211,31 +211,28 @@ def test_a_hidden_width_below_one_or_not_a_number_is_a_usage_error(monkeypatch, 
 # -- ff_throughput --------------------------------------------------------------------------------
 
 
-def test_ff_throughput_divides_each_step_by_its_own_round_s_peak_in_its_dtype(monkeypatch):
-    """The FLOP/s ratios are per round (peak and steps seconds apart), float32 steps over the float32
-    peak and bf16 steps over the bf16 peak, and every learner steps in every round."""
+def test_ff_throughput_takes_every_ratio_within_a_round(monkeypatch):
+    """Each round measures the peaks and then everything else; a step's FLOP/s is divided by the same
+    round's peak in its own dtype (float32 steps by the float32 peak, bf16 steps by the bf16 one), and
+    each ratio is taken per round before its median and range over rounds."""
     ft = load("ff_throughput")
-    peaks = iter([100e9, 400e9, 50e9, 200e9])  # round 1: fp32, bf16; round 2: fp32, bf16
-    monkeypatch.setattr(ft, "matmul_peak", lambda dtype, device, shapes: (next(peaks), {"8x8x8": 1.0}))
-    hidden, B = (16, 16), 4
-    x, y = ft.benchmark_batches(B, torch.device("cpu"))
-    learners = {"fp32": ft.FFLearner(ft.FFConfig(), hidden),
-                "slow": ft.FFLearner(ft.replace(ft.FFConfig(), fast=False), hidden),
-                "bf16": ft.FFLearner(ft.replace(ft.FFConfig(), precision="bfloat16"), hidden)}
+    peaks = iter([100e9, 400e9, 50e9, 200e9, 80e9, 300e9])  # rounds 1-3: float32, bfloat16
+    monkeypatch.setattr(ft, "matmul_peak", lambda dtype, device, shapes: (next(peaks), {"8x8x8": 7e9}))
+    seconds = iter([0.01, 0.02, 0.04, 0.01, 0.03, 0.03])  # rounds 1-3: "a step", "b step"
     calls = []
 
     def timer(fn):
         fn()
-        calls.append(1)
-        return 0.002
+        return next(seconds)
 
-    rounds = ft.peak_and_step_rounds(learners, x, y, B, hidden, [(8, 8, 8)], 2, timer)
-    assert len(rounds) == 2 and len(calls) == 6
-    fast, slow = ft.ff_step_flops(784, hidden, B, True), ft.ff_step_flops(784, hidden, B, False)
-    for r, (p32, p16) in zip(rounds, [(100e9, 400e9), (50e9, 200e9)]):
-        assert r["float32 matmul peak GFLOP/s"] == p32 / 1e9 and r["bfloat16 matmul peak GFLOP/s"] == p16 / 1e9
-        assert r["fp32 fraction of peak"] == pytest.approx(fast / 0.002 / p32)
-        assert r["slow fraction of peak"] == pytest.approx(slow / 0.002 / p32)
-        assert r["bf16 fraction of peak"] == pytest.approx(fast / 0.002 / p16)
-        assert r["bf16 ms/step"] == pytest.approx(2.0)
-    assert ft.median_by_shape(rounds, "float32", [(8, 8, 8)]) == {"8x8x8": pytest.approx(1e-9)}
+    measurements = {"a step": lambda: calls.append("a"), "b step": lambda: calls.append("b")}
+    rounds = ft.timed_rounds(measurements, torch.device("cpu"), [(8, 8, 8)], 3, timer)
+    assert calls == ["a", "b"] * 3
+    for r in rounds:
+        ft.add_fractions_of_peak(r, {"a": 1e9, "b": 2e9}, {"a": "float32", "b": "bfloat16"})
+    assert [r["a fraction of peak"] for r in rounds] == pytest.approx([1e9 / 0.01 / 100e9, 1e9 / 0.04 / 50e9, 1e9 / 0.03 / 80e9])
+    assert [r["b fraction of peak"] for r in rounds] == pytest.approx([2e9 / 0.02 / 400e9, 2e9 / 0.01 / 200e9, 2e9 / 0.03 / 300e9])
+    # b over a per round: 2, 0.25, 1 -> median 1 (the ratio of the median times would be 0.02 / 0.03)
+    assert ft.ratio_over_rounds(rounds, "b step s", "a step s") == pytest.approx({"median": 1.0, "min": 0.25, "max": 2.0})
+    assert ft.ratio_over_rounds(rounds, "a step s", None)["max"] == 0.04
+    assert ft.median_by_shape(rounds, "float32", [(8, 8, 8)]) == {"8x8x8": pytest.approx(7.0)}
