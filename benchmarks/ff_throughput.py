@@ -403,8 +403,8 @@ def main() -> None:
         "bf16_matmul_gflop_s_by_shape": median_by_shape(rounds, "bfloat16", shapes),
         "rows": rows,
         "ratios": {k: v["median"] for k, v in ratios.items()},
-        "tables": [{"title": f"Every ratio in each of the {len(rounds)} rounds (all measurements repeated in "
-                             "turn; the rows above and the ratios below are the medians)",
+        "tables": [{"title": f"Each ratio's median and range over the {len(rounds)} rounds (all measurements "
+                             "repeated in turn; the rows above and the ratios below are the medians)",
                     "rows": [{"ratio": k, "median": v["median"], "min": v["min"], "max": v["max"]}
                              for k, v in ratios.items()]}],
         "rounds": rounds,
