@@ -91,8 +91,8 @@ class TorchvisionLikeMnist(torch.utils.data.Dataset):
         return self.x[i].reshape(1, 28, 28).clone(), int(self.y[i])
 
 
-def run_peer(peer: Path, epochs: int, threads: int, x: torch.Tensor, y: torch.Tensor) -> dict:
-    """Train the peer for `epochs` epochs on images x (N, 784), labels y (N,), in this process:
+def run_peer(peer: Path, epochs: int, threads: int, n_train: int) -> dict:
+    """Train the peer for `epochs` epochs on the first n_train MNIST training images, in this process:
     {"epoch_seconds": its own time of each epoch, "last_epoch": its printed training averages}."""
     torch.set_num_threads(threads)
     sys.modules.setdefault("torchvision", types.ModuleType("torchvision"))  # imported, never called here
@@ -105,6 +105,7 @@ def run_peer(peer: Path, epochs: int, threads: int, x: torch.Tensor, y: torch.Te
         from omegaconf import OmegaConf
     except ImportError:
         raise SystemExit("the peer reads its config.yaml with omegaconf: pip install hydra-core") from None
+    x, y = mnist_train(n_train)
     peer_utils.get_MNIST_partition = lambda opt, partition: TorchvisionLikeMnist(x, y)
     seconds: list[float] = []
     last: dict[str, float] = {}
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     peer = Path(args.peer).resolve()
     if args.as_peer_driver:
-        print(PEER_MARKER + json.dumps(run_peer(peer, args.epochs, args.threads, *mnist_train(args.train_images))))
+        print(PEER_MARKER + json.dumps(run_peer(peer, args.epochs, args.threads, args.train_images)))
         return
     mnist_train(1)  # fill the cache first, outside both timings
     peer_result, peer_wall = run_peer_process(args, peer)

@@ -236,3 +236,45 @@ def test_ff_throughput_takes_every_ratio_within_a_round(monkeypatch):
     assert ft.ratio_over_rounds(rounds, "b step s", "a step s") == pytest.approx({"median": 1.0, "min": 0.25, "max": 2.0})
     assert ft.ratio_over_rounds(rounds, "a step s", None)["max"] == 0.04
     assert ft.median_by_shape(rounds, "float32", [(8, 8, 8)]) == {"8x8x8": pytest.approx(7.0)}
+
+
+# -- published_ff ---------------------------------------------------------------------------------
+
+
+def test_published_ff_refuses_a_folder_that_is_not_the_peer(capsys, tmp_path):
+    pf = load("published_ff")
+    (tmp_path / "main.py").write_text("")
+    err = refused(capsys, pf.parse_args, ["--peer", str(tmp_path)])
+    assert "config.yaml" in err and "src/ff_model.py" in err and "main.py" not in err.split("missing")[1]
+    assert "git clone https://github.com/loeweX/Forward-Forward" in err
+    assert "must be >= 1" in refused(capsys, pf.parse_args, ["--peer", str(tmp_path), "--epochs", "0"])
+
+
+def test_published_ff_serves_mnist_as_torchvision_does_and_the_peer_cannot_write_into_it():
+    pf = load("published_ff")
+    x, y = torch.rand(3, 784), torch.tensor([4, 1, 7])
+    data = pf.TorchvisionLikeMnist(x, y)
+    image, label = data[2]
+    assert image.shape == (1, 28, 28) and image.dtype == torch.float32 and label == 7 and isinstance(label, int)
+    assert torch.equal(image.flatten(), x[2])
+    image[:, 0, :10] = 0.1  # what the peer's neutral sample does to the tensor it is given
+    assert torch.equal(data[2][0].flatten(), x[2]) and len(data) == 3
+
+
+def test_published_ff_steady_epoch_leaves_out_the_first():
+    pf = load("published_ff")
+    assert pf.steady_seconds([30.0, 10.0, 12.0, 11.0]) == 11.0
+    assert pf.steady_seconds([30.0]) == 30.0
+
+
+def test_published_ff_stops_with_the_peer_s_own_error_when_it_fails(tmp_path, capsys):
+    """A peer that crashes is reported with its traceback and a non-zero exit, not a silent ratio."""
+    pf = load("published_ff")
+    for f in pf.PEER_FILES:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("")
+    (tmp_path / "main.py").write_text("raise RuntimeError('peer exploded at import')\n")
+    args = pf.parse_args(["--peer", str(tmp_path), "--epochs", "1", "--train-images", "10"])
+    with pytest.raises(SystemExit, match="the peer's training failed"):
+        pf.run_peer_process(args, tmp_path)
+    assert "peer exploded at import" in capsys.readouterr().err
