@@ -98,8 +98,8 @@ def run_peer(peer: Path, epochs: int, threads: int, n_train: int) -> dict:
     sys.modules.setdefault("torchvision", types.ModuleType("torchvision"))  # imported, never called here
     sys.path.insert(0, str(peer))
     os.chdir(peer)  # the peer's config and relative paths
-    import main as peer_main  # noqa: E402  (the peer's main.py)
-    from src import utils as peer_utils  # noqa: E402
+    import main as peer_main  # the peer's main.py
+    from src import utils as peer_utils
 
     try:
         from omegaconf import OmegaConf
