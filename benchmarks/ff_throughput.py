@@ -7,7 +7,8 @@ Prints and writes (results/benchmarks/ff_throughput-<device>.json):
     examples/s and achieved FLOP/s of its matrix products, for the fused fast path and for the
     straightforward path (three full passes as in ffnew.m), and the ratio to the matmul FLOP/s;
   * the per-label goodness test: images/s with layer 1's image part computed once vs ten times,
-    in bfloat16, and with a shortlist of 3 labels;
+    in bfloat16, with int8 products (`rule.test_precision=int8`, over the int8 matmul rate
+    measured likewise), and with a shortlist of 3 labels;
   * the bfloat16 step with `rule.compile_update` (one compiled pass for each layer's update);
   * one epoch (500 steps + the 10k validation test) against a naive autograd implementation.
 
@@ -138,12 +139,19 @@ def median_by_shape(rounds: list[dict], dtype_name: str, shapes) -> dict[str, fl
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, shapes) -> tuple[float, dict]:
-    """Best matmul FLOP/s over square and FF-shaped products; also each shape's FLOP/s."""
+    """Best matmul FLOP/s over square and FF-shaped products; also each shape's FLOP/s. int8: the
+    products the int8 goodness test uses (torch._int_mm, int32 accumulation; operations/s)."""
     per_shape = {}
     for m, k, n in shapes:
-        a = torch.randn(m, k, dtype=dtype, device=device)
-        b = torch.randn(k, n, dtype=dtype, device=device)
-        sec = timeit(lambda: torch.mm(a, b), 1.0, device=device)
+        if dtype == torch.int8:
+            a = torch.randint(-127, 128, (m, k), dtype=dtype, device=device)
+            b = torch.randint(-127, 128, (k, n), dtype=dtype, device=device)
+            mm = torch._int_mm
+        else:
+            a = torch.randn(m, k, dtype=dtype, device=device)
+            b = torch.randn(k, n, dtype=dtype, device=device)
+            mm = torch.mm
+        sec = timeit(lambda: mm(a, b), 1.0, device=device)
         per_shape[f"{m}x{k}x{n}"] = 2 * m * k * n / sec
     return max(per_shape.values()), per_shape
 
@@ -161,7 +169,7 @@ def cycling_steps(step, x: torch.Tensor, y: torch.Tensor, batch: int):
 
 
 def timed_rounds(measurements: dict, device: torch.device, shapes, rounds: int, timer) -> list[dict]:
-    """`rounds` times in turn: the matmul peak in float32 and bfloat16 (`matmul_peak` over `shapes`),
+    """`rounds` times in turn: the matmul peak in float32, bfloat16 and int8 (`matmul_peak` over `shapes`),
     then every measurement (a no-argument callable; `timer(fn)` gives seconds per call). A shared
     VM's speed drifts over minutes (neighbours come and go): within a round, a step, the naive
     step it is compared with and the peak it is divided by are measured within a minute, so each
@@ -170,7 +178,7 @@ def timed_rounds(measurements: dict, device: torch.device, shapes, rounds: int, 
     out = []
     for _ in range(rounds):
         row: dict = {}
-        for dtype in (torch.float32, torch.bfloat16):
+        for dtype in (torch.float32, torch.bfloat16, torch.int8):
             peak, per_shape = matmul_peak(dtype, device, shapes)
             name = str(dtype).removeprefix("torch.")
             row[f"{name} matmul peak GFLOP/s"] = peak / 1e9
@@ -315,6 +323,7 @@ def main() -> None:
     fp32, bf16 = learners["float32"], learners["bfloat16"]
     bf16_short = FFLearner(replace(FFConfig(), precision="bfloat16", goodness_shortlist=3), hidden, seed=0,
                            device=device)
+    int8_test = FFLearner(replace(FFConfig(), precision="bfloat16", test_precision="int8"), hidden, seed=0, device=device)
     measurements = {f"{name} step": cycling_steps(lr.train_batch, x, y, B) for name, lr in learners.items()}
     measurements["naive step"] = cycling_steps(naive.step, x, y, B)
     # the per-label test of 1000 images in chunks of 200, as FFLearner.evaluate does; the shortlist
@@ -327,6 +336,8 @@ def main() -> None:
         "test, layer 1 shared, bfloat16": lambda: bf16.predict_batches(bf16.goodness_scores, xe, 200),
         "test, shortlist of 3, bfloat16":
             lambda: bf16_short.predict_batches(bf16_short.goodness_scores, xe, bf16_short.goodness_chunk),
+        # rule.test_precision=int8: all ten labels, layers 2..L in int8 (layer 1's shared product in bf16)
+        "test, layer 1 shared, int8": lambda: int8_test.predict_batches(int8_test.goodness_scores, xe, 200),
     })
     rounds = timed_rounds(measurements, device, shapes, args.rounds, t)
 
@@ -340,12 +351,16 @@ def main() -> None:
         "bfloat16 with the shortlist-3 test": ("bfloat16 step", "test, shortlist of 3, bfloat16"),
         "bfloat16, compiled update": ("bfloat16, compiled update step", "test, layer 1 shared, bfloat16"),
         "bfloat16, compiled update, shortlist-3 test": ("bfloat16, compiled update step", "test, shortlist of 3, bfloat16"),
+        "bfloat16, compiled update, int8 test": ("bfloat16, compiled update step", "test, layer 1 shared, int8"),
     }
+    int8_test_flops = 2 * 10 * len(xe) * sum(a * b for a, b in zip(hidden[:-1], hidden[1:]))  # layers 2..L, 10 labels
     for r in rounds:  # the derived numbers of each round, from its own measurements
         add_fractions_of_peak(r, flops, peak_of)
         for name, (step, test) in epochs.items():
             if f"{step} s" in r:
                 r[f"epoch, {name} s"] = steps_per_epoch * r[f"{step} s"] + eval_scale * r[f"{test} s"]
+        r["int8 test fraction of peak"] = (int8_test_flops / r["test, layer 1 shared, int8 s"]
+                                           / (r["int8 matmul peak GFLOP/s"] * 1e9))
 
     def median(key: str) -> float:
         return statistics.median(r[key] for r in rounds)
@@ -364,7 +379,7 @@ def main() -> None:
     rows.append({"measurement": "naive implementation step", "examples_per_s": B / median("naive step s"),
                  "ms_per_step": 1e3 * median("naive step s")})
     for name in ("layer 1 shared", "10 full passes", "naive implementation", "layer 1 shared, bfloat16",
-                 "shortlist of 3, bfloat16"):
+                 "shortlist of 3, bfloat16", "layer 1 shared, int8"):
         rows.append({"measurement": f"per-label goodness test, {name}", "images_per_s": len(xe) / median(f"test, {name} s")})
     for name in epochs:
         if f"epoch, {name} s" in rounds[0]:
@@ -377,6 +392,8 @@ def main() -> None:
         "goodness_test_shared_over_naive_speed": ("test, 10 full passes s", "test, layer 1 shared s"),
         "goodness_test_bf16_over_naive_implementation": ("test, naive implementation s", "test, layer 1 shared, bfloat16 s"),
         "goodness_test_bf16_shortlist3_over_naive_implementation": ("test, naive implementation s", "test, shortlist of 3, bfloat16 s"),
+        "goodness_test_int8_over_naive_implementation": ("test, naive implementation s", "test, layer 1 shared, int8 s"),
+        "int8_test_products_achieved_over_int8_matmul_peak": ("int8 test fraction of peak", None),
         "epoch_float32_over_naive_implementation_speed": ("epoch, naive s", "epoch, float32 s"),
         "epoch_bfloat16_over_naive_implementation_speed": ("epoch, naive s", "epoch, bfloat16 s"),
         "epoch_bfloat16_shortlist3_over_naive_implementation_speed": ("epoch, naive s", "epoch, bfloat16 with the shortlist-3 test s"),
@@ -390,9 +407,12 @@ def main() -> None:
             "epoch_bfloat16_compiled_update_over_naive_implementation_speed": ("epoch, naive s", "epoch, bfloat16, compiled update s"),
             "epoch_bfloat16_compiled_update_shortlist3_over_naive_implementation_speed":
                 ("epoch, naive s", "epoch, bfloat16, compiled update, shortlist-3 test s"),
+            "epoch_bfloat16_compiled_update_int8_test_over_naive_implementation_speed":
+                ("epoch, naive s", "epoch, bfloat16, compiled update, int8 test s"),
         })
     ratios = {k: ratio_over_rounds(rounds, num, den) for k, (num, den) in spread.items()}
     peak, peak_bf16 = median("float32 matmul peak GFLOP/s"), median("bfloat16 matmul peak GFLOP/s")
+    peak_int8 = median("int8 matmul peak GFLOP/s")
 
     env = machine_info(device)
     result = {
@@ -401,6 +421,8 @@ def main() -> None:
         "matmul_gflop_s_by_shape": median_by_shape(rounds, "float32", shapes),
         "bf16_matmul_peak_gflop_s": peak_bf16,
         "bf16_matmul_gflop_s_by_shape": median_by_shape(rounds, "bfloat16", shapes),
+        "int8_matmul_peak_gop_s": peak_int8,
+        "int8_matmul_gop_s_by_shape": median_by_shape(rounds, "int8", shapes),
         "rows": rows,
         "ratios": {k: v["median"] for k, v in ratios.items()},
         "tables": [{"title": f"Each ratio's median and range over the {len(rounds)} rounds (all measurements "
@@ -409,7 +431,8 @@ def main() -> None:
                              for k, v in ratios.items()]}],
         "rounds": rounds,
     }
-    print(f"machine: {result['machine']}; matmul peak {peak:.0f} GFLOP/s (float32), {peak_bf16:.0f} (bfloat16)")
+    print(f"machine: {result['machine']}; matmul peak {peak:.0f} GFLOP/s (float32), {peak_bf16:.0f} (bfloat16), "
+          f"{peak_int8:.0f} GOP/s (int8)")
     write_record(result, benchmark_record_path(args.out, "ff_throughput", device.type, args.tag))
 
 

@@ -6,17 +6,18 @@ that kept their checkpoint, e.g. `ff-supervised --preset paper` seeds 0 and 1) t
 one invocation:
 
   * agreement: the validation and test error of the exact test (fused fast path, float32), of the
-    same in bfloat16, and of the shortlist test (`rule.goodness_shortlist=k`: one neutral pass
-    into the softmax readout picks k candidate labels, only those are scored by goodness) for each
-    k, with the number of images whose predicted label differs from the exact test's;
+    same in bfloat16 and with int8 products (`rule.test_precision=int8`), and of the shortlist test
+    (`rule.goodness_shortlist=k`: one neutral pass into the softmax readout picks k candidate
+    labels, only those are scored by goodness) for each k, with the number of images whose
+    predicted label differs from the exact test's;
   * speed, side by side on the first run's trained weights and the same test images (in chunks of
     about 2000 image-label rows, as FFLearner.evaluate: 200 images, or 666 with a shortlist of 3): the naive implementation (`ff_throughput.NaiveFF`: ten full
     float32 passes), the library's straightforward path (`goodness_scores_reference`), the exact
-    fast path in float32 and bfloat16, and the shortlist in float32 and bfloat16.
+    fast path in float32, bfloat16 and int8, and the shortlist in float32 and bfloat16.
 
     python benchmarks/goodness_test.py --runs results/ff-supervised/paper/seed0,results/ff-supervised/paper/seed1
 
-Writes results/benchmarks/goodness_test-<device>.json.
+Writes results/benchmarks/goodness_test-<device>[-<tag>].json.
 """
 
 from __future__ import annotations
@@ -32,13 +33,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ff_throughput import NaiveFF, timeit  # noqa: E402  (the same naive implementation as ff_throughput)
 
 import mortalnet as mn  # noqa: E402
-from mortalnet.runs import atomic_write_json, benchmark_provenance, machine_info  # noqa: E402
+from mortalnet.runs import (  # noqa: E402
+    atomic_write_json,
+    benchmark_provenance,
+    benchmark_record_path,
+    machine_info,
+    record_tag,
+)
+
+
+def test_config(cfg, shortlist: int, precision: str):
+    """The learner's config for one test variant. precision: float32 | bfloat16 | int8, the last
+    being rule.test_precision=int8 (layers 2..L) with bfloat16 for layer 1's shared product and the
+    shortlist's softmax pass: the fastest setting that still scores all ten labels."""
+    if precision == "int8":
+        return replace(cfg, goodness_shortlist=shortlist, precision="bfloat16", test_precision="int8")
+    return replace(cfg, goodness_shortlist=shortlist, precision=precision, test_precision="same")
 
 
 def predictions(learner, x: torch.Tensor, shortlist: int, precision: str) -> torch.Tensor:
     """Predicted labels (N,) of the per-label goodness test with the given shortlist and precision."""
     base = learner.cfg
-    learner.cfg = replace(base, goodness_shortlist=shortlist, precision=precision)
+    learner.cfg = test_config(base, shortlist, precision)
     try:
         return learner.predict_batches(learner.goodness_scores, x, chunk=learner.goodness_chunk).argmax(1)
     finally:
@@ -100,6 +116,8 @@ def main() -> None:
     ap.add_argument("--agreement-threads", type=int, default=0,
                     help="torch threads for the agreement part, which needs no idle machine (0 = --threads)")
     ap.add_argument("--out", default="results/benchmarks")
+    ap.add_argument("--tag", default="", type=record_tag,
+                    help="appended to the record's file name, goodness_test-<device>-<tag> (e.g. the nets or host)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -117,7 +135,8 @@ def main() -> None:
         "library straightforward path (10 full passes)":
             lambda: learner.predict_batches(learner.goodness_scores_reference, test_x, chunk=200),
     }
-    for name, k, precision in [("exact, layer 1 shared", 0, "float32"), ("exact, layer 1 shared", 0, "bfloat16")] + [
+    exact_variants = [("exact, layer 1 shared", 0, p) for p in ("float32", "bfloat16", "int8")]
+    for name, k, precision in exact_variants + [
         (f"shortlist {k}", k, p) for k in ks for p in ("float32", "bfloat16")
     ]:
         timed[f"{name}, {precision}"] = (lambda k=k, p=precision: predictions(learner, test_x, k, p))
@@ -144,7 +163,7 @@ def main() -> None:
                 continue
             x, y = split.tensors()
             exact = predictions(learner, x, 0, "float32")
-            variants = [("exact", 0, "float32"), ("exact", 0, "bfloat16")]
+            variants = [("exact", 0, "float32"), ("exact", 0, "bfloat16"), ("exact", 0, "int8")]
             variants += [(f"shortlist {k}", k, p) for k in ks for p in ("float32", "bfloat16")]
             for name, k, precision in variants:
                 pred = exact if (k, precision) == (0, "float32") else predictions(learner, x, k, precision)
@@ -158,7 +177,8 @@ def main() -> None:
 
     hidden = [layer.bias.numel() for layer in learner.net.layers]
     ratios = {"exact_float32_over_naive_speed": naive_s / seconds["exact, layer 1 shared, float32"],
-              "exact_bfloat16_over_naive_speed": naive_s / seconds["exact, layer 1 shared, bfloat16"]}
+              "exact_bfloat16_over_naive_speed": naive_s / seconds["exact, layer 1 shared, bfloat16"],
+              "exact_int8_over_naive_speed": naive_s / seconds["exact, layer 1 shared, int8"]}
     for k in ks:
         ratios[f"shortlist{k}_bfloat16_over_naive_speed"] = naive_s / seconds[f"shortlist {k}, bfloat16"]
     result = {
@@ -175,7 +195,7 @@ def main() -> None:
             "different label from the exact float32 test",
         ],
     }
-    out = Path(args.out) / f"goodness_test-{device.type}.json"
+    out = benchmark_record_path(args.out, "goodness_test", device.type, args.tag)
     atomic_write_json(out, result)
     print(f"machine: {result['machine']}; {result['architecture']}")
     for r in rows:

@@ -216,7 +216,7 @@ def test_ff_throughput_takes_every_ratio_within_a_round(monkeypatch):
     round's peak in its own dtype (float32 steps by the float32 peak, bf16 steps by the bf16 one), and
     each ratio is taken per round before its median and range over rounds."""
     ft = load("ff_throughput")
-    peaks = iter([100e9, 400e9, 50e9, 200e9, 80e9, 300e9])  # rounds 1-3: float32, bfloat16
+    peaks = iter([100e9, 400e9, 800e9, 50e9, 200e9, 400e9, 80e9, 300e9, 600e9])  # rounds 1-3: float32, bfloat16, int8
     monkeypatch.setattr(ft, "matmul_peak", lambda dtype, device, shapes: (next(peaks), {"8x8x8": 7e9}))
     seconds = iter([0.01, 0.02, 0.04, 0.01, 0.03, 0.03])  # rounds 1-3: "a step", "b step"
     calls = []
@@ -236,6 +236,7 @@ def test_ff_throughput_takes_every_ratio_within_a_round(monkeypatch):
     assert ft.ratio_over_rounds(rounds, "b step s", "a step s") == pytest.approx({"median": 1.0, "min": 0.25, "max": 2.0})
     assert ft.ratio_over_rounds(rounds, "a step s", None)["max"] == 0.04
     assert ft.median_by_shape(rounds, "float32", [(8, 8, 8)]) == {"8x8x8": pytest.approx(7.0)}
+    assert [r["int8 matmul peak GFLOP/s"] for r in rounds] == pytest.approx([800.0, 400.0, 600.0])
 
 
 # -- published_ff ---------------------------------------------------------------------------------

@@ -307,3 +307,59 @@ def test_compiled_update_is_refused_where_it_does_not_apply():
         tiny(compile_update=True)  # float32
     with pytest.raises(ValueError, match="compile_update"):
         tiny(compile_update=True, precision="bfloat16", fast=False)
+
+
+def test_int8_product_is_exact_on_representable_operands_and_within_its_rounding_bound_otherwise():
+    from mortalnet.nets.ff import int8_product, quantize_columns
+
+    g = torch.Generator().manual_seed(0)
+    # operands that int8 holds exactly: integers -127..127 times a per-row / per-column scale, each
+    # row and column reaching 127 (so that its scale is the one quantization picks)
+    qa = torch.randint(-127, 128, (5, 24), generator=g).float()
+    qa[:, 0] = 127.0
+    qw = torch.randint(-127, 128, (24, 9), generator=g).float()
+    qw[0] = -127.0
+    a, w = qa * torch.rand(5, 1, generator=g), qw * torch.rand(9, generator=g)
+    q, scale = quantize_columns(w)
+    assert q.dtype == torch.int8 and q.abs().amax(0).eq(127).all()
+    torch.testing.assert_close(int8_product(a, q, scale), a.double() @ w.double(), rtol=1e-5, atol=1e-5, check_dtype=False)
+    # any operands: within the error the two roundings allow (half a step each), and 5 rows (<= 16) pad fine
+    a, w = torch.randn(5, 300, generator=g).relu(), torch.randn(300, 40, generator=g)
+    q, scale = quantize_columns(w)
+    row = a.abs().amax(1, keepdim=True) / 127
+    bound = 0.5 * row * w.abs().sum(0) + 0.5 * a.abs() @ scale.expand(300, 40) + 0.25 * 300 * row * scale
+    err = (int8_product(a, q, scale) - a @ w).abs()
+    assert (err <= bound + 1e-4).all() and err.max() > 0
+    assert err.norm() / (a @ w).norm() < 0.02  # ~1% for these operands (the roundings mostly cancel)
+
+
+def test_int8_goodness_test_tracks_the_exact_one_and_requantizes_changed_weights():
+    exact, int8 = tiny(seed=2), tiny(seed=2, test_precision="int8")
+    x, y = images(40), torch.arange(40) % 10
+    for _ in range(3):
+        exact.train_batch(x, y)
+        int8.train_batch(x, y)  # training is unchanged by test_precision
+    for le, li in zip(exact.net.layers, int8.net.layers):
+        torch.testing.assert_close(li.weight, le.weight, rtol=0, atol=0)
+    se, si = exact.goodness_scores(x), int8.goodness_scores(x)
+    assert not torch.equal(se, si)  # the int8 products did run
+    torch.testing.assert_close(si, se, rtol=3e-2, atol=3e-2 * se.abs().mean().item())
+    assert (se.argmax(1) == si.argmax(1)).float().mean() >= 0.9
+    # quantized copies are made once per weight state: reused, then redone after an update
+    first = int8._int8_weights()
+    assert first[0] is None and all(a is b for a, b in zip(first[1:], int8._int8_weights()[1:]))
+    int8.train_batch(x, y)
+    second = int8._int8_weights()
+    assert all(a is not b for a, b in zip(first[1:], second[1:]))
+    from mortalnet.nets.ff import quantize_columns
+    for (q, s), layer in zip(second[1:], int8.net.layers[1:]):
+        assert torch.equal(q, quantize_columns(layer.weight)[0]) and torch.equal(s, quantize_columns(layer.weight)[1])
+    # with a shortlist, the same labels are left out as in float32
+    short, short8 = replace(exact.cfg, goodness_shortlist=3), replace(int8.cfg, goodness_shortlist=3)
+    exact.cfg, int8.cfg = short, short8
+    assert torch.equal(torch.isinf(exact.goodness_scores(x)), torch.isinf(int8.goodness_scores(x)))
+
+
+def test_int8_test_is_refused_off_the_fast_path():
+    with pytest.raises(ValueError, match="test_precision=int8"):
+        tiny(test_precision="int8", fast=False)

@@ -139,3 +139,13 @@ def test_weights_copied_to_another_instance_and_death(tiny_data):
         learner.train_batch(*[t[:50] for t in tiny_data.train.tensors()])
     with pytest.raises(ValueError, match="do not fit"):
         learner.attach(create_device("mild", [(784, 64)], seed=0))
+
+
+@pytest.mark.parametrize("option", [{"precision": "bfloat16"}, {"test_precision": "int8"}])
+def test_digital_fast_path_options_are_refused_on_a_device(option):
+    """A device's products are its own: options that pick the digital products are refused, not ignored."""
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="device's own"):
+        FFDeviceLearner(FFDeviceConfig(ff=replace(FFLearner.quick_config(), **option), hardware="ideal"), (8, 8),
+                        input_dim=20)

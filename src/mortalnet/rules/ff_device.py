@@ -84,6 +84,10 @@ class FFDeviceLearner(Learner):
         ff = config.ff
         if not hidden:
             raise ConfigError("an FF network needs at least one hidden layer")
+        if ff.precision != "float32" or ff.compile_update or ff.test_precision != "same":
+            raise ConfigError("rule.ff.precision, rule.ff.compile_update and rule.ff.test_precision choose the "
+                              "digital fast path's products; on a device every product is the device's own: "
+                              "leave them at float32 / false / same")
         if not 0 <= ff.readout_from < len(hidden) or ff.goodness_from >= len(hidden):
             raise ConfigError(f"readout_from={ff.readout_from} / goodness_from={ff.goodness_from} must index one "
                               f"of the {len(hidden)} hidden layers")

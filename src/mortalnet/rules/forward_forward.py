@@ -39,9 +39,11 @@ from mortalnet.nets.ff import (
     activation_slope,
     embed_label,
     neutral_label,
+    int8_product,
     normalize_rows,
     one_hot,
     product,
+    quantize_columns,
 )
 from mortalnet.optim import OptimizerConfig, SmoothedSGD, make_optimizer
 from mortalnet.rules import register_rule
@@ -95,6 +97,8 @@ class FFConfig(FFObjectiveConfig):
     """Per-label test on a shortlist: 0 = score all labels by goodness (exact, the paper's test); k > 0 = rank labels by one neutral pass into the softmax and score only the top k by goodness (cheaper; its agreement with the exact test is measured, not assumed)."""
     precision: Literal["float32", "bfloat16"] = "float32"
     """Matrix products in float32, or in bfloat16 (fast path only): bf16 copies of weights and activities are multiplied (fp32 accumulation inside each product); master weights, smoothed gradients and all other arithmetic stay float32."""
+    test_precision: Literal["same", "int8"] = "same"
+    """Products of the per-label goodness test in layers 2..L: same = as `precision`; int8 = int8 weights (one scale per output unit) times int8 activities (one scale per row), exact int32 accumulation (torch._int_mm; ~2x bf16's rate on CPUs with VNNI or AMX). Fast path only; layer 1's shared image product, the softmax test and training keep `precision`. An approximation: its agreement with the exact test on trained nets is measured in benchmarks/goodness_test.py."""
     compile_update: bool = False
     """bfloat16 fast path with smoothed-sgd only: fold each layer's bf16 gradient product into the smoothed gradient and update the weight in one torch.compile'd pass over the weights instead of four eager ones (needs a working torch.compile, i.e. a C++ compiler on CPU; compiling takes ~10-20 s at the first step). The same arithmetic as the eager update, to float rounding."""
 
@@ -327,9 +331,16 @@ class FFLearner(Learner):
                                           and config.optimizer.name == "smoothed-sgd"):
             raise ConfigError("rule.compile_update fuses the bf16 fast path's smoothed-sgd update: it needs "
                               "rule.precision=bfloat16, rule.fast=true and rule.optimizer.name=smoothed-sgd")
+        if config.test_precision == "int8" and not config.fast:
+            raise ConfigError("rule.test_precision=int8 is a fast-path option (rule.fast=false is the plain "
+                              "float32 reference): set rule.fast=true or rule.test_precision=same")
+        if config.test_precision == "int8" and torch.device(device).type == "cuda" and any(h % 8 for h in hidden):
+            raise ConfigError(f"rule.test_precision=int8 on CUDA needs hidden widths that are multiples of 8 "
+                              f"(torch._int_mm); got {tuple(hidden)}")
         self.cfg = config
         self.num_classes = num_classes
         self._weight_copies: dict[int, tuple[int, int, torch.Tensor]] = {}  # see _GradientSink
+        self._int8_copies: dict[int, tuple[int, int, tuple[torch.Tensor, torch.Tensor]]] = {}  # see _int8_weights
         self.net = FFNet(input_dim, tuple(hidden), num_classes, config.readout_from, self.generator, self.device_,
                          activation=config.activation)
         self._sign = goodness_sign(config.goodness)
@@ -413,10 +424,12 @@ class FFLearner(Learner):
 
     def _matmul_weights(self) -> list[torch.Tensor]:
         """The weights as the products use them: the fp32 masters, or bf16 copies."""
+        return [self._matmul_weight(l.weight) for l in self.net.layers]
+
+    def _matmul_weight(self, w: torch.Tensor) -> torch.Tensor:
+        """One weight as the products use it: the fp32 master, or its bf16 copy."""
         lp = self._low_precision()
-        if lp is None:
-            return [l.weight for l in self.net.layers]
-        return [self._weight_copy(l.weight, lp) for l in self.net.layers]
+        return w if lp is None else self._weight_copy(w, lp)
 
     def _weight_copy(self, w: torch.Tensor, lp: torch.dtype) -> torch.Tensor:
         """w in dtype lp: the copy the compiled update wrote, if w has not changed since (its version
@@ -426,6 +439,20 @@ class FFLearner(Learner):
             return copy
         return w.to(lp)
 
+    def _int8_weights(self) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """Per layer, quantize_columns(weight) for the int8 goodness test (None for layer 1, whose
+        shared image product keeps `precision`); each copy is reused while its weight is unchanged
+        (version counter and storage), so a 10k-image test quantizes each weight once, not per chunk."""
+        out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None]
+        for layer in self.net.layers[1:]:
+            w = layer.weight
+            version, ptr, copy = self._int8_copies.get(id(w), (None, None, None))
+            if copy is None or version != w._version or ptr != w.data_ptr():
+                copy = quantize_columns(w.detach())
+                self._int8_copies[id(w)] = (w._version, w.data_ptr(), copy)
+            out.append(copy)
+        return out
+
     @staticmethod
     def _total_input(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """h (N, D) @ w (D, H) + bias in w's precision; the result in float32 (N, H)."""
@@ -434,17 +461,21 @@ class FFLearner(Learner):
         return product(h, w).add_(bias)
 
     @staticmethod
-    def _next_states(prev: torch.Tensor, prev_sumsq: torch.Tensor, w: torch.Tensor, bias: torch.Tensor,
-                     activation: str = "relu"):
+    def _next_states(prev: torch.Tensor, prev_sumsq: torch.Tensor, w: torch.Tensor | None, bias: torch.Tensor,
+                     activation: str = "relu", int8: tuple[torch.Tensor, torch.Tensor] | None = None):
         """f(normalize_rows(prev) @ w + bias) without materializing the normalized rows.
 
         normalize_rows divides row n by rms_n, so its product with w is (prev @ w) * r_n with
         r_n = 1 / rms_n, computed from the sum of squares the caller already has (the goodness).
-        Returns the states (N, H) float32, r (N, 1), and prev as multiplied (fp32 or bf16).
+        With int8 = quantize_columns(w), the product is int8_product's (test_precision=int8).
+        Returns the states (N, H) float32, r (N, 1), and prev as multiplied (fp32 or bf16; None for int8).
         """
         r = 1.0 / ((prev_sumsq / prev.shape[1]).sqrt() + NORM_EPS)  # (N,)
-        prev_m = prev.to(w.dtype)
-        z = torch.addcmul(bias, torch.mm(prev_m, w), r[:, None])
+        if int8 is None:
+            prev_m = prev.to(w.dtype)
+            z = torch.addcmul(bias, torch.mm(prev_m, w), r[:, None])  # (N, H)
+        else:
+            prev_m, z = None, int8_product(prev, *int8, row_factor=r[:, None], bias=bias)
         states = z.relu_() if activation == "relu" else activate(z, activation)
         return states, r[:, None], prev_m
 
@@ -579,7 +610,9 @@ class FFLearner(Learner):
 
         Only the 10 label pixels change between the C inputs of an image, and a one-hot label
         adds the same amount to the row's norm whatever the label, so layer 1's total input is
-        shared + W1[label] * s / rms: the image part is computed once, not C times.
+        shared + W1[label] * s / rms: the image part is computed once, not C times. With
+        rule.test_precision=int8 the products of layers 2..L are int8 ones (nets.ff.int8_product):
+        all but layer 1's shared image product, ~1% of the test's arithmetic in 784-4x2000.
         """
         if not self.cfg.fast:
             return self.goodness_scores_reference(images)
@@ -591,19 +624,24 @@ class FFLearner(Learner):
         else:
             k, labels = C, None
         W1, b1 = net.layers[0].weight, net.layers[0].bias
-        Wm = self._matmul_weights()
+        if self.cfg.test_precision == "int8":  # layers 2..L in int8; layer 1's shared product in `precision`
+            int8 = self._int8_weights()
+            Wm = [self._matmul_weight(W1)] + [None] * (len(net.layers) - 1)
+        else:
+            Wm, int8 = self._matmul_weights(), [None] * len(net.layers)
         img = images.clone()
         img[:, :C] = 0.0
         r = 1.0 / (((img.square().sum(1) + s * s) / D).sqrt() + NORM_EPS)  # (B,)
         shared = self._total_input(img, Wm[0], torch.zeros_like(b1))  # (B, H1)
         label_rows = W1[:C][None] if labels is None else W1[labels]  # (1, C, H1) or (B, k, H1)
-        z = (shared[:, None, :] + s * label_rows) * r[:, None, None] + b1  # (B, k, H1)
-        states = activate(z, self.cfg.activation).reshape(B * k, -1)  # row b*k + j: image b with its j-th label
-        sumsq = states.square().sum(1)
+        z = torch.addcmul(b1, shared[:, None, :] + s * label_rows, r[:, None, None])  # (B, k, H1)
+        z = z.relu_() if self.cfg.activation == "relu" else activate(z, self.cfg.activation)
+        states = z.reshape(B * k, -1)  # row b*k + j: image b with its j-th label
+        sumsq = torch.linalg.vector_norm(states, dim=1).square_()  # (B*k,) one pass, no (B*k, H) temporary
         scores = sumsq.clone() if self.cfg.goodness_from == 0 else torch.zeros_like(sumsq)
         for i, layer in enumerate(net.layers[1:], start=1):
-            states, _, _ = self._next_states(states, sumsq, Wm[i], layer.bias, self.cfg.activation)
-            sumsq = states.square().sum(1)
+            states, _, _ = self._next_states(states, sumsq, Wm[i], layer.bias, self.cfg.activation, int8[i])
+            sumsq = torch.linalg.vector_norm(states, dim=1).square_()
             if i >= self.cfg.goodness_from:
                 scores += sumsq
         if labels is not None:  # labels off the shortlist score -inf
