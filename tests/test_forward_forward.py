@@ -360,6 +360,29 @@ def test_int8_goodness_test_tracks_the_exact_one_and_requantizes_changed_weights
     assert torch.equal(torch.isinf(exact.goodness_scores(x)), torch.isinf(int8.goodness_scores(x)))
 
 
+def test_int8_workspace_reuses_buffers_and_changes_no_number():
+    """int8_product's workspace (the buffers the int8 test reuses) gives the same bits as fresh
+    tensors, also when the input is the previous call's result (the buffer being overwritten)."""
+    from mortalnet.nets.ff import int8_product, quantize_columns
+
+    g = torch.Generator().manual_seed(3)
+    a, w, bias = torch.randn(40, 24, generator=g).relu(), torch.randn(24, 24, generator=g), torch.randn(24, generator=g)
+    q, scale = quantize_columns(w)
+    workspace = {}
+    first = int8_product(a, q, scale, bias=bias, workspace=workspace)
+    assert torch.equal(first, int8_product(a, q, scale, bias=bias))
+    expected = int8_product(first.clone(), q, scale, bias=bias)
+    again = int8_product(first, q, scale, bias=bias, workspace=workspace)  # reads `first`, then overwrites it
+    assert again is first and torch.equal(again, expected) and len(workspace) == 4
+    # the learner's int8 test: the same scores with its workspace as with fresh tensors, chunk after chunk
+    learner = tiny(seed=2, test_precision="int8")
+    x = images(40)
+    learner.train_batch(x, torch.arange(40) % 10)
+    with_ws = [learner.goodness_scores(x[:25]), learner.goodness_scores(x[25:])]  # 250 then 150 rows
+    learner._int8_workspace = None
+    assert all(torch.equal(s, learner.goodness_scores(c)) for s, c in zip(with_ws, (x[:25], x[25:])))
+
+
 def test_int8_test_is_refused_off_the_fast_path():
     with pytest.raises(ValueError, match="test_precision=int8"):
         tiny(test_precision="int8", fast=False)

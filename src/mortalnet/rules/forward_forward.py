@@ -341,6 +341,7 @@ class FFLearner(Learner):
         self.num_classes = num_classes
         self._weight_copies: dict[int, tuple[int, int, torch.Tensor]] = {}  # see _GradientSink
         self._int8_copies: dict[int, tuple[int, int, tuple[torch.Tensor, torch.Tensor]]] = {}  # see _int8_weights
+        self._int8_workspace: dict = {}  # int8_product's reused buffers (filled by the first int8 test)
         self.net = FFNet(input_dim, tuple(hidden), num_classes, config.readout_from, self.generator, self.device_,
                          activation=config.activation)
         self._sign = goodness_sign(config.goodness)
@@ -462,12 +463,14 @@ class FFLearner(Learner):
 
     @staticmethod
     def _next_states(prev: torch.Tensor, prev_sumsq: torch.Tensor, w: torch.Tensor | None, bias: torch.Tensor,
-                     activation: str = "relu", int8: tuple[torch.Tensor, torch.Tensor] | None = None):
+                     activation: str = "relu", int8: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     workspace: dict | None = None):
         """f(normalize_rows(prev) @ w + bias) without materializing the normalized rows.
 
         normalize_rows divides row n by rms_n, so its product with w is (prev @ w) * r_n with
         r_n = 1 / rms_n, computed from the sum of squares the caller already has (the goodness).
-        With int8 = quantize_columns(w), the product is int8_product's (test_precision=int8).
+        With int8 = quantize_columns(w), the product is int8_product's (test_precision=int8), its
+        buffers in `workspace`: the states returned then live there until the next such call.
         Returns the states (N, H) float32, r (N, 1), and prev as multiplied (fp32 or bf16; None for int8).
         """
         r = 1.0 / ((prev_sumsq / prev.shape[1]).sqrt() + NORM_EPS)  # (N,)
@@ -475,7 +478,7 @@ class FFLearner(Learner):
             prev_m = prev.to(w.dtype)
             z = torch.addcmul(bias, torch.mm(prev_m, w), r[:, None])  # (N, H)
         else:
-            prev_m, z = None, int8_product(prev, *int8, row_factor=r[:, None], bias=bias)
+            prev_m, z = None, int8_product(prev, *int8, row_factor=r[:, None], bias=bias, workspace=workspace)
         states = z.relu_() if activation == "relu" else activate(z, activation)
         return states, r[:, None], prev_m
 
@@ -640,7 +643,8 @@ class FFLearner(Learner):
         sumsq = torch.linalg.vector_norm(states, dim=1).square_()  # (B*k,) one pass, no (B*k, H) temporary
         scores = sumsq.clone() if self.cfg.goodness_from == 0 else torch.zeros_like(sumsq)
         for i, layer in enumerate(net.layers[1:], start=1):
-            states, _, _ = self._next_states(states, sumsq, Wm[i], layer.bias, self.cfg.activation, int8[i])
+            states, _, _ = self._next_states(states, sumsq, Wm[i], layer.bias, self.cfg.activation, int8[i],
+                                             self._int8_workspace)
             sumsq = torch.linalg.vector_norm(states, dim=1).square_()
             if i >= self.cfg.goodness_from:
                 scores += sumsq
