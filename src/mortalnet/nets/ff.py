@@ -82,7 +82,8 @@ def int8_product(a: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, row_fact
     row = row.clamp_min_(torch.finfo(torch.float32).tiny).div_(INT8_LEVELS)
     n, (D, H) = len(a), q.shape
     if n <= INT8_MIN_ROWS:  # torch._int_mm on CUDA wants more than 16 rows: pad with zero rows (any device)
-        qa = torch.cat([torch.div(a, row).round_().to(torch.int8), a.new_zeros(INT8_MIN_ROWS + 1 - n, D, dtype=torch.int8)])
+        pad = a.new_zeros(INT8_MIN_ROWS + 1 - n, D, dtype=torch.int8)
+        qa = torch.cat([torch.div(a, row).round_().to(torch.int8), pad])
         acc = torch._int_mm(qa, q)[:n]
     else:
         rounded = torch.div(a, row, out=_buffer(workspace, "rounded", (n, D), torch.float32, a.device)).round_()
