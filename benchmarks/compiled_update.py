@@ -19,7 +19,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ff_throughput import benchmark_batches, interleaved_step_times, positive_int, positive_ints, positive_ints_option, write_record  # noqa: E402
+from ff_throughput import (  # noqa: E402
+    benchmark_batches,
+    interleaved_step_times,
+    positive_int,
+    positive_ints,
+    positive_ints_option,
+    write_record,
+)
 
 from mortalnet.rules.forward_forward import FFConfig, FFLearner  # noqa: E402
 from mortalnet.runs import benchmark_provenance, machine_info, machine_label  # noqa: E402

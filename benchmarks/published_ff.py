@@ -182,15 +182,16 @@ def main(argv: list[str] | None = None) -> None:
     peer_seconds = peer_result["epoch_seconds"]
     ours = {p: run_ours(p, args.epochs, args.threads, args.train_images) for p in ("float32", "bfloat16")}
 
-    rows = [{"implementation": "loeweX/Forward-Forward (random wrong labels, 4 DataLoader workers)",
-             "seconds_of_each_epoch": ", ".join(f"{s:.1f}" for s in peer_seconds),
-             "epoch_seconds": steady_seconds(peer_seconds), "examples_per_s": args.train_images / steady_seconds(peer_seconds),
-             "last_epoch_train_softmax_error": 1.0 - peer_result["last_epoch"]["classification_accuracy"]}]
-    for p, (seconds, last) in ours.items():
-        rows.append({"implementation": f"mortalnet ff-supervised demo, {p} products (hard negatives)",
-                     "seconds_of_each_epoch": ", ".join(f"{s:.1f}" for s in seconds),
-                     "epoch_seconds": steady_seconds(seconds), "examples_per_s": args.train_images / steady_seconds(seconds),
-                     "last_epoch_train_softmax_error": last["train/readout_error"]})
+    def epoch_row(implementation: str, seconds: list[float], train_softmax_error: float) -> dict:
+        steady = steady_seconds(seconds)
+        return {"implementation": implementation, "seconds_of_each_epoch": ", ".join(f"{s:.1f}" for s in seconds),
+                "epoch_seconds": steady, "examples_per_s": args.train_images / steady,
+                "last_epoch_train_softmax_error": train_softmax_error}
+
+    rows = [epoch_row("loeweX/Forward-Forward (random wrong labels, 4 DataLoader workers)", peer_seconds,
+                      1.0 - peer_result["last_epoch"]["classification_accuracy"])]
+    rows += [epoch_row(f"mortalnet ff-supervised demo, {p} products (hard negatives)", seconds,
+                       last["train/readout_error"]) for p, (seconds, last) in ours.items()]
     env = machine_info(torch.device("cpu"))
     shown = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "as_peer_driver"})
     shown.peer = "PEER"  # the checkout's local path stays out of the record
@@ -208,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
                   "neutral-label softmax's error (each side's own training metric), evidence that both learn"],
     }
     write_record(result, benchmark_record_path(args.out, "published_ff", "cpu"))
+
 
 if __name__ == "__main__":
     main()
