@@ -212,14 +212,14 @@ def test_bfloat16_products_stay_close_to_float32():
     assert (sa.argmax(1) == sb.argmax(1)).float().mean() > 0.9
 
 
-def test_bfloat16_learns_like_float32(tiny_data):
+def test_bfloat16_and_int8_learn_like_float32(tiny_data):
     """Mean over 4 seeds (single toy runs scatter by several points either way)."""
     from mortalnet.training import TrainingConfig, fit
 
     x, y = tiny_data.train.tensors()
     vx, vy = tiny_data.valid.tensors()
     mean_err = {}
-    for precision in ("float32", "bfloat16"):
+    for precision in ("float32", "bfloat16", "int8"):
         errs = []
         for seed in range(4):
             learner = FFLearner(replace(FFLearner.quick_config(), precision=precision), (200, 200), seed=seed)
@@ -227,7 +227,8 @@ def test_bfloat16_learns_like_float32(tiny_data):
                 seed=seed)
             errs.append(learner.evaluate(vx, vy)["error_goodness"])
         mean_err[precision] = sum(errs) / len(errs)
-    assert mean_err["float32"] < 0.05 and abs(mean_err["bfloat16"] - mean_err["float32"]) < 0.04, mean_err
+    assert mean_err["float32"] < 0.05, mean_err
+    assert abs(mean_err["bfloat16"] - mean_err["float32"]) < 0.04 and abs(mean_err["int8"] - mean_err["float32"]) < 0.04, mean_err
 
 
 def test_goodness_shortlist_scores_only_the_softmax_top_k():
@@ -269,7 +270,7 @@ def test_compiled_update_equals_the_eager_bf16_update(monkeypatch):
 
     calls = []
     run = ff._run_compiled
-    monkeypatch.setattr(ff, "_run_compiled", lambda *args: calls.append(args[2].shape) or run(*args))
+    monkeypatch.setattr(ff, "_run_compiled", lambda *args: calls.append(args[1][-1].shape) or run(*args))
     eager, compiled = tiny(seed=5, precision="bfloat16"), tiny(seed=5, precision="bfloat16", compile_update=True)
     for step in range(4):
         x, y = images(32, seed=step), torch.arange(32) % 10
@@ -386,3 +387,114 @@ def test_int8_workspace_reuses_buffers_and_changes_no_number():
 def test_int8_test_is_refused_off_the_fast_path():
     with pytest.raises(ValueError, match="test_precision=int8"):
         tiny(test_precision="int8", fast=False)
+
+
+def test_int8_training_products_match_the_quantized_operands_exactly():
+    """rule.precision=int8: the weight rounded per input unit, the activities (times those scales)
+    per row, the gradient signal per output unit; given those roundings, both products are exact."""
+    from mortalnet.nets.ff import int8_product, quantize_activity_rows, quantize_columns, quantize_weight_rows
+
+    g = torch.Generator().manual_seed(4)
+    w, a = torch.randn(30, 20, generator=g), torch.randn(40, 30, generator=g).relu()
+    q, in_scale = quantize_weight_rows(w)
+    assert q.dtype == torch.int8 and q.abs().amax(1).eq(127).all() and in_scale.shape == (30,)
+    assert ((q.float() * in_scale[:, None] - w).abs() <= 0.5 * in_scale[:, None] + 1e-7).all()  # half a step per row
+    qa, row = quantize_activity_rows(a, in_scale)
+    w_hat, a_hat = q.double() * in_scale[:, None].double(), qa.double() * row.double() / in_scale.double()
+    torch.testing.assert_close(int8_product(a, q, None, in_scale=in_scale), (a_hat @ w_hat).float(), rtol=1e-5, atol=1e-5)
+    assert (int8_product(a, q, None, in_scale=in_scale) - a @ w).norm() / (a @ w).norm() < 0.02
+    # the gradient product a^T s as _GradientSink.int8_product forms it: diag(1 / in_scale) qa^T (row * s)
+    s = torch.randn(40, 20, generator=g)
+    learner = FFLearner(replace(FFConfig(), precision="int8"), hidden=(30, 20), input_dim=30)  # layer 2: (30, 20)
+    sink = learner.gradient_sink()
+    p = learner.net.layers[1].weight
+    sink.int8_product(p, qa, s * row, in_scale, -0.5)
+    qs, col = quantize_columns(s * row)
+    expected = -0.5 * (1 - 0.9) * (qa.double().T @ qs.double()) * col.double() / in_scale[:, None].double()
+    buf = learner.optimizers[0].state[p]["smoothed_grad"]
+    torch.testing.assert_close(buf.double(), expected, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(buf, -0.05 * a.T @ s, rtol=0.05, atol=0.05 * (a.T @ s).abs().mean().item())
+
+
+def test_int8_training_step_tracks_the_float_step():
+    """One step from the same weights: the int8 step's weight changes are the bf16 step's to about
+    the rounding of its operands (layer 1, bf16 in both, exactly), and its metrics agree."""
+    x, y = images(64, seed=3), torch.arange(64) % 10
+    errors = []
+    for seed in range(3):
+        # random negatives: the same wrong labels (hard ones follow the neutral pass, int8 there too)
+        ref, int8 = (tiny(seed=seed, precision=p, negatives="random") for p in ("bfloat16", "int8"))
+        before = [l.weight.clone() for l in ref.net.layers]
+        mr, mi = ref.train_batch(x, y), int8.train_batch(x, y)
+        for i, (w0, lr_, li) in enumerate(zip(before, ref.net.layers, int8.net.layers)):
+            dr, di = lr_.weight - w0, li.weight - w0
+            if i == 0:
+                assert torch.equal(di, dr)
+            else:  # widths 10 and 8 here: a few % at most (wide layers average the roundings better)
+                errors.append(((di - dr).norm() / dr.norm()).item())
+                assert 0 < errors[-1] < 0.1
+        for i in (2, 3):
+            assert abs(mi[f"ff_loss/layer{i}"] - mr[f"ff_loss/layer{i}"]) < 0.02 * mr[f"ff_loss/layer{i}"]
+    assert sum(errors) / len(errors) < 0.04, errors
+
+
+def test_int8_training_learns_and_reuses_its_int8_weights():
+    learner = tiny(seed=1, precision="int8")
+    x, y = images(64, seed=0), torch.arange(64) % 10
+    first = [learner.train_batch(x, y)[f"ff_loss/layer{i}"] for i in (1, 2, 3)]
+    for _ in range(30):
+        last = learner.train_batch(x, y)
+    assert all(last[f"ff_loss/layer{i}"] < 0.7 * f for i, f in zip((1, 2, 3), first))
+    # the int8 copies follow the weights: kept while a weight is unchanged, redone after a change
+    w = learner.net.layers[2].weight
+    cached = learner._matmul_weights()[2]
+    assert cached is learner._matmul_weights()[2]
+    from mortalnet.nets.ff import quantize_weight_rows
+    with torch.no_grad():
+        w.mul_(2.0)
+    fresh = learner._matmul_weights()[2]
+    assert fresh is not cached and all(torch.equal(a, b) for a, b in zip(fresh, quantize_weight_rows(w)))
+    # the goodness test of an int8-trained learner is the int8 test (test_precision=int8)
+    assert not torch.equal(learner.goodness_scores(x), replace_precision(learner, "bfloat16").goodness_scores(x))
+
+
+def replace_precision(learner: FFLearner, precision: str) -> FFLearner:
+    """A copy of a tiny learner with the same weights and another rule.precision."""
+    other = tiny(seed=1, precision=precision)
+    other.net.load_state_dict(learner.net.state_dict())
+    return other
+
+
+def test_compiled_int8_update_equals_the_eager_int8_update(monkeypatch):
+    """rule.precision=int8 with compile_update: the compiled pass updates like the eager one, and
+    the int8 copy it returns is the one the next step multiplies."""
+    import mortalnet.rules.forward_forward as ff
+
+    calls = []
+    run = ff._run_compiled
+    monkeypatch.setattr(ff, "_run_compiled", lambda *args: calls.append(args[0]) or run(*args))
+    eager, compiled = tiny(seed=5, precision="int8"), tiny(seed=5, precision="int8", compile_update=True)
+    for step in range(4):
+        x, y = images(32, seed=step), torch.arange(32) % 10
+        for learner in (eager, compiled):
+            learner.set_lr_scale(1.0 - 0.2 * step)
+            learner.train_batch(x, y)
+        for pe, pc in zip(eager.net.layers, compiled.net.layers):
+            torch.testing.assert_close(pc.weight, pe.weight, rtol=1e-4, atol=1e-5)
+    assert calls == [True, True] * 4  # layers 2 and 3 take the compiled int8 pass
+    from mortalnet.nets.ff import quantize_weight_rows
+    for layer, (q, s) in zip(compiled.net.layers[1:], compiled._matmul_weights()[1:]):
+        eq, es = quantize_weight_rows(layer.weight)
+        assert (q.int() - eq.int()).abs().max() <= 1 and torch.allclose(s, es)
+
+
+def test_int8_training_is_refused_where_it_does_not_apply():
+    with pytest.raises(ValueError, match="precision=int8"):
+        tiny(precision="int8", fast=False)
+    with pytest.raises(ValueError, match="CPU only"):
+        FFLearner(replace(FFConfig(), precision="int8"), hidden=(12, 10), input_dim=30, device="meta")
+    from mortalnet.experiments.ff_pipeline import FFPipelineConfig
+
+    for mode in ("pipeline", "data-parallel"):
+        with pytest.raises(ValueError, match="single-process"):
+            FFPipelineConfig(mode=mode, rule=replace(FFConfig(negatives="random"), precision="int8"))

@@ -53,6 +53,9 @@ class FFPipelineConfig:
             raise ConfigError(f"ranks and threads_per_rank must be >= 1, got {self.ranks} and {self.threads_per_rank}")
         if self.timeout_s <= 0:
             raise ConfigError(f"timeout_s must be > 0 (seconds), got {self.timeout_s}")
+        if self.rule.precision == "int8":
+            raise ConfigError("rule.precision=int8 is a single-process option (ff-supervised); the ranks multiply in "
+                              "float32 or bfloat16 (rule.precision=bfloat16)")
         if not self.hidden or min(self.hidden) < 1:
             raise ConfigError(f"hidden needs at least one layer, each of width >= 1, got {self.hidden}")
         if self.mode == "pipeline":

@@ -61,35 +61,70 @@ def _buffer(workspace: dict | None, name: str, shape: tuple[int, ...], dtype: to
     return workspace[key]
 
 
-def int8_product(a: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, row_factor: torch.Tensor | None = None,
-                 bias: torch.Tensor | None = None, workspace: dict | None = None) -> torch.Tensor:
-    """a (N, D) @ w (D, H) with int8 operands, for w given as quantize_columns(w) = (q, scale);
-    times row_factor (N, 1) and plus bias (H,) when given (folded into the one rescaling pass).
+def quantize_weight_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 copy of w (D, H), one scale per row (per input unit): w ~= in_scale[:, None] * q.
 
-    Each row of a is rounded to int8 with its own scale (its largest |a| maps to 127), the product
-    of the integers accumulates exactly in int32 (torch._int_mm: VNNI/AMX on x86 CPUs, tensor cores
-    on GPUs), and the result is rescaled by the row and column scales: float32 (N, H). Only the
-    roundings of a and w are approximate (each within half a step of 1/127 of its row's or column's
-    largest entry); used by the per-label goodness test when rule.test_precision=int8.
+    Returns q (D, H) int8 and in_scale (D,) float32. The training products of rule.precision=int8 use
+    this form: a @ w = (a * in_scale) @ q, so the scale goes onto the activities' columns before they
+    are rounded (int8_product's in_scale), and the gradient product's rows take 1 / in_scale. A row
+    reduction is contiguous in the (D, H) layout, which keeps the compiled update one cheap pass."""
+    in_scale = w.abs().amax(1).float().clamp_min(torch.finfo(torch.float32).tiny) / INT8_LEVELS  # (D,)
+    return torch.round(w / in_scale[:, None]).to(torch.int8), in_scale
+
+
+def quantize_activity_rows(a: torch.Tensor, in_scale: torch.Tensor | None = None, workspace: dict | None = None,
+                           name: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 copy of the rows of a (N, D), each row's largest |entry| -> 127, after
+    multiplying column d by in_scale[d] when given: a * in_scale ~= row * q.
+
+    Returns q (N, D) int8 and row (N, 1) float32. With a workspace, q lives in its buffer
+    (named `name`) until the next call of the same name and shape; a is read in full first."""
+    n, D = a.shape
+    buf = _buffer(workspace, f"rounded{name}", (n, D), torch.float32, a.device)
+    src = a if in_scale is None else torch.mul(a, in_scale, out=buf)
+    # (N, 1) largest |a| per row; two plain reductions (inf-norm and aminmax are ~20x slower on CPU)
+    row = torch.maximum(src.amax(1, keepdim=True), src.amin(1, keepdim=True).neg_()).float()
+    row = row.clamp_min_(torch.finfo(torch.float32).tiny).div_(INT8_LEVELS)
+    rounded = torch.div(src, row, out=buf).round_()
+    return _buffer(workspace, f"qa{name}", (n, D), torch.int8, a.device).copy_(rounded), row
+
+
+def int8_matmul(qa: torch.Tensor, q: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """qa (N, K) int8 @ q (K, H) int8, accumulated exactly in int32 (torch._int_mm: VNNI/AMX on x86
+    CPUs, tensor cores on GPUs); (N, H) int32, written into `out` when given. torch._int_mm on CUDA
+    wants more than 16 rows: fewer are padded with zero rows (on any device, so that the numbers
+    do not depend on it)."""
+    n = len(qa)
+    if n <= INT8_MIN_ROWS:
+        pad = qa.new_zeros(INT8_MIN_ROWS + 1 - n, qa.shape[1])
+        return torch._int_mm(torch.cat([qa, pad]), q)[:n]
+    return torch._int_mm(qa, q) if out is None else torch._int_mm(qa, q, out=out)
+
+
+def int8_product(a: torch.Tensor, q: torch.Tensor, scale: torch.Tensor | None, row_factor: torch.Tensor | None = None,
+                 bias: torch.Tensor | None = None, workspace: dict | None = None,
+                 in_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """a (N, D) @ w (D, H) with int8 operands, for w given as quantize_columns(w) = (q, scale), or as
+    quantize_weight_rows(w) = (q, in_scale) with scale None; times row_factor (N, 1) and plus bias
+    (H,) when given (folded into the one rescaling pass).
+
+    Each row of a (times in_scale) is rounded to int8 with its own scale (its largest |a| maps to
+    127), the product of the integers accumulates exactly in int32, and the result is rescaled by
+    the row and column scales: float32 (N, H). Only the roundings of a and w are approximate (each
+    within half a step of 1/127 of its row's or column's largest entry); used by the per-label
+    goodness test when rule.test_precision=int8.
 
     workspace: a dict the caller keeps between calls; the temporaries and the result then live in
     its buffers, reused by every later call of the same shapes (the result is overwritten by the
     next such call, and may be that call's `a`: a is read in full before the result is written).
     The numbers are the same with or without it; the point is speed: on a 2-core CPU, fresh 16 MB
     tensors for each 2000x2000x2000 product cost ~10 ms of page faults next to its ~19 ms."""
-    # (N, 1) largest |a| per row; two plain reductions (inf-norm and aminmax are ~20x slower on CPU)
-    row = torch.maximum(a.amax(1, keepdim=True), a.amin(1, keepdim=True).neg_()).float()
-    row = row.clamp_min_(torch.finfo(torch.float32).tiny).div_(INT8_LEVELS)
-    n, (D, H) = len(a), q.shape
-    if n <= INT8_MIN_ROWS:  # torch._int_mm on CUDA wants more than 16 rows: pad with zero rows (any device)
-        pad = a.new_zeros(INT8_MIN_ROWS + 1 - n, D, dtype=torch.int8)
-        qa = torch.cat([torch.div(a, row).round_().to(torch.int8), pad])
-        acc = torch._int_mm(qa, q)[:n]
-    else:
-        rounded = torch.div(a, row, out=_buffer(workspace, "rounded", (n, D), torch.float32, a.device)).round_()
-        qa = _buffer(workspace, "qa", (n, D), torch.int8, a.device).copy_(rounded)  # (N, D) int8
-        acc = torch._int_mm(qa, q, out=_buffer(workspace, "acc", (n, H), torch.int32, a.device))  # (N, H) int32
-    out = _buffer(workspace, "out", (n, H), torch.float32, a.device).copy_(acc).mul_(scale)  # float32, * (H,)
+    qa, row = quantize_activity_rows(a, in_scale, workspace)  # (N, D) int8, (N, 1)
+    n, H = len(a), q.shape[1]
+    acc = int8_matmul(qa, q, out=_buffer(workspace, "acc", (n, H), torch.int32, a.device))  # (N, H) int32
+    out = _buffer(workspace, "out", (n, H), torch.float32, a.device).copy_(acc)  # float32
+    if scale is not None:
+        out.mul_(scale)  # * (H,)
     if row_factor is not None:
         row = row * row_factor
     return out.mul_(row) if bias is None else torch.addcmul(bias, out, row, out=out)

@@ -164,6 +164,9 @@ def pipeline_rule(rule: FFConfig) -> FFConfig:
     if rule.negatives != "random":
         raise ConfigError("the layer pipeline uses random negatives (rule.negatives=random); hard negatives "
                           "need the top layers' readout before the bottom layer's negative pass")
+    if rule.precision == "int8":
+        raise ConfigError("rule.precision=int8 is a single-process option; the pipeline and data-parallel ranks "
+                          "multiply in float32 or bfloat16 (rule.precision=bfloat16)")
     return replace(rule, fast=True, readout=False)
 
 

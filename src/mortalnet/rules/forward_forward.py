@@ -42,8 +42,11 @@ from mortalnet.nets.ff import (
     neutral_label,
     normalize_rows,
     one_hot,
+    int8_matmul,
     product,
+    quantize_activity_rows,
     quantize_columns,
+    quantize_weight_rows,
 )
 from mortalnet.optim import OptimizerConfig, SmoothedSGD, make_optimizer
 from mortalnet.rules import register_rule
@@ -95,12 +98,12 @@ class FFConfig(FFObjectiveConfig):
     """Use the fused fast path (shared image part of layer 1, pos+neg in one matmul); False = straightforward."""
     goodness_shortlist: int = 0
     """Per-label test on a shortlist: 0 = score all labels by goodness (exact, the paper's test); k > 0 = rank labels by one neutral pass into the softmax and score only the top k by goodness (cheaper; its agreement with the exact test is measured, not assumed)."""
-    precision: Literal["float32", "bfloat16"] = "float32"
-    """Matrix products in float32, or in bfloat16 (fast path only): bf16 copies of weights and activities are multiplied (fp32 accumulation inside each product); master weights, smoothed gradients and all other arithmetic stay float32."""
+    precision: Literal["float32", "bfloat16", "int8"] = "float32"
+    """Matrix products in float32, or in bfloat16 (fast path only): bf16 copies of weights and activities are multiplied (fp32 accumulation inside each product); master weights, smoothed gradients and all other arithmetic stay float32. int8 (fast path, CPU): the training products of layers 2..L (forward and weight gradient) with int8 operands and exact int32 accumulation (weights rounded per input unit, activities per row, gradient signals per output unit), layer 1 and the softmax in bfloat16, the goodness test as test_precision=int8; an approximation whose cost in test error is measured (the speed-30-int8 preset's records), not assumed."""
     test_precision: Literal["same", "int8"] = "same"
     """Products of the per-label goodness test in layers 2..L: same = as `precision`; int8 = int8 weights (one scale per output unit) times int8 activities (one scale per row), exact int32 accumulation (torch._int_mm; ~2x bf16's rate on CPUs with VNNI or AMX). Fast path only; layer 1's shared image product, the softmax test and training keep `precision`. An approximation: its agreement with the exact test on trained nets is measured in benchmarks/goodness_test.py."""
     compile_update: bool = False
-    """bfloat16 fast path with smoothed-sgd only: fold each layer's bf16 gradient product into the smoothed gradient and update the weight in one torch.compile'd pass over the weights instead of four eager ones (needs a working torch.compile, i.e. a C++ compiler on CPU; compiling takes ~10-20 s at the first step). The same arithmetic as the eager update, to float rounding."""
+    """bfloat16 or int8 fast path with smoothed-sgd only: fold each layer's bf16 (int8: int32) gradient product into the smoothed gradient and update the weight in one torch.compile'd pass over the weights instead of four eager ones (int8: and re-quantize it for the next step) (needs a working torch.compile, i.e. a C++ compiler on CPU; compiling takes ~10-20 s at the first step). The same arithmetic as the eager update, to float rounding."""
 
 
 def goodness_sign(goodness: str) -> float:
@@ -176,14 +179,28 @@ def smoothed_update(prod: torch.Tensor, smoothed: torch.Tensor, weight: torch.Te
     return weight.to(prod.dtype)
 
 
+def smoothed_update_int8(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor, smoothed: torch.Tensor,
+                         weight: torch.Tensor, beta: torch.Tensor, lr: torch.Tensor, decay: torch.Tensor):
+    """`smoothed_update` for rule.precision=int8: the gradient product is acc (D, H) int32 times
+    row_scale (D, 1) and col_scale (H,) (the scale of the step folded in);
+        smoothed = beta * smoothed + acc * row_scale * col_scale;   weight = decay * weight - lr * smoothed
+    and returns the new weight's quantize_weight_rows copy (q (D, H) int8, in_scale (D,)) that the
+    next step multiplies: one compiled pass updates, a second rounds."""
+    smoothed.mul_(beta).add_(acc.float() * row_scale * col_scale)
+    weight.mul_(decay).sub_(smoothed * lr)
+    return quantize_weight_rows(weight)
+
+
 _COMPILED: dict[str, object] = {}
 
 
-def compiled_smoothed_update():
-    """`smoothed_update` compiled with torch.compile (once per process, on first use)."""
-    if "smoothed_update" not in _COMPILED:
-        _COMPILED["smoothed_update"] = torch.compile(smoothed_update)
-    return _COMPILED["smoothed_update"]
+def compiled_smoothed_update(int8: bool = False):
+    """`smoothed_update` (int8: `smoothed_update_int8`) compiled with torch.compile (once per
+    process, on first use)."""
+    fn = smoothed_update_int8 if int8 else smoothed_update
+    if fn.__name__ not in _COMPILED:
+        _COMPILED[fn.__name__] = torch.compile(fn)
+    return _COMPILED[fn.__name__]
 
 
 class _GradientSink:
@@ -196,18 +213,22 @@ class _GradientSink:
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, low_precision: torch.dtype | None = None,
-                 compile_update: bool = False, weight_copies: dict | None = None) -> None:
+                 compile_update: bool = False, weight_copies: dict | None = None,
+                 int8_copies: dict | None = None) -> None:
         self.optimizer = optimizer
         self.low_precision = low_precision
         self.fused = isinstance(optimizer, SmoothedSGD)
         self.groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
         self.started: set[int] = set()
-        # compile_update: a parameter's first bf16 product waits here, (product, beta), until `done`
-        # applies it and the weight update in one compiled pass (FFConfig.compile_update)
+        # compile_update: a parameter's first bf16 (or int8) product waits here, (beta, product), until
+        # `done` applies it and the weight update in one compiled pass (FFConfig.compile_update); an
+        # int8 product is the tuple (acc (D, H) int32, row_scale (D, 1), col_scale (H,))
         self.deferred = compile_update and self.fused and low_precision is not None
-        self.pending: dict[int, tuple[torch.Tensor, float]] = {}
-        # the compiled update also writes the new weight's bf16 copy: {id(p): (version, data_ptr, copy)}
+        self.pending: dict[int, tuple[float, torch.Tensor | tuple]] = {}
+        # the compiled update also writes the new weight's bf16 copy: {id(p): (version, data_ptr, copy)},
+        # or (precision=int8) its quantize_weight_rows copy into int8_copies, likewise keyed
         self.weight_copies = {} if weight_copies is None else weight_copies
+        self.int8_copies = {} if int8_copies is None else int8_copies
 
     def _buffer(self, p: torch.Tensor) -> tuple[torch.Tensor, float]:
         """(buffer, beta) to accumulate into: the smoothed gradient (fused) or p.grad."""
@@ -237,15 +258,31 @@ class _GradientSink:
         # would read the (D, H) buffer twice.
         lp = self.low_precision
         prod = torch.mm(a.to(lp), (b * self._scale(p, scale)).to(lp))  # (D, H) bf16
+        self._accumulate(p, buf, beta, prod)
+
+    def int8_product(self, p: torch.Tensor, qa: torch.Tensor, g: torch.Tensor, in_scale: torch.Tensor,
+                     scale: float) -> None:
+        """grad(p) += scale * a^T g for activities a (N, D) known only as their int8 rows qa (N, D),
+        a * in_scale ~= row * qa, with row (N, 1) already folded into g (N, H) by the caller:
+        a^T g = diag(1 / in_scale) qa^T (row * g). g is rounded to int8 per column (per output unit),
+        the (D, N) x (N, H) product accumulates exactly in int32 (rule.precision=int8)."""
+        buf, beta = self._buffer(p)
+        qg, col = quantize_columns(g)  # (N, H) int8, (H,)
+        acc = int8_matmul(qa.T, qg)  # (D, H) int32
+        self._accumulate(p, buf, beta, (acc, in_scale.reciprocal()[:, None], col * self._scale(p, scale)))
+
+    def _accumulate(self, p: torch.Tensor, buf: torch.Tensor, beta: float, prod: torch.Tensor | tuple) -> None:
+        """buf = beta * buf + prod for a bf16 product (D, H), or an int8 one (acc, row_scale, col_scale);
+        deferred to `done` when the update is compiled and this is p's first contribution."""
         if self.deferred and beta != 1.0:
-            self.pending[id(p)] = (prod, beta)
+            self.pending[id(p)] = (beta, prod)
             return
         self._flush(p)
-        prod = prod.float()
+        wide = _widen(prod)
         if beta == 1.0:
-            buf.add_(prod)
+            buf.add_(wide)
         else:
-            torch.add(prod, buf, alpha=beta, out=buf)  # buf = beta * buf + prod, one pass
+            torch.add(wide, buf, alpha=beta, out=buf)  # buf = beta * buf + prod, one pass
 
     def rows(self, p: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, scale: float) -> None:
         """grad(p)[index[k]] += scale * rows[k]."""
@@ -266,9 +303,9 @@ class _GradientSink:
     def _flush(self, p: torch.Tensor) -> None:
         """Apply p's deferred product to its smoothed gradient now (another contribution follows)."""
         if id(p) in self.pending:
-            prod, beta = self.pending.pop(id(p))
+            beta, prod = self.pending.pop(id(p))
             buf = self.optimizer.state[p]["smoothed_grad"]
-            torch.add(prod.float(), buf, alpha=beta, out=buf)
+            torch.add(_widen(prod), buf, alpha=beta, out=buf)
 
     def done(self, *params: torch.Tensor) -> None:
         """The gradients of `params` are complete: update them now."""
@@ -278,19 +315,35 @@ class _GradientSink:
             group = self.groups[id(p)]
             lr, wc = group["lr"], group["weight_cost"]
             if id(p) in self.pending:  # the product, the smoothing and the update in one pass
-                prod, beta = self.pending.pop(id(p))
-                copy = _run_compiled(prod, self.optimizer.state[p]["smoothed_grad"], p, beta, lr, 1.0 - lr * wc)
-                self.weight_copies[id(p)] = (p._version, p.data_ptr(), copy)
+                beta, prod = self.pending.pop(id(p))
+                smoothed = self.optimizer.state[p]["smoothed_grad"]
+                if isinstance(prod, tuple):  # int8: the new weight's int8 copy comes back
+                    copy = _run_compiled(True, (*prod, smoothed, p), beta, lr, 1.0 - lr * wc)
+                    self.int8_copies[id(p)] = (p._version, p.data_ptr(), copy)
+                else:
+                    copy = _run_compiled(False, (prod, smoothed, p), beta, lr, 1.0 - lr * wc)
+                    self.weight_copies[id(p)] = (p._version, p.data_ptr(), copy)
                 continue
             if wc:
                 p.mul_(1.0 - lr * wc)  # ffnew.m: w += lr (g - wc w), the weight cost unsmoothed
             p.add_(self.optimizer.state[p]["smoothed_grad"], alpha=-lr)
 
 
-def _run_compiled(prod, smoothed, weight, beta: float, lr: float, decay: float) -> torch.Tensor:
+def _widen(prod: torch.Tensor | tuple) -> torch.Tensor:
+    """A gradient product as float32 (D, H): a bf16 product widened, or an int8 one (acc, row_scale,
+    col_scale) rescaled."""
+    if isinstance(prod, tuple):
+        acc, row_scale, col_scale = prod
+        return acc.float().mul_(row_scale).mul_(col_scale)
+    return prod.float()
+
+
+def _run_compiled(int8: bool, tensors: tuple, beta: float, lr: float, decay: float):
+    """compiled_smoothed_update(int8)(*tensors, beta, lr, decay), with the scalars as 0-d tensors."""
+    smoothed = tensors[-2]
     scalars = [torch.tensor(v, dtype=smoothed.dtype, device=smoothed.device) for v in (beta, lr, decay)]
     try:
-        return compiled_smoothed_update()(prod, smoothed, weight, *scalars)
+        return compiled_smoothed_update(int8)(*tensors, *scalars)
     except Exception as exc:  # torch.compile needs a C++ compiler on CPU (Triton on GPU)
         raise RuntimeError(f"rule.compile_update=true but torch.compile failed ({type(exc).__name__}: "
                            f"{str(exc)[:300]}); run with rule.compile_update=false") from exc
@@ -321,16 +374,23 @@ class FFLearner(Learner):
         seed: int = 0,
         device: torch.device | str = "cpu",
     ) -> None:
+        if config.precision == "int8" and torch.device(device).type != "cpu":
+            raise ConfigError("rule.precision=int8 (int8 training products) is implemented and tested on CPU only; "
+                              "on a GPU use rule.precision=bfloat16 (rule.test_precision=int8 works there)")
         super().__init__(seed, device)
         if not config.readout and (config.negatives == "hard" or config.goodness_shortlist):
             raise ConfigError("hard negatives and the goodness shortlist need the softmax readout: "
                               "set rule.readout=true, or rule.negatives=random and rule.goodness_shortlist=0")
         if config.goodness_from >= len(hidden):
             raise ConfigError(f"goodness_from={config.goodness_from} but the net has {len(hidden)} hidden layers")
-        if config.compile_update and not (config.precision == "bfloat16" and config.fast
+        if config.compile_update and not (config.precision in ("bfloat16", "int8") and config.fast
                                           and config.optimizer.name == "smoothed-sgd"):
-            raise ConfigError("rule.compile_update fuses the bf16 fast path's smoothed-sgd update: it needs "
-                              "rule.precision=bfloat16, rule.fast=true and rule.optimizer.name=smoothed-sgd")
+            raise ConfigError("rule.compile_update fuses the bf16 (or int8) fast path's smoothed-sgd update: it "
+                              "needs rule.precision=bfloat16 or int8, rule.fast=true and "
+                              "rule.optimizer.name=smoothed-sgd")
+        if config.precision == "int8" and not config.fast:
+            raise ConfigError("rule.precision=int8 is a fast-path option (rule.fast=false is the plain float32 "
+                              "reference): set rule.fast=true or rule.precision=float32")
         if config.test_precision == "int8" and not config.fast:
             raise ConfigError("rule.test_precision=int8 is a fast-path option (rule.fast=false is the plain "
                               "float32 reference): set rule.fast=true or rule.test_precision=same")
@@ -341,6 +401,7 @@ class FFLearner(Learner):
         self.num_classes = num_classes
         self._weight_copies: dict[int, tuple[int, int, torch.Tensor]] = {}  # see _GradientSink
         self._int8_copies: dict[int, tuple[int, int, tuple[torch.Tensor, torch.Tensor]]] = {}  # see _int8_weights
+        self._int8_train_copies: dict[int, tuple[int, int, tuple[torch.Tensor, torch.Tensor]]] = {}  # _int8_train_weight
         self._int8_workspace: dict = {}  # int8_product's reused buffers (filled by the first int8 test)
         self.net = FFNet(input_dim, tuple(hidden), num_classes, config.readout_from, self.generator, self.device_,
                          activation=config.activation)
@@ -418,19 +479,35 @@ class FFLearner(Learner):
 
     def gradient_sink(self) -> _GradientSink:
         """Where one fast step's gradients go (its layers are updated as they complete)."""
-        return _GradientSink(self.optimizers[0], self._low_precision(), self.cfg.compile_update, self._weight_copies)
+        return _GradientSink(self.optimizers[0], self._low_precision(), self.cfg.compile_update, self._weight_copies,
+                             self._int8_train_copies)
 
     def _low_precision(self) -> torch.dtype | None:
-        return torch.bfloat16 if self.cfg.precision == "bfloat16" else None
+        """The dtype of the products that are not int8: bf16 for precision bfloat16 and int8 (layer 1,
+        the softmax), else None (float32)."""
+        return torch.bfloat16 if self.cfg.precision in ("bfloat16", "int8") else None
 
-    def _matmul_weights(self) -> list[torch.Tensor]:
-        """The weights as the products use them: the fp32 masters, or bf16 copies."""
-        return [self._matmul_weight(l.weight) for l in self.net.layers]
+    def _matmul_weights(self) -> list[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+        """The weights as the training products use them: the fp32 masters, or bf16 copies; with
+        precision=int8, layer 1's bf16 copy and the quantize_weight_rows copies of layers 2..L."""
+        layers = self.net.layers
+        if self.cfg.precision == "int8":
+            return [self._matmul_weight(layers[0].weight)] + [self._int8_train_weight(l.weight) for l in layers[1:]]
+        return [self._matmul_weight(l.weight) for l in layers]
 
     def _matmul_weight(self, w: torch.Tensor) -> torch.Tensor:
-        """One weight as the products use it: the fp32 master, or its bf16 copy."""
+        """One weight as the float products use it: the fp32 master, or its bf16 copy."""
         lp = self._low_precision()
         return w if lp is None else self._weight_copy(w, lp)
+
+    def _int8_train_weight(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """quantize_weight_rows(w) (precision=int8): the copy the compiled update wrote, if w has not
+        changed since, else a fresh one (kept until w changes)."""
+        version, ptr, copy = self._int8_train_copies.get(id(w), (None, None, None))
+        if copy is None or version != w._version or ptr != w.data_ptr():
+            copy = quantize_weight_rows(w.detach())
+            self._int8_train_copies[id(w)] = (w._version, w.data_ptr(), copy)
+        return copy
 
     def _weight_copy(self, w: torch.Tensor, lp: torch.dtype) -> torch.Tensor:
         """w in dtype lp: the copy the compiled update wrote, if w has not changed since (its version
@@ -462,8 +539,8 @@ class FFLearner(Learner):
         return product(h, w).add_(bias)
 
     @staticmethod
-    def _next_states(prev: torch.Tensor, prev_sumsq: torch.Tensor, w: torch.Tensor | None, bias: torch.Tensor,
-                     activation: str = "relu", int8: tuple[torch.Tensor, torch.Tensor] | None = None,
+    def _next_states(prev: torch.Tensor, prev_sumsq: torch.Tensor, w: torch.Tensor | tuple | None,
+                     bias: torch.Tensor, activation: str = "relu", int8: tuple[torch.Tensor, torch.Tensor] | None = None,
                      workspace: dict | None = None):
         """f(normalize_rows(prev) @ w + bias) without materializing the normalized rows.
 
@@ -471,10 +548,17 @@ class FFLearner(Learner):
         r_n = 1 / rms_n, computed from the sum of squares the caller already has (the goodness).
         With int8 = quantize_columns(w), the product is int8_product's (test_precision=int8), its
         buffers in `workspace`: the states returned then live there until the next such call.
-        Returns the states (N, H) float32, r (N, 1), and prev as multiplied (fp32 or bf16; None for int8).
+        With w = quantize_weight_rows(weight) (precision=int8 training), prev * in_scale is rounded
+        to int8 rows (qa, row) and multiplied exactly in int32.
+        Returns the states (N, H) float32, r (N, 1), and prev as multiplied: fp32 or bf16, the tuple
+        (qa (N, D) int8, row (N, 1)) for int8 training (the gradient product reuses it), None for int8.
         """
         r = 1.0 / ((prev_sumsq / prev.shape[1]).sqrt() + NORM_EPS)  # (N,)
-        if int8 is None:
+        if isinstance(w, tuple):  # int8 training: (normalize_rows(prev) @ w) = r * row * (qa @ q)
+            q, in_scale = w
+            prev_m = quantize_activity_rows(prev, in_scale, workspace, name="train")  # (qa, row)
+            z = torch.addcmul(bias, int8_matmul(prev_m[0], q).float(), r[:, None] * prev_m[1])  # (N, H)
+        elif int8 is None:
             prev_m = prev.to(w.dtype)
             z = torch.addcmul(bias, torch.mm(prev_m, w), r[:, None])  # (N, H)
         else:
@@ -495,7 +579,7 @@ class FFLearner(Learner):
         C, s = self.num_classes, cfg.label_strength
         first = net.layers[0]
         W1, b1 = first.weight, first.bias  # (D, H1), (H1,)
-        Wm = self._matmul_weights()  # weights as multiplied (fp32 or bf16 copies)
+        Wm = self._matmul_weights()  # weights as multiplied (fp32 or bf16 copies; int8 ones for precision=int8)
         img = images.clone()
         img[:, :C] = 0.0  # label pixels are written separately
         shared = self._total_input(img, Wm[0], torch.zeros_like(b1))  # (B, H1): image part of layer 1
@@ -513,7 +597,8 @@ class FFLearner(Learner):
             normed: list[torch.Tensor | None] = []  # kept only for the layers the readout reads
             keep = cfg.readout_from
             for i, layer in enumerate(net.layers[1:], start=1):
-                nxt, r_prev, _ = self._next_states(states, sumsq, Wm[i], layer.bias, self.cfg.activation)
+                nxt, r_prev, _ = self._next_states(states, sumsq, Wm[i], layer.bias, self.cfg.activation,
+                                                   workspace=self._int8_workspace)
                 normed.append(states * r_prev if i - 1 >= keep else None)
                 states, sumsq = nxt, nxt.square().sum(1)
             normed.append(normalize_rows(states))
@@ -558,11 +643,16 @@ class FFLearner(Learner):
         process (parallel/ff_pipeline.py). Returns its states (2B, H) and sums of squares (2B,)."""
         layer = self.net.layers[i]
         B = len(prev) // 2
-        states, r_prev, prev_m = self._next_states(prev, prev_sumsq, w, layer.bias, self.cfg.activation)  # (2B, H)
+        states, r_prev, prev_m = self._next_states(prev, prev_sumsq, w, layer.bias, self.cfg.activation,
+                                                   workspace=self._int8_workspace)  # (2B, H)
         sumsq = states.square().sum(1)
         signal = self._layer_signal(i, states, B, metrics, sumsq)
         # dC/dW = normalize_rows(prev)^T signal = prev^T (signal * r_prev)
-        sink.product(layer.weight, prev_m.T, signal * r_prev, -1.0 / B)  # (D, H)
+        if isinstance(prev_m, tuple):  # int8: prev ~= row * qa / in_scale (see _GradientSink.int8_product)
+            qa, row = prev_m
+            sink.int8_product(layer.weight, qa, signal * (r_prev * row), w[1], -1.0 / B)
+        else:
+            sink.product(layer.weight, prev_m.T, signal * r_prev, -1.0 / B)  # (D, H)
         sink.vector(layer.bias, signal.sum(0), -1.0 / B)
         sink.done(layer.weight, layer.bias)
         return states, sumsq
@@ -627,7 +717,7 @@ class FFLearner(Learner):
         else:
             k, labels = C, None
         W1, b1 = net.layers[0].weight, net.layers[0].bias
-        if self.cfg.test_precision == "int8":  # layers 2..L in int8; layer 1's shared product in `precision`
+        if "int8" in (self.cfg.test_precision, self.cfg.precision):  # layers 2..L in int8; layer 1 as `precision`
             int8 = self._int8_weights()
             Wm = [self._matmul_weight(W1)] + [None] * (len(net.layers) - 1)
         else:
@@ -679,7 +769,8 @@ class FFLearner(Learner):
         if self._low_precision() is None or not self.cfg.fast:
             return self.net.readout_logits([normalize_rows(st) for st in self.net.forward_states(x)])
         h, normed = normalize_rows(x), []
-        for layer, w in zip(self.net.layers, self._matmul_weights()):
+        for layer in self.net.layers:  # bf16 products (precision bfloat16 or int8)
+            w = self._matmul_weight(layer.weight)
             h = normalize_rows(activate(self._total_input(h, w, layer.bias), self.cfg.activation))
             normed.append(h)
         return self.net.readout_logits(normed)
