@@ -10,6 +10,8 @@ Prints and writes (results/benchmarks/ff_throughput-<device>.json):
     in bfloat16, with int8 products (`rule.test_precision=int8`, over the int8 matmul rate
     measured likewise), and with a shortlist of 3 labels;
   * the bfloat16 step with `rule.compile_update` (one compiled pass for each layer's update);
+  * on CPU, the step with int8 training products (`rule.precision=int8`: layers 2..L in int8, layer 1
+    in bf16), eager and with the compiled update, over the int8 matmul rate;
   * one epoch (500 steps + the 10k validation test) against a naive autograd implementation.
 
 Everything is measured --rounds times (default 3), in turn; each ratio is taken within a round
@@ -319,11 +321,22 @@ def main() -> None:
         learners["bfloat16, compiled update"] = compiled
     except RuntimeError as exc:  # torch.compile unavailable (no C++ compiler): its rows are left out
         print(f"compiled update not measured: {exc}")
+    if device.type == "cpu":  # rule.precision=int8: layers 2..L's training products in int8 (CPU only)
+        learners["int8"] = FFLearner(replace(FFConfig(), precision="int8"), hidden, seed=0, device=device)
+        try:
+            compiled8 = FFLearner(replace(FFConfig(), precision="int8", compile_update=True), hidden, seed=0,
+                                  device=device)
+            compiled8.train_batch(x[:B], y[:B])
+            learners["int8, compiled update"] = compiled8
+        except RuntimeError as exc:
+            print(f"compiled int8 update not measured: {exc}")
     naive = NaiveFF(hidden, device=device)  # a naive implementation of the same recipe
     fp32, bf16 = learners["float32"], learners["bfloat16"]
     bf16_short = FFLearner(replace(FFConfig(), precision="bfloat16", goodness_shortlist=3), hidden, seed=0,
                            device=device)
     int8_test = FFLearner(replace(FFConfig(), precision="bfloat16", test_precision="int8"), hidden, seed=0, device=device)
+    int8_short = FFLearner(replace(FFConfig(), precision="bfloat16", test_precision="int8", goodness_shortlist=3),
+                           hidden, seed=0, device=device)
     measurements = {f"{name} step": cycling_steps(lr.train_batch, x, y, B) for name, lr in learners.items()}
     measurements["naive step"] = cycling_steps(naive.step, x, y, B)
     # the per-label test of 1000 images in chunks of 200, as FFLearner.evaluate does; the shortlist
@@ -338,11 +351,14 @@ def main() -> None:
             lambda: bf16_short.predict_batches(bf16_short.goodness_scores, xe, bf16_short.goodness_chunk),
         # rule.test_precision=int8: all ten labels, layers 2..L in int8 (layer 1's shared product in bf16)
         "test, layer 1 shared, int8": lambda: int8_test.predict_batches(int8_test.goodness_scores, xe, 200),
+        "test, shortlist of 3, int8":
+            lambda: int8_short.predict_batches(int8_short.goodness_scores, xe, int8_short.goodness_chunk),
     })
     rounds = timed_rounds(measurements, device, shapes, args.rounds, t)
 
     flops = {name: ff_step_flops(784, hidden, B, lr.cfg.fast) for name, lr in learners.items()}
-    peak_of = {name: "bfloat16" if lr.cfg.precision == "bfloat16" else "float32" for name, lr in learners.items()}
+    # the int8 learners' products are int8 in layers 2..L and bf16 in layer 1 (~5% of 4x2000's): over the int8 peak
+    peak_of = {name: lr.cfg.precision for name, lr in learners.items()}
     steps_per_epoch, eval_scale = -(-50_000 // B), 10_000 / len(xe)  # the 10k validation test, timed on xe
     epochs = {  # name: (step measurement, test measurement)
         "naive": ("naive step", "test, naive implementation"),
@@ -352,6 +368,9 @@ def main() -> None:
         "bfloat16, compiled update": ("bfloat16, compiled update step", "test, layer 1 shared, bfloat16"),
         "bfloat16, compiled update, shortlist-3 test": ("bfloat16, compiled update step", "test, shortlist of 3, bfloat16"),
         "bfloat16, compiled update, int8 test": ("bfloat16, compiled update step", "test, layer 1 shared, int8"),
+        "int8, int8 test": ("int8 step", "test, layer 1 shared, int8"),
+        "int8, compiled update, int8 test": ("int8, compiled update step", "test, layer 1 shared, int8"),
+        "int8, compiled update, int8 shortlist-3 test": ("int8, compiled update step", "test, shortlist of 3, int8"),
     }
     int8_test_flops = 2 * 10 * len(xe) * sum(a * b for a, b in zip(hidden[:-1], hidden[1:]))  # layers 2..L, 10 labels
     for r in rounds:  # the derived numbers of each round, from its own measurements
@@ -368,18 +387,20 @@ def main() -> None:
     rows = []
     for name, label in (("float32", "fused fast path"), ("straightforward", "straightforward (3 passes)"),
                         ("bfloat16", "fused fast path, bfloat16 products"),
-                        ("bfloat16, compiled update", "fused fast path, bfloat16 products, compiled update")):
+                        ("bfloat16, compiled update", "fused fast path, bfloat16 products, compiled update"),
+                        ("int8", "fused fast path, int8 products in layers 2..L (layer 1 bf16)"),
+                        ("int8, compiled update", "fused fast path, int8 products in layers 2..L, compiled update")):
         if name in learners:
             sec = median(f"{name} step s")
+            prefix = {"float32": "", "bfloat16": "bf16_", "int8": "int8_"}[peak_of[name]]
             rows.append({"measurement": "FF training step, " + label, "examples_per_s": B / sec,
                          "ms_per_step": 1e3 * sec, "matmul_gflops_per_step": flops[name] / 1e9,
                          "achieved_gflop_s": flops[name] / sec / 1e9,
-                         f"fraction_of_{'bf16_' if peak_of[name] == 'bfloat16' else ''}matmul_peak":
-                             median(f"{name} fraction of peak")})
+                         f"fraction_of_{prefix}matmul_peak": median(f"{name} fraction of peak")})
     rows.append({"measurement": "naive implementation step", "examples_per_s": B / median("naive step s"),
                  "ms_per_step": 1e3 * median("naive step s")})
     for name in ("layer 1 shared", "10 full passes", "naive implementation", "layer 1 shared, bfloat16",
-                 "shortlist of 3, bfloat16", "layer 1 shared, int8"):
+                 "shortlist of 3, bfloat16", "layer 1 shared, int8", "shortlist of 3, int8"):
         rows.append({"measurement": f"per-label goodness test, {name}", "images_per_s": len(xe) / median(f"test, {name} s")})
     for name in epochs:
         if f"epoch, {name} s" in rounds[0]:
@@ -410,13 +431,22 @@ def main() -> None:
             "epoch_bfloat16_compiled_update_int8_test_over_naive_implementation_speed":
                 ("epoch, naive s", "epoch, bfloat16, compiled update, int8 test s"),
         })
+    if "int8, compiled update" in learners:
+        spread.update({
+            "int8_compiled_update_step_achieved_over_int8_matmul_peak": ("int8, compiled update fraction of peak", None),
+            "int8_over_bf16_compiled_update_step_speed": ("bfloat16, compiled update step s", "int8, compiled update step s"),
+            "epoch_int8_compiled_update_int8_test_over_naive_implementation_speed":
+                ("epoch, naive s", "epoch, int8, compiled update, int8 test s"),
+            "epoch_int8_compiled_update_int8_shortlist3_over_naive_implementation_speed":
+                ("epoch, naive s", "epoch, int8, compiled update, int8 shortlist-3 test s"),
+        })
     ratios = {k: ratio_over_rounds(rounds, num, den) for k, (num, den) in spread.items()}
     peak, peak_bf16 = median("float32 matmul peak GFLOP/s"), median("bfloat16 matmul peak GFLOP/s")
     peak_int8 = median("int8 matmul peak GFLOP/s")
 
     env = machine_info(device)
     result = {
-        **benchmark_provenance("ff_throughput", args, f"784-{'-'.join(map(str, hidden))}, batch {B}, float32 and bfloat16 products", env),
+        **benchmark_provenance("ff_throughput", args, f"784-{'-'.join(map(str, hidden))}, batch {B}, float32, bfloat16 and int8 products", env),
         "matmul_peak_gflop_s": peak,
         "matmul_gflop_s_by_shape": median_by_shape(rounds, "float32", shapes),
         "bf16_matmul_peak_gflop_s": peak_bf16,
