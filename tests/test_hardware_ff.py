@@ -141,7 +141,7 @@ def test_weights_copied_to_another_instance_and_death(tiny_data):
         learner.attach(create_device("mild", [(784, 64)], seed=0))
 
 
-@pytest.mark.parametrize("option", [{"precision": "bfloat16"}, {"test_precision": "int8"}])
+@pytest.mark.parametrize("option", [{"precision": "bfloat16"}, {"precision": "int8"}, {"test_precision": "int8"}])
 def test_digital_fast_path_options_are_refused_on_a_device(option):
     """A device's products are its own: options that pick the digital products are refused, not ignored."""
     from dataclasses import replace
