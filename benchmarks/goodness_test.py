@@ -124,6 +124,9 @@ def main() -> None:
     device = torch.device("cpu")
     ks = [int(k) for k in args.k.split(",")]
     runs = [r for r in args.runs.split(",") if r]
+    missing = [r for r in runs if not Path(r).is_dir()]
+    if not runs or missing:  # a usage error before minutes of timing, not a traceback after them
+        ap.error(f"--runs: not a run directory: {', '.join(missing) or '(none given)'}")
 
     # --- speed first (needs an idle machine), side by side on the first run's weights -------------
     learner, first_cfg = mn.load_learner(runs[0], device="cpu")

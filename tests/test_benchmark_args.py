@@ -155,6 +155,12 @@ def test_goodness_test_agreement_title_counts_the_images_measured():
     assert "validation: 5,000 images" in title and "test: 10,000 images" in title and "per set" not in title
 
 
+def test_goodness_test_refuses_a_run_that_is_not_there(capsys, monkeypatch, tmp_path):
+    gt = load("goodness_test")
+    monkeypatch.setattr(sys, "argv", ["goodness_test.py", "--runs", f"{tmp_path},{tmp_path / 'missing'}"])
+    assert "not a run directory: " + str(tmp_path / "missing") in refused(capsys, lambda _: gt.main(), [])
+
+
 # -- ff_pipeline --------------------------------------------------------------------------------
 
 
