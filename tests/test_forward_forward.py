@@ -303,6 +303,22 @@ def test_compiled_update_weight_copies_are_dropped_when_a_weight_changes():
     torch.testing.assert_close(fresh, w.to(torch.bfloat16), rtol=0, atol=0)
 
 
+def test_bf16_weight_copies_are_made_once_per_weight_state():
+    """The bf16 test converts each weight once for all its chunks, and again after an update."""
+    learner = tiny(seed=6, precision="bfloat16")
+    x = images(40)
+    learner.train_batch(x, torch.arange(40) % 10)
+    first = learner._matmul_weights()
+    scores = learner.goodness_scores(x)
+    assert all(a is b for a, b in zip(first, learner._matmul_weights()))
+    assert torch.equal(scores, learner.goodness_scores(x))
+    learner.train_batch(x, torch.arange(40) % 10)
+    after = learner._matmul_weights()
+    assert all(a is not b for a, b in zip(first, after))
+    for a, layer in zip(after, learner.net.layers):
+        assert torch.equal(a, layer.weight.to(torch.bfloat16))
+
+
 def test_compiled_update_is_refused_where_it_does_not_apply():
     with pytest.raises(ValueError, match="compile_update"):
         tiny(compile_update=True)  # float32

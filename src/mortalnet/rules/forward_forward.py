@@ -510,12 +510,15 @@ class FFLearner(Learner):
         return copy
 
     def _weight_copy(self, w: torch.Tensor, lp: torch.dtype) -> torch.Tensor:
-        """w in dtype lp: the copy the compiled update wrote, if w has not changed since (its version
-        counter and storage tell), else a fresh conversion."""
+        """w in dtype lp: the copy the compiled update wrote or an earlier call made, if w has not
+        changed since (its version counter and storage tell), else a fresh conversion, kept for the
+        next call (a test in chunks converts each weight once, not once per chunk)."""
         version, ptr, copy = self._weight_copies.get(id(w), (None, None, None))
-        if copy is not None and version == w._version and ptr == w.data_ptr():
+        if copy is not None and version == w._version and ptr == w.data_ptr() and copy.dtype == lp:
             return copy
-        return w.to(lp)
+        copy = w.detach().to(lp)
+        self._weight_copies[id(w)] = (w._version, w.data_ptr(), copy)
+        return copy
 
     def _int8_weights(self) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
         """Per layer, quantize_columns(weight) for the int8 goodness test (None for layer 1, whose
