@@ -201,7 +201,8 @@ def measure(args: argparse.Namespace, command: str, scratch: Path, threads: int,
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = benchmark_record_path(out, "time_to_accuracy", args.device, args.tag).stem
-    result["architecture"] = f"ff-supervised --preset {args.preset} vs --preset {args.baseline}, per-label goodness test"
+    against = f" vs --preset {args.baseline}" if args.baseline_seconds > 0 else ""  # the baseline ran
+    result["architecture"] = f"ff-supervised --preset {args.preset}{against}, per-label goodness test"
     result["rows"] = [
         {"run": f"{args.preset} seed {r['seed']}", "epochs": r["epochs"], "test_error_%": 100 * r["test_error"],
          "seconds_to_result": r["seconds_to_result"], "training_s": r["train_seconds"], "test_s": r["test_eval_seconds"]}

@@ -140,6 +140,7 @@ def test_time_to_accuracy_removes_its_scratch_folder_and_saves_the_plot_atomical
     tta.main(["--preset", "speed-30", "--seeds", "0", "--baseline-seconds", "0", "--out", str(out), "--tag", "zen4"])
     tagged = json.loads((out / "time_to_accuracy-cpu-zen4.json").read_text())
     assert tagged["preset"] == "speed-30" and "--tag zen4" in tagged["command"]
+    assert tagged["architecture"] == "ff-supervised --preset speed-30, per-label goodness test"  # no baseline ran
     assert "use letters, digits" in refused(capsys, tta.main, ["--tag", "../x"])
 
 
