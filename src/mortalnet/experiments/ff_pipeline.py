@@ -21,7 +21,7 @@ from mortalnet.data.mnist import MnistConfig, load_mnist
 from mortalnet.experiments import register_experiment
 from mortalnet.experiments.base import Experiment, Reference, RunContext
 from mortalnet.optim import OptimizerConfig
-from mortalnet.parallel.ff_pipeline import data_parallel_rank, pipeline_rank, pipeline_rule
+from mortalnet.parallel.ff_pipeline import data_parallel_rank, pipeline_rank, pipeline_rule, refuse_int8
 from mortalnet.parallel.launch import spawn
 from mortalnet.rules.forward_forward import FFConfig, FFLearner
 from mortalnet.training import TrainingConfig
@@ -53,9 +53,7 @@ class FFPipelineConfig:
             raise ConfigError(f"ranks and threads_per_rank must be >= 1, got {self.ranks} and {self.threads_per_rank}")
         if self.timeout_s <= 0:
             raise ConfigError(f"timeout_s must be > 0 (seconds), got {self.timeout_s}")
-        if self.rule.precision == "int8":
-            raise ConfigError("rule.precision=int8 is a single-process option (ff-supervised); the ranks multiply in "
-                              "float32 or bfloat16 (rule.precision=bfloat16)")
+        refuse_int8(self.rule)  # both modes
         if not self.hidden or min(self.hidden) < 1:
             raise ConfigError(f"hidden needs at least one layer, each of width >= 1, got {self.hidden}")
         if self.mode == "pipeline":

@@ -61,6 +61,29 @@ def _buffer(workspace: dict | None, name: str, shape: tuple[int, ...], dtype: to
     return workspace[key]
 
 
+class DerivedWeights:
+    """Copies made from weights (a bf16 conversion, an int8 quantization), each reused while its
+    weight is unchanged: the weight's version counter (bumped by every in-place write: an update, a
+    checkpoint load) and its storage tell. A test in chunks then converts each weight once, and a
+    copy made elsewhere for the weight's current state (the compiled update's) is `put` here."""
+
+    def __init__(self, make) -> None:
+        self.make = make  # weight (detached) -> copy
+        self._copies: dict[int, tuple[int, int, object]] = {}  # id(w) -> (version, data_ptr, copy)
+
+    def get(self, w: torch.Tensor):
+        """make(w), or the copy kept for w's current state."""
+        version, ptr, copy = self._copies.get(id(w), (None, None, None))
+        if copy is None or version != w._version or ptr != w.data_ptr():
+            copy = self.make(w.detach())
+            self.put(w, copy)
+        return copy
+
+    def put(self, w: torch.Tensor, copy) -> None:
+        """Keep `copy` as w's copy for w's current state."""
+        self._copies[id(w)] = (w._version, w.data_ptr(), copy)
+
+
 def quantize_weight_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 copy of w (D, H), one scale per row (per input unit): w ~= in_scale[:, None] * q.
 

@@ -164,10 +164,16 @@ def pipeline_rule(rule: FFConfig) -> FFConfig:
     if rule.negatives != "random":
         raise ConfigError("the layer pipeline uses random negatives (rule.negatives=random); hard negatives "
                           "need the top layers' readout before the bottom layer's negative pass")
-    if rule.precision == "int8":
-        raise ConfigError("rule.precision=int8 is a single-process option; the pipeline and data-parallel ranks "
-                          "multiply in float32 or bfloat16 (rule.precision=bfloat16)")
+    refuse_int8(rule)
     return replace(rule, fast=True, readout=False)
+
+
+def refuse_int8(rule: FFConfig) -> None:
+    """ConfigError for rule.precision=int8: the ranks (pipeline and data-parallel) multiply in
+    float32 or bfloat16; int8 training is a single-process option."""
+    if rule.precision == "int8":
+        raise ConfigError("rule.precision=int8 is a single-process option (ff-supervised); the pipeline and "
+                          "data-parallel ranks multiply in float32 or bfloat16 (rule.precision=bfloat16)")
 
 
 def pipeline_rank(rank: int, world: int, spec: dict[str, Any]) -> dict[str, Any]:
@@ -348,6 +354,7 @@ def data_parallel_rank(rank: int, world: int, spec: dict[str, Any]) -> dict[str,
     from mortalnet import config as cfgmod
 
     rule = replace(cfgmod.from_dict(FFConfig, spec["rule"]), fast=True)
+    refuse_int8(rule)
     hidden, seed = tuple(spec["hidden"]), int(spec["seed"])
     learner = FFLearner(rule, hidden, seed=seed)
     learner.generator.manual_seed(seed * 1009 + rank + 1)  # each rank its own negatives

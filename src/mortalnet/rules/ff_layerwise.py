@@ -38,7 +38,7 @@ from torch import nn
 
 from mortalnet.config import ConfigError
 from mortalnet.data.negatives import hybrid_negatives
-from mortalnet.nets.ff import NORM_EPS, FFDense, activate, normalize_rows, product
+from mortalnet.nets.ff import NORM_EPS, DerivedWeights, FFDense, activate, normalize_rows, product
 from mortalnet.nets.local import LocallyConnected2d
 from mortalnet.optim import OptimizerConfig, make_optimizer, schedule_factor, set_lr_scale
 from mortalnet.rules import register_rule
@@ -124,8 +124,8 @@ class FFLayerwiseLearner(Learner):
             raise ConfigError("rule.precision=bfloat16 needs rule.layer=dense (locally connected layers multiply in float32)")
         self.cfg = config
         self.product_dtype = torch.bfloat16 if config.precision == "bfloat16" else torch.float32
-        # bf16 copies of the dense weights: {id(weight): (weight version, copy)}, remade when a weight changes
-        self._weight_copies: dict[int, tuple[int, torch.Tensor]] = {}
+        # bf16 copies of the dense weights, remade when a weight changes
+        self._weight_copies = DerivedWeights(lambda w: w.to(self.product_dtype))
         self.num_classes = num_classes
         self.input_dim = input_dim
         self.supervised = config.negatives != "hybrid"
@@ -194,11 +194,7 @@ class FFLayerwiseLearner(Learner):
         w = layer.weight
         if self.product_dtype == torch.float32:
             return w
-        version, copy = self._weight_copies.get(id(w), (None, None))
-        if copy is None or version != w._version:
-            copy = w.detach().to(self.product_dtype)
-            self._weight_copies[id(w)] = (w._version, copy)
-        return copy
+        return self._weight_copies.get(w)
 
     def _layer_states(self, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
         """A hidden layer's states (N, D_out) from its input h (N, D_in), in the rule's product precision."""

@@ -34,6 +34,7 @@ from mortalnet.config import ConfigError
 from mortalnet.nets.ff import (
     NORM_EPS,
     Activation,
+    DerivedWeights,
     FFNet,
     activate,
     activation_slope,
@@ -213,8 +214,8 @@ class _GradientSink:
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, low_precision: torch.dtype | None = None,
-                 compile_update: bool = False, weight_copies: dict | None = None,
-                 int8_copies: dict | None = None) -> None:
+                 compile_update: bool = False, weight_copies: DerivedWeights | None = None,
+                 int8_copies: DerivedWeights | None = None) -> None:
         self.optimizer = optimizer
         self.low_precision = low_precision
         self.fused = isinstance(optimizer, SmoothedSGD)
@@ -225,10 +226,10 @@ class _GradientSink:
         # int8 product is the tuple (acc (D, H) int32, row_scale (D, 1), col_scale (H,))
         self.deferred = compile_update and self.fused and low_precision is not None
         self.pending: dict[int, tuple[float, torch.Tensor | tuple]] = {}
-        # the compiled update also writes the new weight's bf16 copy: {id(p): (version, data_ptr, copy)},
-        # or (precision=int8) its quantize_weight_rows copy into int8_copies, likewise keyed
-        self.weight_copies = {} if weight_copies is None else weight_copies
-        self.int8_copies = {} if int8_copies is None else int8_copies
+        # the compiled update also writes the new weight's bf16 copy, or (precision=int8) its
+        # quantize_weight_rows copy: kept in the learner's caches for the next step's products
+        self.weight_copies = weight_copies
+        self.int8_copies = int8_copies
 
     def _buffer(self, p: torch.Tensor) -> tuple[torch.Tensor, float]:
         """(buffer, beta) to accumulate into: the smoothed gradient (fused) or p.grad."""
@@ -319,10 +320,12 @@ class _GradientSink:
                 smoothed = self.optimizer.state[p]["smoothed_grad"]
                 if isinstance(prod, tuple):  # int8: the new weight's int8 copy comes back
                     copy = _run_compiled(True, (*prod, smoothed, p), beta, lr, 1.0 - lr * wc)
-                    self.int8_copies[id(p)] = (p._version, p.data_ptr(), copy)
+                    if self.int8_copies is not None:
+                        self.int8_copies.put(p, copy)
                 else:
                     copy = _run_compiled(False, (prod, smoothed, p), beta, lr, 1.0 - lr * wc)
-                    self.weight_copies[id(p)] = (p._version, p.data_ptr(), copy)
+                    if self.weight_copies is not None:
+                        self.weight_copies.put(p, copy)
                 continue
             if wc:
                 p.mul_(1.0 - lr * wc)  # ffnew.m: w += lr (g - wc w), the weight cost unsmoothed
@@ -399,9 +402,11 @@ class FFLearner(Learner):
                               f"(torch._int_mm); got {tuple(hidden)}")
         self.cfg = config
         self.num_classes = num_classes
-        self._weight_copies: dict[int, tuple[int, int, torch.Tensor]] = {}  # see _GradientSink
-        self._int8_copies: dict[int, tuple[int, int, tuple[torch.Tensor, torch.Tensor]]] = {}  # see _int8_weights
-        self._int8_train_copies: dict[int, tuple[int, int, tuple[torch.Tensor, torch.Tensor]]] = {}  # _int8_train_weight
+        # copies of the weights as the products use them, each kept while its weight is unchanged
+        lp = self._low_precision()
+        self._weight_copies = DerivedWeights(lambda w: w.to(lp))  # bf16 (precision bfloat16 / int8's layer 1)
+        self._int8_copies = DerivedWeights(quantize_columns)  # the int8 goodness test's (layers 2..L)
+        self._int8_train_copies = DerivedWeights(quantize_weight_rows)  # precision=int8 training's
         self._int8_workspace: dict = {}  # int8_product's reused buffers (filled by the first int8 test)
         self.net = FFNet(input_dim, tuple(hidden), num_classes, config.readout_from, self.generator, self.device_,
                          activation=config.activation)
@@ -498,41 +503,17 @@ class FFLearner(Learner):
     def _matmul_weight(self, w: torch.Tensor) -> torch.Tensor:
         """One weight as the float products use it: the fp32 master, or its bf16 copy."""
         lp = self._low_precision()
-        return w if lp is None else self._weight_copy(w, lp)
+        return w if lp is None else self._weight_copies.get(w)
 
     def _int8_train_weight(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """quantize_weight_rows(w) (precision=int8): the copy the compiled update wrote, if w has not
-        changed since, else a fresh one (kept until w changes)."""
-        version, ptr, copy = self._int8_train_copies.get(id(w), (None, None, None))
-        if copy is None or version != w._version or ptr != w.data_ptr():
-            copy = quantize_weight_rows(w.detach())
-            self._int8_train_copies[id(w)] = (w._version, w.data_ptr(), copy)
-        return copy
-
-    def _weight_copy(self, w: torch.Tensor, lp: torch.dtype) -> torch.Tensor:
-        """w in dtype lp: the copy the compiled update wrote or an earlier call made, if w has not
-        changed since (its version counter and storage tell), else a fresh conversion, kept for the
-        next call (a test in chunks converts each weight once, not once per chunk)."""
-        version, ptr, copy = self._weight_copies.get(id(w), (None, None, None))
-        if copy is not None and version == w._version and ptr == w.data_ptr() and copy.dtype == lp:
-            return copy
-        copy = w.detach().to(lp)
-        self._weight_copies[id(w)] = (w._version, w.data_ptr(), copy)
-        return copy
+        """quantize_weight_rows(w) (precision=int8): the compiled update's copy, or one made now."""
+        return self._int8_train_copies.get(w)
 
     def _int8_weights(self) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
         """Per layer, quantize_columns(weight) for the int8 goodness test (None for layer 1, whose
         shared image product keeps `precision`); each copy is reused while its weight is unchanged
         (version counter and storage), so a 10k-image test quantizes each weight once, not per chunk."""
-        out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None]
-        for layer in self.net.layers[1:]:
-            w = layer.weight
-            version, ptr, copy = self._int8_copies.get(id(w), (None, None, None))
-            if copy is None or version != w._version or ptr != w.data_ptr():
-                copy = quantize_columns(w.detach())
-                self._int8_copies[id(w)] = (w._version, w.data_ptr(), copy)
-            out.append(copy)
-        return out
+        return [None] + [self._int8_copies.get(layer.weight) for layer in self.net.layers[1:]]
 
     @staticmethod
     def _total_input(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
