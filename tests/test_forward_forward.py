@@ -514,3 +514,32 @@ def test_int8_training_is_refused_where_it_does_not_apply():
     for mode in ("pipeline", "data-parallel"):
         with pytest.raises(ValueError, match="single-process"):
             FFPipelineConfig(mode=mode, rule=replace(FFConfig(negatives="random"), precision="int8"))
+
+
+def test_int8_gradient_products_share_one_buffer_safely():
+    """Equal-shape int8 gradient products are written into one workspace buffer (not a fresh 16 MB
+    tensor per layer and step); a product still waiting there for its compiled update is applied
+    before the next product overwrites it, so the updates are those of separate buffers."""
+    from mortalnet.optim import OptimizerConfig, make_optimizer
+    from mortalnet.rules.forward_forward import _GradientSink
+
+    gen = torch.Generator().manual_seed(0)
+    qa = torch.randint(-127, 128, (20, 24), generator=gen, dtype=torch.int8)  # (N, D): D > 16, no padding
+    signals = [torch.randn(20, 5, generator=gen) for _ in range(2)]  # (N, H) per parameter
+    in_scale = torch.rand(24, generator=gen) + 0.5
+
+    def run(workspace):
+        params = [torch.nn.Parameter(torch.randn(24, 5, generator=torch.Generator().manual_seed(k))) for k in (1, 2)]
+        opt = make_optimizer(OptimizerConfig(name="smoothed-sgd", lr=0.1, momentum=0.9, weight_decay=0.01), params)
+        sink = _GradientSink(opt, torch.bfloat16, compile_update=True, workspace=workspace)
+        with torch.no_grad():
+            for p, g in zip(params, signals):  # both products first, then both updates
+                sink.int8_product(p, qa, g, in_scale, -0.1)
+            sink.done(*params)
+        return [p.detach() for p in params]
+
+    workspace: dict = {}
+    shared, separate = run(workspace), run(None)
+    assert [key[0] for key in workspace] == ["gradient"]  # one buffer served both products
+    for a, b in zip(shared, separate):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

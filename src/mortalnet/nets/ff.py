@@ -49,7 +49,7 @@ def quantize_columns(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(w / scale).to(torch.int8), scale
 
 
-def _buffer(workspace: dict | None, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+def workspace_buffer(workspace: dict | None, name: str, shape: tuple[int, ...], dtype: torch.dtype,
             device: torch.device) -> torch.Tensor:
     """An uninitialized tensor: the workspace's buffer of this name, shape and dtype (made on first
     use, then reused), or a fresh one without a workspace."""
@@ -84,6 +84,20 @@ class DerivedWeights:
         self._copies[id(w)] = (w._version, w.data_ptr(), copy)
 
 
+def weight_row_scales(amax: torch.Tensor) -> torch.Tensor:
+    """The per-input-unit scales of quantize_weight_rows from each row's largest |w| (any shape)."""
+    return amax.float().clamp_min(torch.finfo(torch.float32).tiny) / INT8_LEVELS
+
+
+def round_weight_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_weight_rows' rounding: q (D, H) int8 and each row's largest |w| (D, 1), the scale
+    left to `weight_row_scales`. Returning the row maximum itself (not the scale) lets torch.compile
+    fuse the row reduction and the rounding into one pass over w (one outer loop over rows, each row
+    read twice while it sits in cache), where a returned scale costs a pass of its own."""
+    amax = w.abs().amax(1, keepdim=True)  # (D, 1)
+    return torch.round(w / weight_row_scales(amax)).to(torch.int8), amax
+
+
 def quantize_weight_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 copy of w (D, H), one scale per row (per input unit): w ~= in_scale[:, None] * q.
 
@@ -91,8 +105,8 @@ def quantize_weight_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     this form: a @ w = (a * in_scale) @ q, so the scale goes onto the activities' columns before they
     are rounded (int8_product's in_scale), and the gradient product's rows take 1 / in_scale. A row
     reduction is contiguous in the (D, H) layout, which keeps the compiled update one cheap pass."""
-    in_scale = w.abs().amax(1).float().clamp_min(torch.finfo(torch.float32).tiny) / INT8_LEVELS  # (D,)
-    return torch.round(w / in_scale[:, None]).to(torch.int8), in_scale
+    q, amax = round_weight_rows(w)
+    return q, weight_row_scales(amax)[:, 0]
 
 
 def quantize_activity_rows(a: torch.Tensor, in_scale: torch.Tensor | None = None, workspace: dict | None = None,
@@ -103,13 +117,13 @@ def quantize_activity_rows(a: torch.Tensor, in_scale: torch.Tensor | None = None
     Returns q (N, D) int8 and row (N, 1) float32. With a workspace, q lives in its buffer
     (named `name`) until the next call of the same name and shape; a is read in full first."""
     n, D = a.shape
-    buf = _buffer(workspace, f"rounded{name}", (n, D), torch.float32, a.device)
+    buf = workspace_buffer(workspace, f"rounded{name}", (n, D), torch.float32, a.device)
     src = a if in_scale is None else torch.mul(a, in_scale, out=buf)
     # (N, 1) largest |a| per row; two plain reductions (inf-norm and aminmax are ~20x slower on CPU)
     row = torch.maximum(src.amax(1, keepdim=True), src.amin(1, keepdim=True).neg_()).float()
     row = row.clamp_min_(torch.finfo(torch.float32).tiny).div_(INT8_LEVELS)
     rounded = torch.div(src, row, out=buf).round_()
-    return _buffer(workspace, f"qa{name}", (n, D), torch.int8, a.device).copy_(rounded), row
+    return workspace_buffer(workspace, f"qa{name}", (n, D), torch.int8, a.device).copy_(rounded), row
 
 
 def int8_matmul(qa: torch.Tensor, q: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -144,8 +158,8 @@ def int8_product(a: torch.Tensor, q: torch.Tensor, scale: torch.Tensor | None, r
     tensors for each 2000x2000x2000 product cost ~10 ms of page faults next to its ~19 ms."""
     qa, row = quantize_activity_rows(a, in_scale, workspace)  # (N, D) int8, (N, 1)
     n, H = len(a), q.shape[1]
-    acc = int8_matmul(qa, q, out=_buffer(workspace, "acc", (n, H), torch.int32, a.device))  # (N, H) int32
-    out = _buffer(workspace, "out", (n, H), torch.float32, a.device).copy_(acc)  # float32
+    acc = int8_matmul(qa, q, out=workspace_buffer(workspace, "acc", (n, H), torch.int32, a.device))  # (N, H) int32
+    out = workspace_buffer(workspace, "out", (n, H), torch.float32, a.device).copy_(acc)  # float32
     if scale is not None:
         out.mul_(scale)  # * (H,)
     if row_factor is not None:
