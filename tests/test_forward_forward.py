@@ -424,7 +424,7 @@ def test_int8_training_products_match_the_quantized_operands_exactly():
     learner = FFLearner(replace(FFConfig(), precision="int8"), hidden=(30, 20), input_dim=30)  # layer 2: (30, 20)
     sink = learner.gradient_sink()
     p = learner.net.layers[1].weight
-    sink.int8_product(p, qa, s * row, in_scale, -0.5)
+    sink.int8_product(p, qa, s, row, in_scale, -0.5)
     qs, col = quantize_columns(s * row)
     expected = -0.5 * (1 - 0.9) * (qa.double().T @ qs.double()) * col.double() / in_scale[:, None].double()
     buf = learner.optimizers[0].state[p]["smoothed_grad"]
@@ -482,8 +482,9 @@ def replace_precision(learner: FFLearner, precision: str) -> FFLearner:
 
 
 def test_compiled_int8_update_equals_the_eager_int8_update(monkeypatch):
-    """rule.precision=int8 with compile_update: the compiled pass updates like the eager one, and
-    the int8 copy it returns is the one the next step multiplies."""
+    """rule.precision=int8 with compile_update: the compiled passes (roundings, the layer signal with
+    peer normalization, the update) give the eager step's weights, running means and metrics, and
+    the int8 copy the update returns is the one the next step multiplies."""
     import mortalnet.rules.forward_forward as ff
 
     calls = []
@@ -492,11 +493,18 @@ def test_compiled_int8_update_equals_the_eager_int8_update(monkeypatch):
     eager, compiled = tiny(seed=5, precision="int8"), tiny(seed=5, precision="int8", compile_update=True)
     for step in range(4):
         x, y = images(32, seed=step), torch.arange(32) % 10
+        metrics = {}
         for learner in (eager, compiled):
             learner.set_lr_scale(1.0 - 0.2 * step)
-            learner.train_batch(x, y)
+            metrics[learner is compiled] = learner.train_batch(x, y)
         for pe, pc in zip(eager.net.layers, compiled.net.layers):
             torch.testing.assert_close(pc.weight, pe.weight, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(pc.bias, pe.bias, rtol=1e-4, atol=1e-6)
+        for i in range(3):
+            torch.testing.assert_close(compiled.net.mean_states(i), eager.net.mean_states(i), rtol=1e-5, atol=1e-6)
+        assert metrics[True].keys() == metrics[False].keys()
+        for key, value in metrics[False].items():
+            torch.testing.assert_close(metrics[True][key], value, rtol=1e-4, atol=1e-5)
     assert calls == [True, True] * 4  # layers 2 and 3 take the compiled int8 pass
     from mortalnet.nets.ff import quantize_weight_rows
     for layer, (q, s) in zip(compiled.net.layers[1:], compiled._matmul_weights()[1:]):
@@ -534,7 +542,7 @@ def test_int8_gradient_products_share_one_buffer_safely():
         sink = _GradientSink(opt, torch.bfloat16, compile_update=True, workspace=workspace)
         with torch.no_grad():
             for p, g in zip(params, signals):  # both products first, then both updates
-                sink.int8_product(p, qa, g, in_scale, -0.1)
+                sink.int8_product(p, qa, g, torch.ones(20, 1), in_scale, -0.1)
             sink.done(*params)
         return [p.detach() for p in params]
 
@@ -543,3 +551,24 @@ def test_int8_gradient_products_share_one_buffer_safely():
     assert [key[0] for key in workspace] == ["gradient"]  # one buffer served both products
     for a, b in zip(shared, separate):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_compiled_int8_roundings_equal_the_eager_ones():
+    """rule.compile_update rounds activities (round_activity_rows) and gradient signals
+    (round_signal_columns) in compiled passes: bit for bit the eager roundings, all-zero rows included."""
+    from mortalnet.nets.ff import (int8_scales, quantize_activity_rows, quantize_columns, round_activity_rows,
+                                   round_signal_columns)
+    from mortalnet.rules.forward_forward import call_compiled
+
+    g = torch.Generator().manual_seed(7)
+    a, in_scale = torch.randn(40, 30, generator=g).relu(), torch.rand(30, generator=g) + 0.1
+    a[3] = 0.0  # a dead row: its scale is the smallest normal float, its integers 0
+    signal, factor = torch.randn(40, 20, generator=g), torch.rand(40, 1, generator=g)
+    qa, row = quantize_activity_rows(a, in_scale)
+    qs, col = quantize_columns(signal * factor)
+    for run in (lambda fn, *args: fn(*args), call_compiled):  # eager and compiled
+        q, amax = run(round_activity_rows, a, in_scale)
+        assert torch.equal(q, qa) and torch.equal(int8_scales(amax), row)
+        q, amax = run(round_signal_columns, signal, factor)
+        assert torch.equal(q, qs) and torch.equal(int8_scales(amax), col)
+    assert qa[3].eq(0).all() and qa.abs().amax(1)[torch.arange(40) != 3].eq(127).all()

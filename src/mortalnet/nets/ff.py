@@ -40,17 +40,23 @@ INT8_LEVELS = 127.0  # symmetric int8: integers -127..127 (-128 unused, so that 
 INT8_MIN_ROWS = 16  # torch._int_mm on CUDA needs more rows than this (and widths that are multiples of 8)
 
 
+def int8_scales(amax: torch.Tensor) -> torch.Tensor:
+    """Symmetric int8 scales from the largest |entry| of each row or column (any shape): amax / 127,
+    kept above the smallest normal float so that an all-zero row divides cleanly."""
+    return amax.float().clamp_min(torch.finfo(torch.float32).tiny) / INT8_LEVELS
+
+
 def quantize_columns(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 copy of w (D, H), one scale per column (per output unit): w ~= q * scale.
 
     Returns q (D, H) int8 and scale (H,) float32. Each column's largest |w| maps to 127, so the
     rounding error of an entry is at most scale / 2 = max|w_col| / 254."""
-    scale = w.abs().amax(0).float().clamp_min(torch.finfo(torch.float32).tiny) / INT8_LEVELS  # (H,)
+    scale = int8_scales(w.abs().amax(0))  # (H,)
     return torch.round(w / scale).to(torch.int8), scale
 
 
 def workspace_buffer(workspace: dict | None, name: str, shape: tuple[int, ...], dtype: torch.dtype,
-            device: torch.device) -> torch.Tensor:
+                     device: torch.device) -> torch.Tensor:
     """An uninitialized tensor: the workspace's buffer of this name, shape and dtype (made on first
     use, then reused), or a fresh one without a workspace."""
     if workspace is None:
@@ -84,18 +90,13 @@ class DerivedWeights:
         self._copies[id(w)] = (w._version, w.data_ptr(), copy)
 
 
-def weight_row_scales(amax: torch.Tensor) -> torch.Tensor:
-    """The per-input-unit scales of quantize_weight_rows from each row's largest |w| (any shape)."""
-    return amax.float().clamp_min(torch.finfo(torch.float32).tiny) / INT8_LEVELS
-
-
 def round_weight_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """quantize_weight_rows' rounding: q (D, H) int8 and each row's largest |w| (D, 1), the scale
-    left to `weight_row_scales`. Returning the row maximum itself (not the scale) lets torch.compile
+    left to `int8_scales`. Returning the row maximum itself (not the scale) lets torch.compile
     fuse the row reduction and the rounding into one pass over w (one outer loop over rows, each row
     read twice while it sits in cache), where a returned scale costs a pass of its own."""
     amax = w.abs().amax(1, keepdim=True)  # (D, 1)
-    return torch.round(w / weight_row_scales(amax)).to(torch.int8), amax
+    return torch.round(w / int8_scales(amax)).to(torch.int8), amax
 
 
 def quantize_weight_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +107,7 @@ def quantize_weight_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     are rounded (int8_product's in_scale), and the gradient product's rows take 1 / in_scale. A row
     reduction is contiguous in the (D, H) layout, which keeps the compiled update one cheap pass."""
     q, amax = round_weight_rows(w)
-    return q, weight_row_scales(amax)[:, 0]
+    return q, int8_scales(amax)[:, 0]
 
 
 def quantize_activity_rows(a: torch.Tensor, in_scale: torch.Tensor | None = None, workspace: dict | None = None,
@@ -120,10 +121,27 @@ def quantize_activity_rows(a: torch.Tensor, in_scale: torch.Tensor | None = None
     buf = workspace_buffer(workspace, f"rounded{name}", (n, D), torch.float32, a.device)
     src = a if in_scale is None else torch.mul(a, in_scale, out=buf)
     # (N, 1) largest |a| per row; two plain reductions (inf-norm and aminmax are ~20x slower on CPU)
-    row = torch.maximum(src.amax(1, keepdim=True), src.amin(1, keepdim=True).neg_()).float()
-    row = row.clamp_min_(torch.finfo(torch.float32).tiny).div_(INT8_LEVELS)
+    row = int8_scales(torch.maximum(src.amax(1, keepdim=True), src.amin(1, keepdim=True).neg_()))
     rounded = torch.div(src, row, out=buf).round_()
     return workspace_buffer(workspace, f"qa{name}", (n, D), torch.int8, a.device).copy_(rounded), row
+
+
+def round_activity_rows(a: torch.Tensor, in_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_activity_rows(a, in_scale) as one pure function for torch.compile (rule.compile_update):
+    q (N, D) int8 and each row's largest |a * in_scale| (N, 1), whose `int8_scales` is the row scale.
+    The same roundings as the eager function, bit for bit; compiled, one pass over the rows."""
+    src = a * in_scale
+    amax = src.abs().amax(1, keepdim=True)  # (N, 1)
+    return torch.round(src / int8_scales(amax)).to(torch.int8), amax
+
+
+def round_signal_columns(signal: torch.Tensor, row_factor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_columns(signal * row_factor) as one pure function for torch.compile: q (N, H) int8 and
+    each column's largest |entry| (H,), whose `int8_scales` is the column scale (bit for bit the
+    eager rounding)."""
+    g = signal * row_factor  # (N, H) * (N, 1)
+    amax = g.abs().amax(0)  # (H,)
+    return torch.round(g / int8_scales(amax)).to(torch.int8), amax
 
 
 def int8_matmul(qa: torch.Tensor, q: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -48,8 +48,10 @@ from mortalnet.nets.ff import (
     quantize_activity_rows,
     quantize_columns,
     quantize_weight_rows,
+    round_activity_rows,
+    round_signal_columns,
     round_weight_rows,
-    weight_row_scales,
+    int8_scales,
     workspace_buffer,
 )
 from mortalnet.optim import OptimizerConfig, SmoothedSGD, make_optimizer
@@ -107,7 +109,7 @@ class FFConfig(FFObjectiveConfig):
     test_precision: Literal["same", "int8"] = "same"
     """Products of the per-label goodness test in layers 2..L: same = as `precision`; int8 = int8 weights (one scale per output unit) times int8 activities (one scale per row), exact int32 accumulation (torch._int_mm; ~2x bf16's rate on CPUs with VNNI or AMX). Fast path only; layer 1's shared image product, the softmax test and training keep `precision`. An approximation: its agreement with the exact test on trained nets is measured in benchmarks/goodness_test.py."""
     compile_update: bool = False
-    """bfloat16 or int8 fast path with smoothed-sgd only: fold each layer's bf16 (int8: int32) gradient product into the smoothed gradient and update the weight in one torch.compile'd pass over the weights instead of four eager ones (int8: and re-quantize it for the next step) (needs a working torch.compile, i.e. a C++ compiler on CPU; compiling takes ~10-20 s at the first step). The same arithmetic as the eager update, to float rounding."""
+    """bfloat16 or int8 fast path with smoothed-sgd only: fold each layer's bf16 (int8: int32) gradient product into the smoothed gradient and update the weight in one torch.compile'd pass over the weights instead of four eager ones (int8: and re-quantize it for the next step; the int8 roundings of activities and gradient signals are compiled passes too, the same numbers as eager) (needs a working torch.compile, i.e. a C++ compiler on CPU; compiling takes ~10-20 s at the first step). The same arithmetic as the eager update, to float rounding."""
 
 
 def goodness_sign(goodness: str) -> float:
@@ -170,6 +172,19 @@ def ff_layer_signal(
     return signal, p_pos, p_neg
 
 
+def int8_signal_pass(states: torch.Tensor, goodness: torch.Tensor, mean_states: torch.Tensor | None,
+                     row_factor: torch.Tensor, batch: int, theta: float, temp: float, peer_norm: float,
+                     peer_decay: float, sign: float, activation: str):
+    """ff_layer_signal, then the signal's int8 rounding for the gradient product and its column sums
+    for the bias, as one function for torch.compile (rule.precision=int8 with compile_update): the
+    (2B, H) signal then never goes to memory. Returns q (2B, H) int8 and the column maxima (H,) of
+    round_signal_columns(signal, row_factor), signal.sum(0) (H,), p_pos (B,) and p_neg (B,)."""
+    signal, p_pos, p_neg = ff_layer_signal(states, batch, theta, temp, mean_states, peer_norm, peer_decay, sign,
+                                           activation, goodness)
+    q, amax = round_signal_columns(signal, row_factor)
+    return q, amax, signal.sum(0), p_pos, p_neg
+
+
 def smoothed_update(prod: torch.Tensor, smoothed: torch.Tensor, weight: torch.Tensor, beta: torch.Tensor,
                     lr: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
     """ffnew.m's update of one weight matrix from its (already scaled) bf16 gradient product prod (D, H):
@@ -189,7 +204,7 @@ def smoothed_update_int8(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: 
     row_scale (D, 1) and col_scale (H,) (the scale of the step folded in);
         smoothed = beta * smoothed + acc * row_scale * col_scale;   weight = decay * weight - lr * smoothed
     and returns the new weight's rounding for the next step's products, `round_weight_rows(weight)`
-    = (q (D, H) int8, row maximum (D, 1)); `weight_row_scales` of the latter is quantize_weight_rows'
+    = (q (D, H) int8, row maximum (D, 1)); `int8_scales` of the latter is quantize_weight_rows'
     in_scale. Compiled, it is one pass over the rows: each row is updated, its maximum taken and
     the row rounded while it is in cache (~84 MB of memory traffic for a 2000x2000 layer)."""
     smoothed.mul_(beta).add_(acc.float() * row_scale * col_scale)
@@ -200,13 +215,25 @@ def smoothed_update_int8(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: 
 _COMPILED: dict[str, object] = {}
 
 
-def compiled_smoothed_update(int8: bool = False):
-    """`smoothed_update` (int8: `smoothed_update_int8`) compiled with torch.compile (once per
-    process, on first use)."""
-    fn = smoothed_update_int8 if int8 else smoothed_update
+def compiled(fn):
+    """fn compiled with torch.compile (once per process, on first use)."""
     if fn.__name__ not in _COMPILED:
         _COMPILED[fn.__name__] = torch.compile(fn)
     return _COMPILED[fn.__name__]
+
+
+def compiled_smoothed_update(int8: bool = False):
+    """`smoothed_update` (int8: `smoothed_update_int8`) compiled with torch.compile."""
+    return compiled(smoothed_update_int8 if int8 else smoothed_update)
+
+
+def call_compiled(fn, *args):
+    """compiled(fn)(*args), or a clear error when torch.compile cannot work here."""
+    try:
+        return compiled(fn)(*args)
+    except Exception as exc:  # torch.compile needs a C++ compiler on CPU (Triton on GPU)
+        raise RuntimeError(f"rule.compile_update=true but torch.compile failed ({type(exc).__name__}: "
+                           f"{str(exc)[:300]}); run with rule.compile_update=false") from exc
 
 
 class _GradientSink:
@@ -230,6 +257,7 @@ class _GradientSink:
         # `done` applies it and the weight update in one compiled pass (FFConfig.compile_update); an
         # int8 product is the tuple (acc (D, H) int32, row_scale (D, 1), col_scale (H,))
         self.deferred = compile_update and self.fused and low_precision is not None
+        self.compile_roundings = compile_update  # int8 signals rounded by one compiled pass (round_signal_columns)
         self.pending: dict[int, tuple[torch.Tensor, float, torch.Tensor | tuple]] = {}  # id(p) -> (p, beta, prod)
         # the compiled update also writes the new weight's bf16 copy, or (precision=int8) its
         # quantize_weight_rows copy: kept in the learner's caches for the next step's products
@@ -269,14 +297,24 @@ class _GradientSink:
         prod = torch.mm(a.to(lp), (b * self._scale(p, scale)).to(lp))  # (D, H) bf16
         self._accumulate(p, buf, beta, prod)
 
-    def int8_product(self, p: torch.Tensor, qa: torch.Tensor, g: torch.Tensor, in_scale: torch.Tensor,
-                     scale: float) -> None:
-        """grad(p) += scale * a^T g for activities a (N, D) known only as their int8 rows qa (N, D),
-        a * in_scale ~= row * qa, with row (N, 1) already folded into g (N, H) by the caller:
-        a^T g = diag(1 / in_scale) qa^T (row * g). g is rounded to int8 per column (per output unit),
-        the (D, N) x (N, H) product accumulates exactly in int32 (rule.precision=int8)."""
+    def int8_product(self, p: torch.Tensor, qa: torch.Tensor, signal: torch.Tensor, row_factor: torch.Tensor,
+                     in_scale: torch.Tensor, scale: float) -> None:
+        """grad(p) += scale * a^T (signal * f) for activities a (N, D) known only as their int8 rows
+        qa (N, D), a * in_scale ~= row * qa, with the caller's row_factor (N, 1) = f * row:
+        a^T (signal * f) = diag(1 / in_scale) qa^T (signal * row_factor). That (N, H) factor is rounded
+        to int8 per column (per output unit), the (D, N) x (N, H) product accumulates exactly in
+        int32 (rule.precision=int8)."""
+        if self.compile_roundings:  # the same rounding in one compiled pass
+            qg, amax = call_compiled(round_signal_columns, signal, row_factor)
+            col = int8_scales(amax)
+        else:
+            qg, col = quantize_columns(signal * row_factor)  # (N, H) int8, (H,)
+        self.int8_rounded_product(p, qa, qg, col, in_scale, scale)
+
+    def int8_rounded_product(self, p: torch.Tensor, qa: torch.Tensor, qg: torch.Tensor, col: torch.Tensor,
+                             in_scale: torch.Tensor, scale: float) -> None:
+        """`int8_product` with its (N, H) factor already rounded: qg (N, H) int8 times col (H,)."""
         buf, beta = self._buffer(p)
-        qg, col = quantize_columns(g)  # (N, H) int8, (H,)
         shape = (qa.shape[1], qg.shape[1])
         out = None
         if self.workspace is not None:  # the shared buffer: a product of another parameter still in it goes first
@@ -334,7 +372,7 @@ class _GradientSink:
                 smoothed = self.optimizer.state[p]["smoothed_grad"]
                 if isinstance(prod, tuple):  # int8: the new weight's int8 copy comes back
                     q, amax = _run_compiled(True, (*prod, smoothed, p), beta, lr, 1.0 - lr * wc)
-                    copy = (q, weight_row_scales(amax)[:, 0])
+                    copy = (q, int8_scales(amax)[:, 0])
                     if self.int8_copies is not None:
                         self.int8_copies.put(p, copy)
                 else:
@@ -360,11 +398,7 @@ def _run_compiled(int8: bool, tensors: tuple, beta: float, lr: float, decay: flo
     """compiled_smoothed_update(int8)(*tensors, beta, lr, decay), with the scalars as 0-d tensors."""
     smoothed = tensors[-2]
     scalars = [torch.tensor(v, dtype=smoothed.dtype, device=smoothed.device) for v in (beta, lr, decay)]
-    try:
-        return compiled_smoothed_update(int8)(*tensors, *scalars)
-    except Exception as exc:  # torch.compile needs a C++ compiler on CPU (Triton on GPU)
-        raise RuntimeError(f"rule.compile_update=true but torch.compile failed ({type(exc).__name__}: "
-                           f"{str(exc)[:300]}); run with rule.compile_update=false") from exc
+    return call_compiled(smoothed_update_int8 if int8 else smoothed_update, *tensors, *scalars)
 
 
 @register_rule("forward-forward")
@@ -492,10 +526,15 @@ class FFLearner(Learner):
             states, batch, self._theta(states.shape[1]), cfg.temperature,
             self.net.mean_states(i), cfg.peer_norm, cfg.peer_decay, self._sign, cfg.activation, goodness,
         )
+        self._pair_metrics(i, p_pos, p_neg, metrics)
+        return signal
+
+    @staticmethod
+    def _pair_metrics(i: int, p_pos: torch.Tensor, p_neg: torch.Tensor, metrics: dict) -> None:
+        """Layer i's FF loss and pair error from its p(positive) on positive and negative rows."""
         eps = 1e-7
         metrics[f"ff_loss/layer{i + 1}"] = -(torch.log(p_pos + eps).mean() + torch.log(1 - p_neg + eps).mean())
         metrics[f"pair_error/layer{i + 1}"] = (p_neg > p_pos).float().mean()
-        return signal
 
     def gradient_sink(self) -> _GradientSink:
         """Where one fast step's gradients go (its layers are updated as they complete)."""
@@ -540,7 +579,7 @@ class FFLearner(Learner):
     @staticmethod
     def _next_states(prev: torch.Tensor, prev_sumsq: torch.Tensor, w: torch.Tensor | tuple | None,
                      bias: torch.Tensor, activation: str = "relu", int8: tuple[torch.Tensor, torch.Tensor] | None = None,
-                     workspace: dict | None = None):
+                     workspace: dict | None = None, compiled_rounding: bool = False):
         """f(normalize_rows(prev) @ w + bias) without materializing the normalized rows.
 
         normalize_rows divides row n by rms_n, so its product with w is (prev @ w) * r_n with
@@ -548,14 +587,19 @@ class FFLearner(Learner):
         With int8 = quantize_columns(w), the product is int8_product's (test_precision=int8), its
         buffers in `workspace`: the states returned then live there until the next such call.
         With w = quantize_weight_rows(weight) (precision=int8 training), prev * in_scale is rounded
-        to int8 rows (qa, row) and multiplied exactly in int32.
+        to int8 rows (qa, row) and multiplied exactly in int32; compiled_rounding (rule.compile_update)
+        rounds in one compiled pass (round_activity_rows, the same numbers).
         Returns the states (N, H) float32, r (N, 1), and prev as multiplied: fp32 or bf16, the tuple
         (qa (N, D) int8, row (N, 1)) for int8 training (the gradient product reuses it), None for int8.
         """
         r = 1.0 / ((prev_sumsq / prev.shape[1]).sqrt() + NORM_EPS)  # (N,)
         if isinstance(w, tuple):  # int8 training: (normalize_rows(prev) @ w) = r * row * (qa @ q)
             q, in_scale = w
-            prev_m = quantize_activity_rows(prev, in_scale, workspace, name="train")  # (qa, row)
+            if compiled_rounding:
+                qa, amax = call_compiled(round_activity_rows, prev, in_scale)
+                prev_m = (qa, int8_scales(amax))
+            else:
+                prev_m = quantize_activity_rows(prev, in_scale, workspace, name="train")  # (qa, row)
             acc = int8_matmul(prev_m[0], q, out=workspace_buffer(workspace, "train", (len(prev), q.shape[1]),
                                                                   torch.int32, prev.device))  # (N, H) int32
             z = torch.addcmul(bias, acc, r[:, None] * prev_m[1])  # (N, H) float32
@@ -599,7 +643,8 @@ class FFLearner(Learner):
             keep = cfg.readout_from
             for i, layer in enumerate(net.layers[1:], start=1):
                 nxt, r_prev, _ = self._next_states(states, sumsq, Wm[i], layer.bias, self.cfg.activation,
-                                                   workspace=self._int8_workspace)
+                                                   workspace=self._int8_workspace,
+                                                   compiled_rounding=self.cfg.compile_update)
                 normed.append(states * r_prev if i - 1 >= keep else None)
                 states, sumsq = nxt, nxt.square().sum(1)
             normed.append(normalize_rows(states))
@@ -645,13 +690,26 @@ class FFLearner(Learner):
         layer = self.net.layers[i]
         B = len(prev) // 2
         states, r_prev, prev_m = self._next_states(prev, prev_sumsq, w, layer.bias, self.cfg.activation,
-                                                   workspace=self._int8_workspace)  # (2B, H)
+                                                   workspace=self._int8_workspace,
+                                                   compiled_rounding=self.cfg.compile_update)  # (2B, H)
         sumsq = states.square().sum(1)
+        if isinstance(prev_m, tuple) and self.cfg.compile_update:  # int8, the signal's passes compiled into one
+            qa, row = prev_m
+            cfg = self.cfg
+            qg, amax, bias_grad, p_pos, p_neg = call_compiled(
+                int8_signal_pass, states, sumsq, self.net.mean_states(i), r_prev * row, B,
+                self._theta(states.shape[1]), cfg.temperature, cfg.peer_norm, cfg.peer_decay, self._sign,
+                cfg.activation)
+            self._pair_metrics(i, p_pos, p_neg, metrics)
+            sink.int8_rounded_product(layer.weight, qa, qg, int8_scales(amax), w[1], -1.0 / B)
+            sink.vector(layer.bias, bias_grad, -1.0 / B)
+            sink.done(layer.weight, layer.bias)
+            return states, sumsq
         signal = self._layer_signal(i, states, B, metrics, sumsq)
         # dC/dW = normalize_rows(prev)^T signal = prev^T (signal * r_prev)
         if isinstance(prev_m, tuple):  # int8: prev ~= row * qa / in_scale (see _GradientSink.int8_product)
             qa, row = prev_m
-            sink.int8_product(layer.weight, qa, signal * (r_prev * row), w[1], -1.0 / B)
+            sink.int8_product(layer.weight, qa, signal, r_prev * row, w[1], -1.0 / B)
         else:
             sink.product(layer.weight, prev_m.T, signal * r_prev, -1.0 / B)  # (D, H)
         sink.vector(layer.bias, signal.sum(0), -1.0 / B)
