@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from mortalnet.config import ConfigError
 from mortalnet.nets.ff import (
+    INT8_MIN_ROWS,
     NORM_EPS,
     Activation,
     DerivedWeights,
@@ -170,6 +171,20 @@ def ff_layer_signal(
         mean_states.mul_(peer_decay).add_(states[:batch].mean(0), alpha=1.0 - peer_decay)
         signal[:batch] += peer_norm * (mean_states.mean() - mean_states)  # revives dead units
     return signal, p_pos, p_neg
+
+
+def int8_layer_states(prev: torch.Tensor, r: torch.Tensor, in_scale: torch.Tensor, q: torch.Tensor,
+                      bias: torch.Tensor, activation: str):
+    """A layer's states from the previous layer's states prev (N, D) in int8 training, as one function
+    for torch.compile (rule.precision=int8 with compile_update): prev * in_scale rounded per row
+    (round_activity_rows), the exact int32 product with the layer's int8 weights q (D, H), then
+    f(acc * r * row + bias) and the goodness in one pass over the product (r (N, 1) = 1 / rms of
+    prev's rows). Returns states (N, H), their sums of squares (N,), qa (N, D) int8 and the row
+    maxima (N, 1) whose int8_scales is row."""
+    qa, amax = round_activity_rows(prev, in_scale)
+    z = torch.addcmul(bias, int8_matmul(qa, q).float(), r * int8_scales(amax))  # (N, H)
+    states = activate(z, activation)
+    return states, states.square().sum(1), qa, amax
 
 
 def int8_signal_pass(states: torch.Tensor, goodness: torch.Tensor, mean_states: torch.Tensor | None,
@@ -579,7 +594,7 @@ class FFLearner(Learner):
     @staticmethod
     def _next_states(prev: torch.Tensor, prev_sumsq: torch.Tensor, w: torch.Tensor | tuple | None,
                      bias: torch.Tensor, activation: str = "relu", int8: tuple[torch.Tensor, torch.Tensor] | None = None,
-                     workspace: dict | None = None, compiled_rounding: bool = False):
+                     workspace: dict | None = None, compiled_rounding: bool = False, with_sumsq: bool = True):
         """f(normalize_rows(prev) @ w + bias) without materializing the normalized rows.
 
         normalize_rows divides row n by rms_n, so its product with w is (prev @ w) * r_n with
@@ -588,11 +603,16 @@ class FFLearner(Learner):
         buffers in `workspace`: the states returned then live there until the next such call.
         With w = quantize_weight_rows(weight) (precision=int8 training), prev * in_scale is rounded
         to int8 rows (qa, row) and multiplied exactly in int32; compiled_rounding (rule.compile_update)
-        rounds in one compiled pass (round_activity_rows, the same numbers).
-        Returns the states (N, H) float32, r (N, 1), and prev as multiplied: fp32 or bf16, the tuple
-        (qa (N, D) int8, row (N, 1)) for int8 training (the gradient product reuses it), None for int8.
+        makes the rounding, the product and its epilogue one compiled function (int8_layer_states: the
+        same roundings, the epilogue to float rounding).
+        Returns the states (N, H) float32, their sums of squares (N,) (None without with_sumsq), r (N, 1),
+        and prev as multiplied: fp32 or bf16, the tuple (qa (N, D) int8, row (N, 1)) for int8 training
+        (the gradient product reuses it), None for int8.
         """
         r = 1.0 / ((prev_sumsq / prev.shape[1]).sqrt() + NORM_EPS)  # (N,)
+        if isinstance(w, tuple) and compiled_rounding and len(prev) > INT8_MIN_ROWS:
+            states, sumsq, qa, amax = call_compiled(int8_layer_states, prev, r[:, None], w[1], w[0], bias, activation)
+            return states, sumsq, r[:, None], (qa, int8_scales(amax))
         if isinstance(w, tuple):  # int8 training: (normalize_rows(prev) @ w) = r * row * (qa @ q)
             q, in_scale = w
             if compiled_rounding:
@@ -609,7 +629,7 @@ class FFLearner(Learner):
         else:
             prev_m, z = None, int8_product(prev, *int8, row_factor=r[:, None], bias=bias, workspace=workspace)
         states = z.relu_() if activation == "relu" else activate(z, activation)
-        return states, r[:, None], prev_m
+        return states, states.square().sum(1) if with_sumsq else None, r[:, None], prev_m
 
     def _step_fast(self, images: torch.Tensor, y: torch.Tensor, sink: _GradientSink):
         """Fused step. Layer 1's image part is computed once for the neutral, positive and
@@ -642,11 +662,11 @@ class FFLearner(Learner):
             normed: list[torch.Tensor | None] = []  # kept only for the layers the readout reads
             keep = cfg.readout_from
             for i, layer in enumerate(net.layers[1:], start=1):
-                nxt, r_prev, _ = self._next_states(states, sumsq, Wm[i], layer.bias, self.cfg.activation,
-                                                   workspace=self._int8_workspace,
-                                                   compiled_rounding=self.cfg.compile_update)
+                nxt, nxt_sumsq, r_prev, _ = self._next_states(states, sumsq, Wm[i], layer.bias, self.cfg.activation,
+                                                              workspace=self._int8_workspace,
+                                                              compiled_rounding=self.cfg.compile_update)
                 normed.append(states * r_prev if i - 1 >= keep else None)
-                states, sumsq = nxt, nxt.square().sum(1)
+                states, sumsq = nxt, nxt_sumsq
             normed.append(normalize_rows(states))
             logits, readout_grads, m = self._readout_step(normed, y)
             metrics.update(m)
@@ -689,10 +709,9 @@ class FFLearner(Learner):
         process (parallel/ff_pipeline.py). Returns its states (2B, H) and sums of squares (2B,)."""
         layer = self.net.layers[i]
         B = len(prev) // 2
-        states, r_prev, prev_m = self._next_states(prev, prev_sumsq, w, layer.bias, self.cfg.activation,
-                                                   workspace=self._int8_workspace,
-                                                   compiled_rounding=self.cfg.compile_update)  # (2B, H)
-        sumsq = states.square().sum(1)
+        states, sumsq, r_prev, prev_m = self._next_states(prev, prev_sumsq, w, layer.bias, self.cfg.activation,
+                                                          workspace=self._int8_workspace,
+                                                          compiled_rounding=self.cfg.compile_update)  # (2B, H)
         if isinstance(prev_m, tuple) and self.cfg.compile_update:  # int8, the signal's passes compiled into one
             qa, row = prev_m
             cfg = self.cfg
@@ -792,8 +811,8 @@ class FFLearner(Learner):
         sumsq = torch.linalg.vector_norm(states, dim=1).square_()  # (B*k,) one pass, no (B*k, H) temporary
         scores = sumsq.clone() if self.cfg.goodness_from == 0 else torch.zeros_like(sumsq)
         for i, layer in enumerate(net.layers[1:], start=1):
-            states, _, _ = self._next_states(states, sumsq, Wm[i], layer.bias, self.cfg.activation, int8[i],
-                                             self._int8_workspace)
+            states, _, _, _ = self._next_states(states, sumsq, Wm[i], layer.bias, self.cfg.activation, int8[i],
+                                                self._int8_workspace, with_sumsq=False)
             sumsq = torch.linalg.vector_norm(states, dim=1).square_()
             if i >= self.cfg.goodness_from:
                 scores += sumsq
