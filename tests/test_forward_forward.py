@@ -282,9 +282,11 @@ def test_compiled_update_equals_the_eager_bf16_update(monkeypatch):
             torch.testing.assert_close(compiled.optimizers[0].state[pc.weight]["smoothed_grad"],
                                        eager.optimizers[0].state[pe.weight]["smoothed_grad"], rtol=1e-5, atol=1e-6)
     assert all(torch.isfinite(v).all() for v in metrics.values())
-    # layers 2 and 3 take the compiled pass every step; layer 1 (label rows added after its
-    # product) keeps the eager update
-    assert calls == [(12, 10), (10, 8)] * 4
+    # every layer takes the compiled pass every step; layer 1's label rows are added after it
+    assert calls == [(30, 12), (12, 10), (10, 8)] * 4
+    # the bf16 copies the passes returned (layer 1's patched where its label rows changed) are the weights'
+    for layer, copy in zip(compiled.net.layers, compiled._matmul_weights()):
+        assert copy is compiled._weight_copies.get(layer.weight) and torch.equal(copy, layer.weight.to(torch.bfloat16))
 
 
 def test_compiled_update_weight_copies_are_dropped_when_a_weight_changes():
@@ -505,7 +507,7 @@ def test_compiled_int8_update_equals_the_eager_int8_update(monkeypatch):
         assert metrics[True].keys() == metrics[False].keys()
         for key, value in metrics[False].items():
             torch.testing.assert_close(metrics[True][key], value, rtol=1e-4, atol=1e-5)
-    assert calls == [True, True] * 4  # layers 2 and 3 take the compiled int8 pass
+    assert calls == [False, True, True] * 4  # layer 1 the bf16 pass, layers 2 and 3 the int8 one
     from mortalnet.nets.ff import quantize_weight_rows
     for layer, (q, s) in zip(compiled.net.layers[1:], compiled._matmul_weights()[1:]):
         eq, es = quantize_weight_rows(layer.weight)

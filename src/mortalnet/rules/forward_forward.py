@@ -173,6 +173,27 @@ def ff_layer_signal(
     return signal, p_pos, p_neg
 
 
+def first_layer_pass(shared: torch.Tensor, W1: torch.Tensor, y: torch.Tensor, y_neg: torch.Tensor, strength: float,
+                     r: torch.Tensor, b1: torch.Tensor, mean_states: torch.Tensor | None, theta: float, temp: float,
+                     peer_norm: float, peer_decay: float, sign: float, activation: str):
+    """Layer 1's positive and negative rows, from the shared image product shared (B, H1) and the
+    label rows of W1 (D, H1), to its learning signal, as one function for torch.compile
+    (rule.compile_update): z = [shared + s W1[y]; shared + s W1[y_neg]] * r + b1 with r (2B, 1) the
+    rows' 1 / rms, states f(z), goodness, ff_layer_signal, and the signal * r the weight gradient
+    takes. Returns states (2B, H1), their sums of squares (2B,), the positive + negative halves of
+    signal * r (B, H1) for the image pixels, each half (B, H1) for the label pixels, signal.sum(0)
+    (H1,), p_pos (B,) and p_neg (B,)."""
+    batch = len(y)
+    z = torch.cat([shared + strength * W1[y], shared + strength * W1[y_neg]]) * r + b1  # (2B, H1)
+    states = activate(z, activation)
+    sumsq = states.square().sum(1)
+    signal, p_pos, p_neg = ff_layer_signal(states, batch, theta, temp, mean_states, peer_norm, peer_decay, sign,
+                                           activation, sumsq)
+    scaled = signal * r  # the input row is x * r, so dC/dW = x^T (signal * r)
+    pos, neg = scaled[:batch], scaled[batch:]
+    return states, sumsq, pos + neg, pos, neg, signal.sum(0), p_pos, p_neg
+
+
 def int8_layer_states(prev: torch.Tensor, r: torch.Tensor, in_scale: torch.Tensor, q: torch.Tensor,
                       bias: torch.Tensor, activation: str):
     """A layer's states from the previous layer's states prev (N, D) in int8 training, as one function
@@ -274,6 +295,9 @@ class _GradientSink:
         self.deferred = compile_update and self.fused and low_precision is not None
         self.compile_roundings = compile_update  # int8 signals rounded by one compiled pass (round_signal_columns)
         self.pending: dict[int, tuple[torch.Tensor, float, torch.Tensor | tuple]] = {}  # id(p) -> (p, beta, prod)
+        # rows added to a parameter whose bf16 product is pending (layer 1's label pixels): applied
+        # after its compiled pass (`done`), so that the layer keeps the one-pass update
+        self.late_rows: dict[int, list[tuple[torch.Tensor, torch.Tensor, float]]] = {}
         # the compiled update also writes the new weight's bf16 copy, or (precision=int8) its
         # quantize_weight_rows copy: kept in the learner's caches for the next step's products
         self.weight_copies = weight_copies
@@ -354,6 +378,9 @@ class _GradientSink:
 
     def rows(self, p: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, scale: float) -> None:
         """grad(p)[index[k]] += scale * rows[k]."""
+        if id(p) in self.pending and not isinstance(self.pending[id(p)][2], tuple):  # after the compiled pass
+            self.late_rows.setdefault(id(p), []).append((index, rows, self._scale(p, scale)))
+            return
         self._flush(p)
         buf, beta = self._buffer(p)
         if beta != 1.0:
@@ -374,6 +401,8 @@ class _GradientSink:
             _, beta, prod = self.pending.pop(id(p))
             buf = self.optimizer.state[p]["smoothed_grad"]
             torch.add(_widen(prod), buf, alpha=beta, out=buf)
+            for index, rows, alpha in self.late_rows.pop(id(p), []):
+                buf.index_add_(0, index, rows, alpha=alpha)
 
     def done(self, *params: torch.Tensor) -> None:
         """The gradients of `params` are complete: update them now."""
@@ -392,6 +421,13 @@ class _GradientSink:
                         self.int8_copies.put(p, copy)
                 else:
                     copy = _run_compiled(False, (prod, smoothed, p), beta, lr, 1.0 - lr * wc)
+                    late = self.late_rows.pop(id(p), [])
+                    for index, rows, alpha in late:  # smoothed += a rows, so w -= lr a rows (rows of W only)
+                        smoothed.index_add_(0, index, rows, alpha=alpha)
+                        p.index_add_(0, index, rows, alpha=-lr * alpha)
+                    if late:
+                        touched = torch.cat([index for index, _, _ in late]).unique()
+                        copy[touched] = p[touched].to(copy.dtype)
                     if self.weight_copies is not None:
                         self.weight_copies.put(p, copy)
                 continue
@@ -688,6 +724,18 @@ class FFLearner(Learner):
         s, B, D = self.cfg.label_strength, len(y), img.shape[1]
         W1, b1 = self.net.layers[0].weight, self.net.layers[0].bias
         r = (1.0 / (((sq_img + s * s) / D).sqrt() + NORM_EPS))[:, None].repeat(2, 1)  # (2B, 1): any one-hot label
+        if self.cfg.compile_update:  # the same arithmetic in one compiled function
+            cfg = self.cfg
+            states, sumsq, both, pos, neg, bias_grad, p_pos, p_neg = call_compiled(
+                first_layer_pass, shared, W1, y, y_neg, s, r, b1, self.net.mean_states(0), self._theta(W1.shape[1]),
+                cfg.temperature, cfg.peer_norm, cfg.peer_decay, self._sign, cfg.activation)
+            self._pair_metrics(0, p_pos, p_neg, metrics)
+            sink.product(W1, img.T, both, -1.0 / B)
+            sink.rows(W1, y, pos, -s / B)
+            sink.rows(W1, y_neg, neg, -s / B)
+            sink.vector(b1, bias_grad, -1.0 / B)
+            sink.done(W1, b1)
+            return states, sumsq
         z = torch.cat([shared + s * W1[y], shared + s * W1[y_neg]]).mul_(r).add_(b1)
         states = activate(z, self.cfg.activation)  # (2B, H1)
         sumsq = states.square().sum(1)  # goodness, and the next layer's normalization
