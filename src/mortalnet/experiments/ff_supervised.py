@@ -82,6 +82,14 @@ def _speed_30_int8() -> FFSupervisedConfig:
     return replace(base, rule=replace(base.rule, precision="int8"))
 
 
+def _speed_30_int8_compiled() -> FFSupervisedConfig:
+    # speed-30-int8 with rule.compile_update: the configuration behind benchmarks/ff_throughput.py's
+    # int8 epoch ratio (the update, the roundings and the per-layer epilogues in compiled passes),
+    # run on real MNIST to show it learns like the eager int8 path
+    base = _speed_30_int8()
+    return replace(base, rule=replace(base.rule, compile_update=True))
+
+
 def _speed_fp32() -> FFSupervisedConfig:
     # the same recipe with float32 products: the evidence that bf16 leaves the test error unchanged
     return replace(_speed(), rule=FFConfig(precision="float32"))
@@ -97,6 +105,7 @@ class FFSupervised(SupervisedExperiment):
     description = "supervised Forward-Forward on MNIST, label in the first 10 pixels, hard negatives"
     Config = FFSupervisedConfig
     presets = {"fast": _fast, "demo": _demo, "speed": _speed, "speed-30": _speed_30, "speed-30-int8": _speed_30_int8,
+               "speed-30-int8-compiled": _speed_30_int8_compiled,
                "speed-fp32": _speed_fp32, "matlab": _matlab, "paper": _paper}
     references = {
         "paper": Reference(0.0136, "Hinton 2022, sec. 3.3: 4x2000 ReLU, 60 epochs"),
