@@ -264,8 +264,9 @@ def test_without_readout_layers_train_the_same_and_only_goodness_is_tested():
 
 
 def test_compiled_update_equals_the_eager_bf16_update(monkeypatch):
-    """rule.compile_update: one compiled pass per layer gives the eager bf16 step's weights, smoothed
-    gradients and metrics to float rounding, over several steps (lr changing between them)."""
+    """rule.compile_update: the compiled passes (each layer's states, signal and update) give the
+    eager bf16 step's weights, smoothed gradients, running means and metrics to float rounding, over
+    several steps (lr changing between them)."""
     import mortalnet.rules.forward_forward as ff
 
     calls = []
@@ -274,14 +275,19 @@ def test_compiled_update_equals_the_eager_bf16_update(monkeypatch):
     eager, compiled = tiny(seed=5, precision="bfloat16"), tiny(seed=5, precision="bfloat16", compile_update=True)
     for step in range(4):
         x, y = images(32, seed=step), torch.arange(32) % 10
+        metrics = {}
         for learner in (eager, compiled):
             learner.set_lr_scale(1.0 - 0.2 * step)
-            metrics = learner.train_batch(x, y)
+            metrics[learner is compiled] = learner.train_batch(x, y)
+        for key, value in metrics[False].items():
+            torch.testing.assert_close(metrics[True][key], value, rtol=1e-4, atol=1e-5)
+        for i in range(3):
+            torch.testing.assert_close(compiled.net.mean_states(i), eager.net.mean_states(i), rtol=1e-5, atol=1e-6)
         for pe, pc in zip(eager.net.layers, compiled.net.layers):
             torch.testing.assert_close(pc.weight, pe.weight, rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(compiled.optimizers[0].state[pc.weight]["smoothed_grad"],
                                        eager.optimizers[0].state[pe.weight]["smoothed_grad"], rtol=1e-5, atol=1e-6)
-    assert all(torch.isfinite(v).all() for v in metrics.values())
+    assert all(torch.isfinite(v).all() for v in metrics[True].values())
     # every layer takes the compiled pass every step; layer 1's label rows are added after it
     assert calls == [(30, 12), (12, 10), (10, 8)] * 4
     # the bf16 copies the passes returned (layer 1's patched where its label rows changed) are the weights'
@@ -526,10 +532,12 @@ def test_int8_training_is_refused_where_it_does_not_apply():
             FFPipelineConfig(mode=mode, rule=replace(FFConfig(negatives="random"), precision="int8"))
 
 
-def test_int8_gradient_products_share_one_buffer_safely():
-    """Equal-shape int8 gradient products are written into one workspace buffer (not a fresh 16 MB
-    tensor per layer and step); a product still waiting there for its compiled update is applied
-    before the next product overwrites it, so the updates are those of separate buffers."""
+@pytest.mark.parametrize("kind", ["int8", "bfloat16"])
+def test_gradient_products_share_one_buffer_safely(kind):
+    """Equal-shape gradient products (int8_product's int32, lowp_product's bf16) are written into one
+    workspace buffer (not a fresh 16 MB tensor per layer and step); a product still waiting there
+    for its compiled update is applied before the next product overwrites it, so the updates are
+    those of separate buffers."""
     from mortalnet.optim import OptimizerConfig, make_optimizer
     from mortalnet.rules.forward_forward import _GradientSink
 
@@ -544,13 +552,16 @@ def test_int8_gradient_products_share_one_buffer_safely():
         sink = _GradientSink(opt, torch.bfloat16, compile_update=True, workspace=workspace)
         with torch.no_grad():
             for p, g in zip(params, signals):  # both products first, then both updates
-                sink.int8_product(p, qa, g, torch.ones(20, 1), in_scale, -0.1)
+                if kind == "int8":
+                    sink.int8_product(p, qa, g, torch.ones(20, 1), in_scale, -0.1)
+                else:
+                    sink.lowp_product(p, qa.T.to(torch.bfloat16), (g * sink.factor(p, -0.1)).to(torch.bfloat16))
             sink.done(*params)
         return [p.detach() for p in params]
 
     workspace: dict = {}
     shared, separate = run(workspace), run(None)
-    assert [key[0] for key in workspace] == ["gradient"]  # one buffer served both products
+    assert len(workspace) == 1  # one buffer served both products
     for a, b in zip(shared, separate):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 

@@ -42,6 +42,7 @@ from mortalnet.nets.ff import (
     embed_label,
     int8_matmul,
     int8_product,
+    int8_scales,
     neutral_label,
     normalize_rows,
     one_hot,
@@ -52,7 +53,6 @@ from mortalnet.nets.ff import (
     round_activity_rows,
     round_signal_columns,
     round_weight_rows,
-    int8_scales,
     workspace_buffer,
 )
 from mortalnet.optim import OptimizerConfig, SmoothedSGD, make_optimizer
@@ -110,7 +110,7 @@ class FFConfig(FFObjectiveConfig):
     test_precision: Literal["same", "int8"] = "same"
     """Products of the per-label goodness test in layers 2..L: same = as `precision`; int8 = int8 weights (one scale per output unit) times int8 activities (one scale per row), exact int32 accumulation (torch._int_mm; ~2x bf16's rate on CPUs with VNNI or AMX). Fast path only; layer 1's shared image product, the softmax test and training keep `precision`. An approximation: its agreement with the exact test on trained nets is measured in benchmarks/goodness_test.py."""
     compile_update: bool = False
-    """bfloat16 or int8 fast path with smoothed-sgd only: fold each layer's bf16 (int8: int32) gradient product into the smoothed gradient and update the weight in one torch.compile'd pass over the weights instead of four eager ones (int8: and re-quantize it for the next step; the int8 roundings of activities and gradient signals are compiled passes too, the same numbers as eager) (needs a working torch.compile, i.e. a C++ compiler on CPU; compiling takes ~10-20 s at the first step). The same arithmetic as the eager update, to float rounding."""
+    """bfloat16 or int8 fast path with smoothed-sgd only: fold each layer's bf16 (int8: int32) gradient product into the smoothed gradient and update the weight in one torch.compile'd pass over the weights instead of four eager ones (int8: and re-quantize it for the next step); layer 1's pass up to its learning signal and, with int8, each layer's rounding + product + epilogue and its signal + rounding become compiled functions too (the roundings bit for bit the eager ones, the rest to float rounding) (needs a working torch.compile, i.e. a C++ compiler on CPU; compiling takes ~10-20 s at the first step). The same arithmetic as the eager update, to float rounding."""
 
 
 def goodness_sign(goodness: str) -> float:
@@ -208,6 +208,27 @@ def int8_layer_states(prev: torch.Tensor, r: torch.Tensor, in_scale: torch.Tenso
     return states, states.square().sum(1), qa, amax
 
 
+def lowp_layer_states(prev: torch.Tensor, r: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, activation: str):
+    """`int8_layer_states` for bf16 products (rule.precision=bfloat16 with compile_update): prev (N, D)
+    cast to w's dtype, the product with w (D, H) (fp32 accumulation, a bf16 result), then
+    f(product * r + bias) and the goodness in one pass. Returns states (N, H), their sums of squares
+    (N,) and prev as multiplied (N, D) bf16 (the gradient product reuses it)."""
+    prev_lp = prev.to(w.dtype)
+    states = activate(torch.addcmul(bias, torch.mm(prev_lp, w), r), activation)  # (N, H) float32
+    return states, states.square().sum(1), prev_lp
+
+
+def lowp_signal_pass(states: torch.Tensor, goodness: torch.Tensor, mean_states: torch.Tensor | None,
+                     row_factor: torch.Tensor, scale: float, dtype: torch.dtype, batch: int, theta: float,
+                     temp: float, peer_norm: float, peer_decay: float, sign: float, activation: str):
+    """`int8_signal_pass` for bf16 products: ff_layer_signal, then the gradient product's (N, H)
+    factor signal * row_factor * scale cast to `dtype`, and signal.sum(0) for the bias, in one pass.
+    Returns that factor, signal.sum(0) (H,), p_pos (B,) and p_neg (B,)."""
+    signal, p_pos, p_neg = ff_layer_signal(states, batch, theta, temp, mean_states, peer_norm, peer_decay, sign,
+                                           activation, goodness)
+    return (signal * row_factor * scale).to(dtype), signal.sum(0), p_pos, p_neg
+
+
 def int8_signal_pass(states: torch.Tensor, goodness: torch.Tensor, mean_states: torch.Tensor | None,
                      row_factor: torch.Tensor, batch: int, theta: float, temp: float, peer_norm: float,
                      peer_decay: float, sign: float, activation: str):
@@ -302,8 +323,8 @@ class _GradientSink:
         # quantize_weight_rows copy: kept in the learner's caches for the next step's products
         self.weight_copies = weight_copies
         self.int8_copies = int8_copies
-        # int8 gradient products (D, H) int32 are written into one reused buffer per shape (a fresh
-        # 16 MB tensor per layer and step costs page faults); see int8_product
+        # int8 and (lowp_product) bf16 gradient products (D, H) are written into one reused buffer per
+        # shape (a fresh 16 MB tensor per layer and step costs page faults); see _shared_out
         self.workspace = workspace
 
     def _buffer(self, p: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -336,6 +357,30 @@ class _GradientSink:
         prod = torch.mm(a.to(lp), (b * self._scale(p, scale)).to(lp))  # (D, H) bf16
         self._accumulate(p, buf, beta, prod)
 
+    def factor(self, p: torch.Tensor, scale: float) -> float:
+        """The factor `product` puts onto b for p (scale, times 1 - smoothing with ffnew.m's optimizer)."""
+        return self._scale(p, scale)
+
+    def lowp_product(self, p: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+        """`product` with both factors already in the low precision and b already scaled by
+        `factor(p, scale)`: grad(p) += a @ b (lowp_signal_pass makes b)."""
+        buf, beta = self._buffer(p)
+        out = self._shared_out(p, "lowp gradient", (a.shape[0], b.shape[1]), a.dtype, a.device)
+        self._accumulate(p, buf, beta, torch.mm(a, b) if out is None else torch.mm(a, b, out=out))
+
+    def _shared_out(self, p: torch.Tensor, name: str, shape: tuple[int, int], dtype: torch.dtype,
+                    device: torch.device) -> torch.Tensor | None:
+        """The workspace's reused (D, H) buffer for p's gradient product (None without a workspace):
+        a fresh 16 MB tensor per layer and step costs page faults. Another parameter's product still
+        waiting in that buffer for its compiled update is applied first."""
+        if self.workspace is None:
+            return None
+        out = workspace_buffer(self.workspace, name, shape, dtype, device)
+        for key, (param, _, prod) in list(self.pending.items()):
+            if key != id(p) and (prod[0] if isinstance(prod, tuple) else prod) is out:
+                self._flush(param)
+        return out
+
     def int8_product(self, p: torch.Tensor, qa: torch.Tensor, signal: torch.Tensor, row_factor: torch.Tensor,
                      in_scale: torch.Tensor, scale: float) -> None:
         """grad(p) += scale * a^T (signal * f) for activities a (N, D) known only as their int8 rows
@@ -354,12 +399,7 @@ class _GradientSink:
                              in_scale: torch.Tensor, scale: float) -> None:
         """`int8_product` with its (N, H) factor already rounded: qg (N, H) int8 times col (H,)."""
         buf, beta = self._buffer(p)
-        shape = (qa.shape[1], qg.shape[1])
-        out = None
-        if self.workspace is not None:  # the shared buffer: a product of another parameter still in it goes first
-            for other in [q for q, (_, _, prod) in self.pending.items() if isinstance(prod, tuple) and q != id(p)]:
-                self._flush(self.pending[other][0])
-            out = workspace_buffer(self.workspace, "gradient", shape, torch.int32, qa.device)
+        out = self._shared_out(p, "gradient", (qa.shape[1], qg.shape[1]), torch.int32, qa.device)
         acc = int8_matmul(qa.T, qg, out=out)  # (D, H) int32
         self._accumulate(p, buf, beta, (acc, in_scale.reciprocal()[:, None], col * self._scale(p, scale)))
 
@@ -630,7 +670,7 @@ class FFLearner(Learner):
     @staticmethod
     def _next_states(prev: torch.Tensor, prev_sumsq: torch.Tensor, w: torch.Tensor | tuple | None,
                      bias: torch.Tensor, activation: str = "relu", int8: tuple[torch.Tensor, torch.Tensor] | None = None,
-                     workspace: dict | None = None, compiled_rounding: bool = False, with_sumsq: bool = True):
+                     workspace: dict | None = None, compiled_passes: bool = False, with_sumsq: bool = True):
         """f(normalize_rows(prev) @ w + bias) without materializing the normalized rows.
 
         normalize_rows divides row n by rms_n, so its product with w is (prev @ w) * r_n with
@@ -638,20 +678,23 @@ class FFLearner(Learner):
         With int8 = quantize_columns(w), the product is int8_product's (test_precision=int8), its
         buffers in `workspace`: the states returned then live there until the next such call.
         With w = quantize_weight_rows(weight) (precision=int8 training), prev * in_scale is rounded
-        to int8 rows (qa, row) and multiplied exactly in int32; compiled_rounding (rule.compile_update)
+        to int8 rows (qa, row) and multiplied exactly in int32; compiled_passes (rule.compile_update)
         makes the rounding, the product and its epilogue one compiled function (int8_layer_states: the
-        same roundings, the epilogue to float rounding).
+        same roundings, the epilogue to float rounding); for bf16 products, lowp_layer_states.
         Returns the states (N, H) float32, their sums of squares (N,) (None without with_sumsq), r (N, 1),
         and prev as multiplied: fp32 or bf16, the tuple (qa (N, D) int8, row (N, 1)) for int8 training
         (the gradient product reuses it), None for int8.
         """
         r = 1.0 / ((prev_sumsq / prev.shape[1]).sqrt() + NORM_EPS)  # (N,)
-        if isinstance(w, tuple) and compiled_rounding and len(prev) > INT8_MIN_ROWS:
+        if isinstance(w, tuple) and compiled_passes and len(prev) > INT8_MIN_ROWS:
             states, sumsq, qa, amax = call_compiled(int8_layer_states, prev, r[:, None], w[1], w[0], bias, activation)
             return states, sumsq, r[:, None], (qa, int8_scales(amax))
+        if compiled_passes and int8 is None and isinstance(w, torch.Tensor) and w.dtype != torch.float32:
+            states, sumsq, prev_m = call_compiled(lowp_layer_states, prev, r[:, None], w, bias, activation)
+            return states, sumsq, r[:, None], prev_m
         if isinstance(w, tuple):  # int8 training: (normalize_rows(prev) @ w) = r * row * (qa @ q)
             q, in_scale = w
-            if compiled_rounding:
+            if compiled_passes:
                 qa, amax = call_compiled(round_activity_rows, prev, in_scale)
                 prev_m = (qa, int8_scales(amax))
             else:
@@ -700,7 +743,7 @@ class FFLearner(Learner):
             for i, layer in enumerate(net.layers[1:], start=1):
                 nxt, nxt_sumsq, r_prev, _ = self._next_states(states, sumsq, Wm[i], layer.bias, self.cfg.activation,
                                                               workspace=self._int8_workspace,
-                                                              compiled_rounding=self.cfg.compile_update)
+                                                              compiled_passes=self.cfg.compile_update)
                 normed.append(states * r_prev if i - 1 >= keep else None)
                 states, sumsq = nxt, nxt_sumsq
             normed.append(normalize_rows(states))
@@ -759,7 +802,7 @@ class FFLearner(Learner):
         B = len(prev) // 2
         states, sumsq, r_prev, prev_m = self._next_states(prev, prev_sumsq, w, layer.bias, self.cfg.activation,
                                                           workspace=self._int8_workspace,
-                                                          compiled_rounding=self.cfg.compile_update)  # (2B, H)
+                                                          compiled_passes=self.cfg.compile_update)  # (2B, H)
         if isinstance(prev_m, tuple) and self.cfg.compile_update:  # int8, the signal's passes compiled into one
             qa, row = prev_m
             cfg = self.cfg
@@ -769,6 +812,17 @@ class FFLearner(Learner):
                 cfg.activation)
             self._pair_metrics(i, p_pos, p_neg, metrics)
             sink.int8_rounded_product(layer.weight, qa, qg, int8_scales(amax), w[1], -1.0 / B)
+            sink.vector(layer.bias, bias_grad, -1.0 / B)
+            sink.done(layer.weight, layer.bias)
+            return states, sumsq
+        if self.cfg.compile_update and isinstance(prev_m, torch.Tensor) and prev_m.dtype != torch.float32:
+            cfg = self.cfg  # bf16, the signal's passes compiled into one
+            b, bias_grad, p_pos, p_neg = call_compiled(
+                lowp_signal_pass, states, sumsq, self.net.mean_states(i), r_prev, sink.factor(layer.weight, -1.0 / B),
+                prev_m.dtype, B, self._theta(states.shape[1]), cfg.temperature, cfg.peer_norm, cfg.peer_decay,
+                self._sign, cfg.activation)
+            self._pair_metrics(i, p_pos, p_neg, metrics)
+            sink.lowp_product(layer.weight, prev_m.T, b)
             sink.vector(layer.bias, bias_grad, -1.0 / B)
             sink.done(layer.weight, layer.bias)
             return states, sumsq
