@@ -263,6 +263,27 @@ def test_without_readout_layers_train_the_same_and_only_goodness_is_tested():
         tiny(readout=False)  # hard negatives need it
 
 
+def step_eager_and_compiled(precision: str, same_layers) -> FFLearner:
+    """Four steps (lr changing between them) of an eager and a compiled (rule.compile_update) tiny
+    learner of `precision` on the same data; after each, the metrics and running means must agree
+    and same_layers(eager, compiled) checks the layers. Returns the compiled learner."""
+    eager, compiled = tiny(seed=5, precision=precision), tiny(seed=5, precision=precision, compile_update=True)
+    for step in range(4):
+        x, y = images(32, seed=step), torch.arange(32) % 10
+        metrics = {}
+        for learner in (eager, compiled):
+            learner.set_lr_scale(1.0 - 0.2 * step)
+            metrics[learner is compiled] = learner.train_batch(x, y)
+        assert metrics[True].keys() == metrics[False].keys()
+        assert all(torch.isfinite(v).all() for v in metrics[True].values())
+        for key, value in metrics[False].items():
+            torch.testing.assert_close(metrics[True][key], value, rtol=1e-4, atol=1e-5)
+        for i in range(3):
+            torch.testing.assert_close(compiled.net.mean_states(i), eager.net.mean_states(i), rtol=1e-5, atol=1e-6)
+        same_layers(eager, compiled)
+    return compiled
+
+
 def test_compiled_update_equals_the_eager_bf16_update(monkeypatch):
     """rule.compile_update: the compiled passes (each layer's states, signal and update) give the
     eager bf16 step's weights, smoothed gradients, running means and metrics to float rounding, over
@@ -272,22 +293,13 @@ def test_compiled_update_equals_the_eager_bf16_update(monkeypatch):
     calls = []
     run = ff._run_compiled
     monkeypatch.setattr(ff, "_run_compiled", lambda *args: calls.append(args[1][-1].shape) or run(*args))
-    eager, compiled = tiny(seed=5, precision="bfloat16"), tiny(seed=5, precision="bfloat16", compile_update=True)
-    for step in range(4):
-        x, y = images(32, seed=step), torch.arange(32) % 10
-        metrics = {}
-        for learner in (eager, compiled):
-            learner.set_lr_scale(1.0 - 0.2 * step)
-            metrics[learner is compiled] = learner.train_batch(x, y)
-        for key, value in metrics[False].items():
-            torch.testing.assert_close(metrics[True][key], value, rtol=1e-4, atol=1e-5)
-        for i in range(3):
-            torch.testing.assert_close(compiled.net.mean_states(i), eager.net.mean_states(i), rtol=1e-5, atol=1e-6)
+    def same_layers(eager, compiled):
         for pe, pc in zip(eager.net.layers, compiled.net.layers):
             torch.testing.assert_close(pc.weight, pe.weight, rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(compiled.optimizers[0].state[pc.weight]["smoothed_grad"],
                                        eager.optimizers[0].state[pe.weight]["smoothed_grad"], rtol=1e-5, atol=1e-6)
-    assert all(torch.isfinite(v).all() for v in metrics[True].values())
+
+    compiled = step_eager_and_compiled("bfloat16", same_layers)
     # every layer takes the compiled pass every step; layer 1's label rows are added after it
     assert calls == [(30, 12), (12, 10), (10, 8)] * 4
     # the bf16 copies the passes returned (layer 1's patched where its label rows changed) are the weights'
@@ -432,8 +444,8 @@ def test_int8_training_products_match_the_quantized_operands_exactly():
     learner = FFLearner(replace(FFConfig(), precision="int8"), hidden=(30, 20), input_dim=30)  # layer 2: (30, 20)
     sink = learner.gradient_sink()
     p = learner.net.layers[1].weight
-    sink.int8_product(p, qa, s, row, in_scale, -0.5)
     qs, col = quantize_columns(s * row)
+    sink.int8_product(p, qa, qs, col, in_scale, -0.5)
     expected = -0.5 * (1 - 0.9) * (qa.double().T @ qs.double()) * col.double() / in_scale[:, None].double()
     buf = learner.optimizers[0].state[p]["smoothed_grad"]
     torch.testing.assert_close(buf.double(), expected, rtol=1e-5, atol=1e-7)
@@ -498,21 +510,12 @@ def test_compiled_int8_update_equals_the_eager_int8_update(monkeypatch):
     calls = []
     run = ff._run_compiled
     monkeypatch.setattr(ff, "_run_compiled", lambda *args: calls.append(args[0]) or run(*args))
-    eager, compiled = tiny(seed=5, precision="int8"), tiny(seed=5, precision="int8", compile_update=True)
-    for step in range(4):
-        x, y = images(32, seed=step), torch.arange(32) % 10
-        metrics = {}
-        for learner in (eager, compiled):
-            learner.set_lr_scale(1.0 - 0.2 * step)
-            metrics[learner is compiled] = learner.train_batch(x, y)
+    def same_layers(eager, compiled):
         for pe, pc in zip(eager.net.layers, compiled.net.layers):
             torch.testing.assert_close(pc.weight, pe.weight, rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(pc.bias, pe.bias, rtol=1e-4, atol=1e-6)
-        for i in range(3):
-            torch.testing.assert_close(compiled.net.mean_states(i), eager.net.mean_states(i), rtol=1e-5, atol=1e-6)
-        assert metrics[True].keys() == metrics[False].keys()
-        for key, value in metrics[False].items():
-            torch.testing.assert_close(metrics[True][key], value, rtol=1e-4, atol=1e-5)
+
+    compiled = step_eager_and_compiled("int8", same_layers)
     assert calls == [False, True, True] * 4  # layer 1 the bf16 pass, layers 2 and 3 the int8 one
     from mortalnet.nets.ff import quantize_weight_rows
     for layer, (q, s) in zip(compiled.net.layers[1:], compiled._matmul_weights()[1:]):
@@ -538,6 +541,7 @@ def test_gradient_products_share_one_buffer_safely(kind):
     workspace buffer (not a fresh 16 MB tensor per layer and step); a product still waiting there
     for its compiled update is applied before the next product overwrites it, so the updates are
     those of separate buffers."""
+    from mortalnet.nets.ff import quantize_columns
     from mortalnet.optim import OptimizerConfig, make_optimizer
     from mortalnet.rules.forward_forward import _GradientSink
 
@@ -553,7 +557,7 @@ def test_gradient_products_share_one_buffer_safely(kind):
         with torch.no_grad():
             for p, g in zip(params, signals):  # both products first, then both updates
                 if kind == "int8":
-                    sink.int8_product(p, qa, g, torch.ones(20, 1), in_scale, -0.1)
+                    sink.int8_product(p, qa, *quantize_columns(g), in_scale, -0.1)
                 else:
                     sink.lowp_product(p, qa.T.to(torch.bfloat16), (g * sink.factor(p, -0.1)).to(torch.bfloat16))
             sink.done(*params)

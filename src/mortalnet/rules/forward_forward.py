@@ -177,8 +177,8 @@ def first_layer_pass(shared: torch.Tensor, W1: torch.Tensor, y: torch.Tensor, y_
                      r: torch.Tensor, b1: torch.Tensor, mean_states: torch.Tensor | None, theta: float, temp: float,
                      peer_norm: float, peer_decay: float, sign: float, activation: str):
     """Layer 1's positive and negative rows, from the shared image product shared (B, H1) and the
-    label rows of W1 (D, H1), to its learning signal, as one function for torch.compile
-    (rule.compile_update): z = [shared + s W1[y]; shared + s W1[y_neg]] * r + b1 with r (2B, 1) the
+    label rows of W1 (D, H1), to its learning signal: the step's one body for layer 1, compiled
+    under rule.compile_update (FFLearner._run): z = [shared + s W1[y]; shared + s W1[y_neg]] * r + b1 with r (2B, 1) the
     rows' 1 / rms, states f(z), goodness, ff_layer_signal, and the signal * r the weight gradient
     takes. Returns states (2B, H1), their sums of squares (2B,), the positive + negative halves of
     signal * r (B, H1) for the image pixels, each half (B, H1) for the label pixels, signal.sum(0)
@@ -222,7 +222,8 @@ def lowp_signal_pass(states: torch.Tensor, goodness: torch.Tensor, mean_states: 
                      row_factor: torch.Tensor, scale: float, dtype: torch.dtype, batch: int, theta: float,
                      temp: float, peer_norm: float, peer_decay: float, sign: float, activation: str):
     """`int8_signal_pass` for bf16 products: ff_layer_signal, then the gradient product's (N, H)
-    factor signal * row_factor * scale cast to `dtype`, and signal.sum(0) for the bias, in one pass.
+    factor signal * row_factor * scale cast to `dtype`, and signal.sum(0) for the bias (one pass when
+    compiled).
     Returns that factor, signal.sum(0) (H,), p_pos (B,) and p_neg (B,)."""
     signal, p_pos, p_neg = ff_layer_signal(states, batch, theta, temp, mean_states, peer_norm, peer_decay, sign,
                                            activation, goodness)
@@ -233,8 +234,8 @@ def int8_signal_pass(states: torch.Tensor, goodness: torch.Tensor, mean_states: 
                      row_factor: torch.Tensor, batch: int, theta: float, temp: float, peer_norm: float,
                      peer_decay: float, sign: float, activation: str):
     """ff_layer_signal, then the signal's int8 rounding for the gradient product and its column sums
-    for the bias, as one function for torch.compile (rule.precision=int8 with compile_update): the
-    (2B, H) signal then never goes to memory. Returns q (2B, H) int8 and the column maxima (H,) of
+    for the bias (rule.precision=int8); compiled under rule.compile_update, where the (2B, H) signal
+    then never goes to memory. Returns q (2B, H) int8 and the column maxima (H,) of
     round_signal_columns(signal, row_factor), signal.sum(0) (H,), p_pos (B,) and p_neg (B,)."""
     signal, p_pos, p_neg = ff_layer_signal(states, batch, theta, temp, mean_states, peer_norm, peer_decay, sign,
                                            activation, goodness)
@@ -314,7 +315,6 @@ class _GradientSink:
         # `done` applies it and the weight update in one compiled pass (FFConfig.compile_update); an
         # int8 product is the tuple (acc (D, H) int32, row_scale (D, 1), col_scale (H,))
         self.deferred = compile_update and self.fused and low_precision is not None
-        self.compile_roundings = compile_update  # int8 signals rounded by one compiled pass (round_signal_columns)
         self.pending: dict[int, tuple[torch.Tensor, float, torch.Tensor | tuple]] = {}  # id(p) -> (p, beta, prod)
         # rows added to a parameter whose bf16 product is pending (layer 1's label pixels): applied
         # after its compiled pass (`done`), so that the layer keeps the one-pass update
@@ -381,23 +381,12 @@ class _GradientSink:
                 self._flush(param)
         return out
 
-    def int8_product(self, p: torch.Tensor, qa: torch.Tensor, signal: torch.Tensor, row_factor: torch.Tensor,
+    def int8_product(self, p: torch.Tensor, qa: torch.Tensor, qg: torch.Tensor, col: torch.Tensor,
                      in_scale: torch.Tensor, scale: float) -> None:
-        """grad(p) += scale * a^T (signal * f) for activities a (N, D) known only as their int8 rows
-        qa (N, D), a * in_scale ~= row * qa, with the caller's row_factor (N, 1) = f * row:
-        a^T (signal * f) = diag(1 / in_scale) qa^T (signal * row_factor). That (N, H) factor is rounded
-        to int8 per column (per output unit), the (D, N) x (N, H) product accumulates exactly in
-        int32 (rule.precision=int8)."""
-        if self.compile_roundings:  # the same rounding in one compiled pass
-            qg, amax = call_compiled(round_signal_columns, signal, row_factor)
-            col = int8_scales(amax)
-        else:
-            qg, col = quantize_columns(signal * row_factor)  # (N, H) int8, (H,)
-        self.int8_rounded_product(p, qa, qg, col, in_scale, scale)
-
-    def int8_rounded_product(self, p: torch.Tensor, qa: torch.Tensor, qg: torch.Tensor, col: torch.Tensor,
-                             in_scale: torch.Tensor, scale: float) -> None:
-        """`int8_product` with its (N, H) factor already rounded: qg (N, H) int8 times col (H,)."""
+        """grad(p) += scale * a^T g for activities a (N, D) known only as their int8 rows qa (N, D),
+        a * in_scale ~= row * qa, and g (N, H) = signal * (f * row) known as its per-column rounding
+        qg (N, H) int8 times col (H,) (int8_signal_pass): a^T g = diag(1 / in_scale) qa^T (qg col),
+        the (D, N) x (N, H) product accumulated exactly in int32 (rule.precision=int8)."""
         buf, beta = self._buffer(p)
         out = self._shared_out(p, "gradient", (qa.shape[1], qg.shape[1]), torch.int32, qa.device)
         acc = int8_matmul(qa.T, qg, out=out)  # (D, H) int32
@@ -612,13 +601,21 @@ class FFLearner(Learner):
     def _layer_signal(self, i: int, states: torch.Tensor, batch: int, metrics: dict,
                       goodness: torch.Tensor | None = None) -> torch.Tensor:
         """dC/d(total input) for fused [positive; negative] states (2B, H) of layer i."""
-        cfg = self.cfg
-        signal, p_pos, p_neg = ff_layer_signal(
-            states, batch, self._theta(states.shape[1]), cfg.temperature,
-            self.net.mean_states(i), cfg.peer_norm, cfg.peer_decay, self._sign, cfg.activation, goodness,
-        )
+        theta, temp, peer_norm, peer_decay, sign, activation = self._signal_hparams(states.shape[1])
+        signal, p_pos, p_neg = ff_layer_signal(states, batch, theta, temp, self.net.mean_states(i), peer_norm,
+                                               peer_decay, sign, activation, goodness)
         self._pair_metrics(i, p_pos, p_neg, metrics)
         return signal
+
+    def _signal_hparams(self, width: int) -> tuple[float, float, float, float, float, str]:
+        """(theta, temp, peer_norm, peer_decay, sign, activation) of a layer of `width` units: the last
+        arguments of ff_layer_signal's compiled callers (first_layer_pass, int8_signal_pass, lowp_signal_pass)."""
+        cfg = self.cfg
+        return self._theta(width), cfg.temperature, cfg.peer_norm, cfg.peer_decay, self._sign, cfg.activation
+
+    def _run(self, fn, *args):
+        """fn(*args): compiled with rule.compile_update (call_compiled), else called as it is."""
+        return call_compiled(fn, *args) if self.cfg.compile_update else fn(*args)
 
     @staticmethod
     def _pair_metrics(i: int, p_pos: torch.Tensor, p_neg: torch.Tensor, metrics: dict) -> None:
@@ -767,28 +764,14 @@ class FFLearner(Learner):
         s, B, D = self.cfg.label_strength, len(y), img.shape[1]
         W1, b1 = self.net.layers[0].weight, self.net.layers[0].bias
         r = (1.0 / (((sq_img + s * s) / D).sqrt() + NORM_EPS))[:, None].repeat(2, 1)  # (2B, 1): any one-hot label
-        if self.cfg.compile_update:  # the same arithmetic in one compiled function
-            cfg = self.cfg
-            states, sumsq, both, pos, neg, bias_grad, p_pos, p_neg = call_compiled(
-                first_layer_pass, shared, W1, y, y_neg, s, r, b1, self.net.mean_states(0), self._theta(W1.shape[1]),
-                cfg.temperature, cfg.peer_norm, cfg.peer_decay, self._sign, cfg.activation)
-            self._pair_metrics(0, p_pos, p_neg, metrics)
-            sink.product(W1, img.T, both, -1.0 / B)
-            sink.rows(W1, y, pos, -s / B)
-            sink.rows(W1, y_neg, neg, -s / B)
-            sink.vector(b1, bias_grad, -1.0 / B)
-            sink.done(W1, b1)
-            return states, sumsq
-        z = torch.cat([shared + s * W1[y], shared + s * W1[y_neg]]).mul_(r).add_(b1)
-        states = activate(z, self.cfg.activation)  # (2B, H1)
-        sumsq = states.square().sum(1)  # goodness, and the next layer's normalization
-        signal = self._layer_signal(0, states, B, metrics, sumsq)  # (2B, H1)
-        scaled = signal * r  # the input row is x * r, so dC/dW = x^T (signal * r)
+        states, sumsq, both, pos, neg, bias_grad, p_pos, p_neg = self._run(
+            first_layer_pass, shared, W1, y, y_neg, s, r, b1, self.net.mean_states(0), *self._signal_hparams(W1.shape[1]))
+        self._pair_metrics(0, p_pos, p_neg, metrics)
         # image rows are the same for positive and negative data: one (D, B) x (B, H1) product
-        sink.product(W1, img.T, scaled[:B] + scaled[B:], -1.0 / B)
-        sink.rows(W1, y, scaled[:B], -s / B)  # label pixels: one row of W1 per label
-        sink.rows(W1, y_neg, scaled[B:], -s / B)
-        sink.vector(b1, signal.sum(0), -1.0 / B)
+        sink.product(W1, img.T, both, -1.0 / B)
+        sink.rows(W1, y, pos, -s / B)  # label pixels: one row of W1 per label
+        sink.rows(W1, y_neg, neg, -s / B)
+        sink.vector(b1, bias_grad, -1.0 / B)
         sink.done(W1, b1)
         return states, sumsq
 
@@ -803,37 +786,25 @@ class FFLearner(Learner):
         states, sumsq, r_prev, prev_m = self._next_states(prev, prev_sumsq, w, layer.bias, self.cfg.activation,
                                                           workspace=self._int8_workspace,
                                                           compiled_passes=self.cfg.compile_update)  # (2B, H)
-        if isinstance(prev_m, tuple) and self.cfg.compile_update:  # int8, the signal's passes compiled into one
-            qa, row = prev_m
-            cfg = self.cfg
-            qg, amax, bias_grad, p_pos, p_neg = call_compiled(
-                int8_signal_pass, states, sumsq, self.net.mean_states(i), r_prev * row, B,
-                self._theta(states.shape[1]), cfg.temperature, cfg.peer_norm, cfg.peer_decay, self._sign,
-                cfg.activation)
-            self._pair_metrics(i, p_pos, p_neg, metrics)
-            sink.int8_rounded_product(layer.weight, qa, qg, int8_scales(amax), w[1], -1.0 / B)
-            sink.vector(layer.bias, bias_grad, -1.0 / B)
-            sink.done(layer.weight, layer.bias)
-            return states, sumsq
-        if self.cfg.compile_update and isinstance(prev_m, torch.Tensor) and prev_m.dtype != torch.float32:
-            cfg = self.cfg  # bf16, the signal's passes compiled into one
-            b, bias_grad, p_pos, p_neg = call_compiled(
-                lowp_signal_pass, states, sumsq, self.net.mean_states(i), r_prev, sink.factor(layer.weight, -1.0 / B),
-                prev_m.dtype, B, self._theta(states.shape[1]), cfg.temperature, cfg.peer_norm, cfg.peer_decay,
-                self._sign, cfg.activation)
-            self._pair_metrics(i, p_pos, p_neg, metrics)
-            sink.lowp_product(layer.weight, prev_m.T, b)
-            sink.vector(layer.bias, bias_grad, -1.0 / B)
-            sink.done(layer.weight, layer.bias)
-            return states, sumsq
-        signal = self._layer_signal(i, states, B, metrics, sumsq)
+        mean, hparams = self.net.mean_states(i), self._signal_hparams(states.shape[1])
         # dC/dW = normalize_rows(prev)^T signal = prev^T (signal * r_prev)
         if isinstance(prev_m, tuple):  # int8: prev ~= row * qa / in_scale (see _GradientSink.int8_product)
             qa, row = prev_m
-            sink.int8_product(layer.weight, qa, signal, r_prev * row, w[1], -1.0 / B)
+            qg, amax, bias_grad, p_pos, p_neg = self._run(int8_signal_pass, states, sumsq, mean, r_prev * row, B,
+                                                          *hparams)
+            sink.int8_product(layer.weight, qa, qg, int8_scales(amax), w[1], -1.0 / B)
+        elif prev_m.dtype != torch.float32:  # bf16: the product's factor made (and cast) with the signal
+            b, bias_grad, p_pos, p_neg = self._run(lowp_signal_pass, states, sumsq, mean, r_prev,
+                                                   sink.factor(layer.weight, -1.0 / B), prev_m.dtype, B, *hparams)
+            sink.lowp_product(layer.weight, prev_m.T, b)
         else:
+            theta, temp, peer_norm, peer_decay, sign, activation = hparams
+            signal, p_pos, p_neg = ff_layer_signal(states, B, theta, temp, mean, peer_norm, peer_decay, sign,
+                                                   activation, sumsq)
             sink.product(layer.weight, prev_m.T, signal * r_prev, -1.0 / B)  # (D, H)
-        sink.vector(layer.bias, signal.sum(0), -1.0 / B)
+            bias_grad = signal.sum(0)
+        self._pair_metrics(i, p_pos, p_neg, metrics)
+        sink.vector(layer.bias, bias_grad, -1.0 / B)
         sink.done(layer.weight, layer.bias)
         return states, sumsq
 
