@@ -589,3 +589,22 @@ def test_compiled_int8_roundings_equal_the_eager_ones():
         q, amax = run(round_signal_columns, signal, factor)
         assert torch.equal(q, qs) and torch.equal(int8_scales(amax), col)
     assert qa[3].eq(0).all() and qa.abs().amax(1)[torch.arange(40) != 3].eq(127).all()
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+def test_compile_update_without_a_working_compiler_says_so(monkeypatch, precision):
+    """rule.compile_update where torch.compile cannot work (no C++ compiler): a clear error naming the
+    option to turn off, raised before any weight has changed."""
+    import mortalnet.rules.forward_forward as ff
+
+    def broken(fn):
+        def call(*args):
+            raise OSError("no C++ compiler found")
+        return call
+
+    monkeypatch.setattr(ff, "compiled", broken)
+    learner = tiny(seed=2, precision=precision, compile_update=True)
+    before = [layer.weight.clone() for layer in learner.net.layers]
+    with pytest.raises(RuntimeError, match="torch.compile failed .*run with rule.compile_update=false"):
+        learner.train_batch(images(32), torch.arange(32) % 10)
+    assert all(torch.equal(w, layer.weight) for w, layer in zip(before, learner.net.layers))
