@@ -12,7 +12,11 @@ Prints and writes (results/benchmarks/ff_throughput-<device>.json):
   * the bfloat16 step with `rule.compile_update` (one compiled pass for each layer's update);
   * on CPU, the step with int8 training products (`rule.precision=int8`: layers 2..L in int8, layer 1
     in bf16), eager and with the compiled update, over the int8 matmul rate;
-  * one epoch (500 steps + the 10k validation test) against a naive autograd implementation.
+  * one epoch (500 steps + the 10k validation test) against a naive autograd implementation;
+  * what bounds the step: the products of one float32, bf16 and int8 step recorded and replayed
+    alone (same shapes, strides, dtypes), their FLOP/s over the peak, and the bound with ffnew.m's
+    update added at its least memory traffic (weights and smoothed gradients read and written once,
+    float32) at the memory rate measured in the same round (a STREAM-like triad).
 
 Everything is measured --rounds times (default 3), in turn; each ratio is taken within a round
 (a shared VM's speed drifts between minutes) and recorded as its median, with its range over the
@@ -31,6 +35,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mortalnet.rules.forward_forward import FFConfig, FFLearner
 from mortalnet.runs import atomic_write_json, benchmark_provenance, benchmark_record_path, machine_info, record_tag
@@ -158,6 +163,68 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, shapes) -> tuple[float
     return max(per_shape.values()), per_shape
 
 
+PRODUCT_OPS = frozenset({  # the matrix products a step runs (bf16 and fp32 mm / addmm, int8 _int_mm)
+    torch.ops.aten.mm.default, torch.ops.aten.mm.out, torch.ops.aten.addmm.default, torch.ops.aten.addmm.out,
+    torch.ops.aten.addmm_.default, torch.ops.aten._int_mm.default, torch.ops.aten._int_mm.out,
+})
+
+
+class _ProductLog(TorchDispatchMode):
+    """Records each matrix product dispatched while active: (op, args, kwargs), every tensor replaced
+    by its (shape, stride, dtype)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in PRODUCT_OPS:
+            spec = lambda v: (tuple(v.shape), tuple(v.stride()), v.dtype) if isinstance(v, torch.Tensor) else v
+            self.calls.append((func, [spec(a) for a in args], {k: spec(v) for k, v in kwargs.items()}))
+        return func(*args, **kwargs)
+
+
+def step_products(step, x: torch.Tensor, y: torch.Tensor) -> list[tuple]:
+    """The matrix products of one call step(x, y), in order, as _ProductLog records them (run it on an
+    eager learner: the compiled one runs the same products)."""
+    log = _ProductLog()
+    with log:
+        step(x, y)
+    return log.calls
+
+
+def replay_products(calls: list[tuple], device: torch.device):
+    """A no-argument callable running the recorded products alone, in order, on random operands of
+    the same shapes, strides and dtypes (`out=` buffers reused, as the step reuses its workspace):
+    the time a step would take if it were nothing but its products."""
+
+    def operand(spec):
+        if not (isinstance(spec, tuple) and len(spec) == 3 and isinstance(spec[2], torch.dtype)):
+            return spec
+        shape, stride, dtype = spec
+        t = torch.empty_strided(shape, stride, dtype=dtype, device=device)
+        if dtype == torch.int8:
+            return t.copy_(torch.randint(-127, 128, shape, dtype=dtype, device=device))
+        return t.copy_(torch.randn(shape, device=device))
+
+    ops = [(f, [operand(a) for a in args], {k: operand(v) for k, v in kw.items()}) for f, args, kw in calls]
+
+    def run():
+        for f, args, kwargs in ops:
+            f(*args, **kwargs)
+
+    return run
+
+
+def memory_rate(device: torch.device, numel: int = 16 * 2**20) -> float:
+    """Bytes/s of c = a + s b on float32 arrays far larger than any cache (64 MB each), counting the
+    three arrays once each (STREAM's triad): the rate a memory-bound weight update can hope for."""
+    a, b, c = (torch.rand(numel, device=device) for _ in range(3))
+    sec = timeit(lambda: torch.add(a, b, alpha=0.5, out=c), 1.0, device=device)
+    return 3 * 4 * numel / sec
+
+
 def cycling_steps(step, x: torch.Tensor, y: torch.Tensor, batch: int):
     """A no-argument callable: each call runs step(x_batch, y_batch) on the next of the batches of x, y."""
     state = {"i": 0}
@@ -176,7 +243,8 @@ def timed_rounds(measurements: dict, device: torch.device, shapes, rounds: int, 
     VM's speed drifts over minutes (neighbours come and go): within a round, a step, the naive
     step it is compared with and the peak it is divided by are measured within a minute, so each
     ratio is taken per round and the record reports its median and range over rounds. Returns one
-    dict per round: each peak (GFLOP/s, also per shape) and "<name> s" for each measurement."""
+    dict per round: each peak (GFLOP/s, also per shape), the memory rate ("memory GB/s", `memory_rate`)
+    and "<name> s" for each measurement."""
     out = []
     for _ in range(rounds):
         row: dict = {}
@@ -185,6 +253,7 @@ def timed_rounds(measurements: dict, device: torch.device, shapes, rounds: int, 
             name = str(dtype).removeprefix("torch.")
             row[f"{name} matmul peak GFLOP/s"] = peak / 1e9
             row.update({f"{name} by shape {k} GFLOP/s": v / 1e9 for k, v in per_shape.items()})
+        row["memory GB/s"] = memory_rate(device) / 1e9
         for name, fn in measurements.items():
             row[f"{name} s"] = timer(fn)
         out.append(row)
@@ -354,6 +423,12 @@ def main() -> None:
         "test, shortlist of 3, int8":
             lambda: int8_short.predict_batches(int8_short.goodness_scores, xe, int8_short.goodness_chunk),
     })
+    # each eager learner's step products replayed alone (same shapes, strides, dtypes, order): what its
+    # step would take if it were nothing but products (the compiled learners run the same products)
+    alone = [name for name in ("float32", "bfloat16", "int8") if name in learners]
+    for name in alone:
+        calls = step_products(learners[name].train_batch, x[:B], y[:B])
+        measurements[f"{name} products alone"] = replay_products(calls, device)
     rounds = timed_rounds(measurements, device, shapes, args.rounds, t)
 
     flops = {name: ff_step_flops(784, hidden, B, lr.cfg.fast) for name, lr in learners.items()}
@@ -373,8 +448,18 @@ def main() -> None:
         "int8, compiled update, int8 shortlist-3 test": ("int8, compiled update step", "test, shortlist of 3, int8"),
     }
     int8_test_flops = 2 * 10 * len(xe) * sum(a * b for a, b in zip(hidden[:-1], hidden[1:]))  # layers 2..L, 10 labels
+    # ffnew.m's update reads and writes each weight and its smoothed gradient, float32, once per step at
+    # the least (16 bytes per weight; 2 x 54 MB for 4x2000, no cache holds them): at the measured memory
+    # rate, the time no implementation of the recipe avoids beside its products (if the two do not overlap)
+    state_bytes = 16 * sum(a * b for a, b in zip((784, *hidden[:-1]), hidden))
     for r in rounds:  # the derived numbers of each round, from its own measurements
         add_fractions_of_peak(r, flops, peak_of)
+        for name in alone:
+            peak_flops = r[f"{peak_of[name]} matmul peak GFLOP/s"] * 1e9
+            products_s = r[f"{name} products alone s"]
+            r[f"{name} products alone fraction of peak"] = flops[name] / products_s / peak_flops
+            r[f"{name} step bound fraction of peak"] = (
+                flops[name] / (products_s + state_bytes / (r["memory GB/s"] * 1e9)) / peak_flops)
         for name, (step, test) in epochs.items():
             if f"{step} s" in r:
                 r[f"epoch, {name} s"] = steps_per_epoch * r[f"{step} s"] + eval_scale * r[f"{test} s"]
@@ -397,6 +482,12 @@ def main() -> None:
                          "ms_per_step": 1e3 * sec, "matmul_gflops_per_step": flops[name] / 1e9,
                          "achieved_gflop_s": flops[name] / sec / 1e9,
                          f"fraction_of_{prefix}matmul_peak": median(f"{name} fraction of peak")})
+    for name in alone:
+        prefix = {"float32": "", "bfloat16": "bf16_", "int8": "int8_"}[peak_of[name]]
+        rows.append({"measurement": f"the {name} step's matrix products alone (replayed)",
+                     "ms_per_step": 1e3 * median(f"{name} products alone s"),
+                     f"fraction_of_{prefix}matmul_peak": median(f"{name} products alone fraction of peak"),
+                     f"bound_fraction_of_{prefix}matmul_peak": median(f"{name} step bound fraction of peak")})
     rows.append({"measurement": "naive implementation step", "examples_per_s": B / median("naive step s"),
                  "ms_per_step": 1e3 * median("naive step s")})
     for name in ("layer 1 shared", "10 full passes", "naive implementation", "layer 1 shared, bfloat16",
@@ -440,6 +531,10 @@ def main() -> None:
             "epoch_int8_compiled_update_int8_shortlist3_over_naive_implementation_speed":
                 ("epoch, naive s", "epoch, int8, compiled update, int8 shortlist-3 test s"),
         })
+    for name in alone:  # products alone, and with the update's least memory traffic added (see state_bytes)
+        prefix = {"float32": "", "bfloat16": "bf16_", "int8": "int8_"}[peak_of[name]]
+        spread[f"{prefix}step_products_alone_over_{prefix}matmul_peak"] = (f"{name} products alone fraction of peak", None)
+        spread[f"{prefix}step_bound_over_{prefix}matmul_peak"] = (f"{name} step bound fraction of peak", None)
     ratios = {k: ratio_over_rounds(rounds, num, den) for k, (num, den) in spread.items()}
     peak, peak_bf16 = median("float32 matmul peak GFLOP/s"), median("bfloat16 matmul peak GFLOP/s")
     peak_int8 = median("int8 matmul peak GFLOP/s")
@@ -453,6 +548,8 @@ def main() -> None:
         "bf16_matmul_gflop_s_by_shape": median_by_shape(rounds, "bfloat16", shapes),
         "int8_matmul_peak_gop_s": peak_int8,
         "int8_matmul_gop_s_by_shape": median_by_shape(rounds, "int8", shapes),
+        "memory_gb_s": median("memory GB/s"),
+        "update_state_bytes_per_step": state_bytes,
         "rows": rows,
         "ratios": {k: v["median"] for k, v in ratios.items()},
         "tables": [{"title": f"Each ratio's median and range over the {len(rounds)} rounds (all measurements "

@@ -223,6 +223,7 @@ def test_ff_throughput_takes_every_ratio_within_a_round(monkeypatch):
     round's peak in its own dtype (float32 steps by the float32 peak, bf16 steps by the bf16 one), and
     each ratio is taken per round before its median and range over rounds."""
     ft = load("ff_throughput")
+    monkeypatch.setattr(ft, "memory_rate", lambda device: 20e9)
     peaks = iter([100e9, 400e9, 800e9, 50e9, 200e9, 400e9, 80e9, 300e9, 600e9])  # rounds 1-3: float32, bfloat16, int8
     monkeypatch.setattr(ft, "matmul_peak", lambda dtype, device, shapes: (next(peaks), {"8x8x8": 7e9}))
     seconds = iter([0.01, 0.02, 0.04, 0.01, 0.03, 0.03])  # rounds 1-3: "a step", "b step"
@@ -244,6 +245,34 @@ def test_ff_throughput_takes_every_ratio_within_a_round(monkeypatch):
     assert ft.ratio_over_rounds(rounds, "a step s", None)["max"] == 0.04
     assert ft.median_by_shape(rounds, "float32", [(8, 8, 8)]) == {"8x8x8": pytest.approx(7.0)}
     assert [r["int8 matmul peak GFLOP/s"] for r in rounds] == pytest.approx([800.0, 400.0, 600.0])
+    assert [r["memory GB/s"] for r in rounds] == pytest.approx([20.0] * 3)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16", "int8"])
+def test_ff_throughput_replays_exactly_the_products_it_counts(precision):
+    """The products recorded from one step are the ones ff_step_flops counts (their FLOPs add up to
+    it), and the replay runs each of them once, with operands of the recorded layout."""
+    ft = load("ff_throughput")
+    from mortalnet.rules.forward_forward import FFConfig, FFLearner
+
+    hidden, batch = (24, 32, 24), 20  # more than INT8_MIN_ROWS rows everywhere: no padded int8 products
+    learner = FFLearner(FFConfig(precision=precision), hidden, seed=0)
+    x, y = torch.rand(batch, 784), torch.arange(batch) % 10
+    calls = ft.step_products(learner.train_batch, x, y)
+
+    total = 0
+    for _, args, _ in calls:  # (shape, stride, dtype) per tensor; the last two are the factors (addmm: bias first)
+        (m, k), (k2, n) = (a[0] for a in [a for a in args if isinstance(a, tuple)][-2:])
+        assert k == k2
+        total += 2 * m * k * n
+    assert total == ft.ff_step_flops(784, hidden, batch, True)
+    if precision == "int8":
+        assert sum(op is torch.ops.aten._int_mm.out for op, _, _ in calls) == 3 * (len(hidden) - 1)  # neutral, forward, gradient
+    replayed = ft._ProductLog()
+    run = ft.replay_products(calls, torch.device("cpu"))
+    with replayed:
+        run()
+    assert replayed.calls == calls
 
 
 # -- published_ff ---------------------------------------------------------------------------------

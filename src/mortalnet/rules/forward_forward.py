@@ -591,7 +591,8 @@ class FFLearner(Learner):
         logits = self.net.readout_logits(normed)  # (B, C)
         probs = torch.softmax(logits, dim=1)
         delta = (probs - F.one_hot(y, self.num_classes)) / len(y)  # d(mean CE)/d logits
-        grads = [h.T @ delta for h in normed[self.cfg.readout_from :]]  # (H_l, C) each
+        # (H_l, C) each, made contiguous from delta^T h (C, H_l): on CPU ~2x faster than h^T delta for C = 10
+        grads = [(delta.T @ h).T.contiguous() for h in normed[self.cfg.readout_from :]]
         metrics = {
             "readout_loss": F.cross_entropy(logits, y),
             "readout_error": (logits.argmax(1) != y).float().mean(),
