@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from mortalnet.nets.ff import activate, activation_slope, embed_label, one_hot
-from mortalnet.rules.forward_forward import FFConfig, FFLearner, ff_layer_signal, ff_probs
+from mortalnet.rules.ff_passes import ff_layer_signal, ff_probs
+from mortalnet.rules.forward_forward import FFConfig, FFLearner
 
 
 def tiny(seed=0, **cfg) -> FFLearner:

@@ -288,11 +288,11 @@ def test_compiled_update_equals_the_eager_bf16_update(monkeypatch):
     """rule.compile_update: the compiled passes (each layer's states, signal and update) give the
     eager bf16 step's weights, smoothed gradients, running means and metrics to float rounding, over
     several steps (lr changing between them)."""
-    import mortalnet.rules.forward_forward as ff
+    import mortalnet.rules.ff_update as ff_update
 
     calls = []
-    run = ff._run_compiled
-    monkeypatch.setattr(ff, "_run_compiled", lambda *args: calls.append(args[1][-1].shape) or run(*args))
+    run = ff_update._run_compiled
+    monkeypatch.setattr(ff_update, "_run_compiled", lambda *args: calls.append(args[1][-1].shape) or run(*args))
     def same_layers(eager, compiled):
         for pe, pc in zip(eager.net.layers, compiled.net.layers):
             torch.testing.assert_close(pc.weight, pe.weight, rtol=1e-5, atol=1e-6)
@@ -439,7 +439,7 @@ def test_int8_training_products_match_the_quantized_operands_exactly():
     w_hat, a_hat = q.double() * in_scale[:, None].double(), qa.double() * row.double() / in_scale.double()
     torch.testing.assert_close(int8_product(a, q, None, in_scale=in_scale), (a_hat @ w_hat).float(), rtol=1e-5, atol=1e-5)
     assert (int8_product(a, q, None, in_scale=in_scale) - a @ w).norm() / (a @ w).norm() < 0.02
-    # the gradient product a^T s as _GradientSink.int8_product forms it: diag(1 / in_scale) qa^T (row * s)
+    # the gradient product a^T s as GradientSink.int8_product forms it: diag(1 / in_scale) qa^T (row * s)
     s = torch.randn(40, 20, generator=g)
     learner = FFLearner(replace(FFConfig(), precision="int8"), hidden=(30, 20), input_dim=30)  # layer 2: (30, 20)
     sink = learner.gradient_sink()
@@ -505,11 +505,11 @@ def test_compiled_int8_update_equals_the_eager_int8_update(monkeypatch):
     """rule.precision=int8 with compile_update: the compiled passes (roundings, the layer signal with
     peer normalization, the update) give the eager step's weights, running means and metrics, and
     the int8 copy the update returns is the one the next step multiplies."""
-    import mortalnet.rules.forward_forward as ff
+    import mortalnet.rules.ff_update as ff_update
 
     calls = []
-    run = ff._run_compiled
-    monkeypatch.setattr(ff, "_run_compiled", lambda *args: calls.append(args[0]) or run(*args))
+    run = ff_update._run_compiled
+    monkeypatch.setattr(ff_update, "_run_compiled", lambda *args: calls.append(args[0]) or run(*args))
     def same_layers(eager, compiled):
         for pe, pc in zip(eager.net.layers, compiled.net.layers):
             torch.testing.assert_close(pc.weight, pe.weight, rtol=1e-4, atol=1e-5)
@@ -543,7 +543,7 @@ def test_gradient_products_share_one_buffer_safely(kind):
     those of separate buffers."""
     from mortalnet.nets.ff import quantize_columns
     from mortalnet.optim import OptimizerConfig, make_optimizer
-    from mortalnet.rules.forward_forward import _GradientSink
+    from mortalnet.rules.ff_update import GradientSink
 
     gen = torch.Generator().manual_seed(0)
     qa = torch.randint(-127, 128, (20, 24), generator=gen, dtype=torch.int8)  # (N, D): D > 16, no padding
@@ -553,7 +553,7 @@ def test_gradient_products_share_one_buffer_safely(kind):
     def run(workspace):
         params = [torch.nn.Parameter(torch.randn(24, 5, generator=torch.Generator().manual_seed(k))) for k in (1, 2)]
         opt = make_optimizer(OptimizerConfig(name="smoothed-sgd", lr=0.1, momentum=0.9, weight_decay=0.01), params)
-        sink = _GradientSink(opt, torch.bfloat16, compile_update=True, workspace=workspace)
+        sink = GradientSink(opt, torch.bfloat16, compile_update=True, workspace=workspace)
         with torch.no_grad():
             for p, g in zip(params, signals):  # both products first, then both updates
                 if kind == "int8":
@@ -575,7 +575,7 @@ def test_compiled_int8_roundings_equal_the_eager_ones():
     (round_signal_columns) in compiled passes: bit for bit the eager roundings, all-zero rows included."""
     from mortalnet.nets.ff import (int8_scales, quantize_activity_rows, quantize_columns, round_activity_rows,
                                    round_signal_columns)
-    from mortalnet.rules.forward_forward import call_compiled
+    from mortalnet.rules.ff_passes import call_compiled
 
     g = torch.Generator().manual_seed(7)
     a, in_scale = torch.randn(40, 30, generator=g).relu(), torch.rand(30, generator=g) + 0.1
@@ -595,14 +595,14 @@ def test_compiled_int8_roundings_equal_the_eager_ones():
 def test_compile_update_without_a_working_compiler_says_so(monkeypatch, precision):
     """rule.compile_update where torch.compile cannot work (no C++ compiler): a clear error naming the
     option to turn off, raised before any weight has changed."""
-    import mortalnet.rules.forward_forward as ff
+    import mortalnet.rules.ff_passes as ff_passes
 
     def broken(fn):
         def call(*args):
             raise OSError("no C++ compiler found")
         return call
 
-    monkeypatch.setattr(ff, "compiled", broken)
+    monkeypatch.setattr(ff_passes, "compiled", broken)
     learner = tiny(seed=2, precision=precision, compile_update=True)
     before = [layer.weight.clone() for layer in learner.net.layers]
     with pytest.raises(RuntimeError, match="torch.compile failed .*run with rule.compile_update=false"):

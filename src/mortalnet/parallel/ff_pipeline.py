@@ -46,7 +46,8 @@ from mortalnet.config import ConfigError
 from mortalnet.data.mnist import MnistConfig, load_mnist
 from mortalnet.optim import schedule_factor
 from mortalnet.parallel.launch import RankFailedError, describe_error
-from mortalnet.rules.forward_forward import FFConfig, FFLearner, _GradientSink
+from mortalnet.rules.ff_update import GradientSink
+from mortalnet.rules.forward_forward import FFConfig, FFLearner
 from mortalnet.runs import RunDir, RunError, atomic_write_json, read_json
 from mortalnet.training import _epoch_seed
 
@@ -297,7 +298,7 @@ def _share_sum(t: torch.Tensor, share: float) -> int:
     return t.numel() * t.element_size()
 
 
-class _AllReduceSink(_GradientSink):
+class _AllReduceSink(GradientSink):
     """Sums each parameter's accumulated gradient over all ranks, each weighted by its rank's share of
     the minibatch's rows, before updating it. The shares add up to 1, so with ffnew.m's smoothed
     gradient (beta * S + (1 - beta) * g_r, S the same on every rank) the sum is beta * S + (1 - beta) * g

@@ -33,7 +33,8 @@ from mortalnet.nets.ff import embed_label, neutral_label, normalize_rows, one_ho
 from mortalnet.optim import make_optimizer
 from mortalnet.rules import register_rule
 from mortalnet.rules.base import Learner
-from mortalnet.rules.forward_forward import FFConfig, FFLearner, ff_layer_signal
+from mortalnet.rules.ff_passes import ff_layer_signal
+from mortalnet.rules.forward_forward import FFConfig, FFLearner
 
 
 @dataclass(frozen=True)

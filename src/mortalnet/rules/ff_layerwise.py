@@ -1,7 +1,7 @@
 """Forward-Forward on any stack of layers: dense or locally connected, with or without labels,
 with an optional black box between two layers (Hinton 2022, secs. 3.2-3.4 and 7).
 
-The FF machinery is the supervised rule's (`rules/forward_forward.py`): each layer's update is
+The FF machinery is the supervised rule's (`rules/ff_passes.py`): each layer's update is
 `ff_layer_signal` of its own states (goodness, threshold, peer normalization, the goodness and
 activation variants), contracted with its own input; inputs are normalized to mean square 1
 (`normalize_rows`) so a layer sees only the direction of the activity below; nothing crosses a
@@ -43,7 +43,8 @@ from mortalnet.nets.local import LocallyConnected2d
 from mortalnet.optim import OptimizerConfig, make_optimizer, schedule_factor, set_lr_scale
 from mortalnet.rules import register_rule
 from mortalnet.rules.base import Learner
-from mortalnet.rules.forward_forward import FFObjectiveConfig, ff_layer_signal, goodness_sign
+from mortalnet.rules.ff_passes import ff_layer_signal, goodness_sign
+from mortalnet.rules.forward_forward import FFObjectiveConfig
 
 BlackBox = Callable[[torch.Tensor], torch.Tensor]
 

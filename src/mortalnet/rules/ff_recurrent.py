@@ -35,7 +35,8 @@ from mortalnet.nets.recurrent import RecurrentFFNet
 from mortalnet.optim import OptimizerConfig, make_optimizer
 from mortalnet.rules import register_rule
 from mortalnet.rules.base import Learner
-from mortalnet.rules.forward_forward import FFObjectiveConfig, ff_layer_signal, goodness_sign
+from mortalnet.rules.ff_passes import ff_layer_signal, goodness_sign
+from mortalnet.rules.forward_forward import FFObjectiveConfig
 
 
 @dataclass(frozen=True)

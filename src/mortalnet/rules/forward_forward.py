@@ -38,7 +38,6 @@ from mortalnet.nets.ff import (
     DerivedWeights,
     FFNet,
     activate,
-    activation_slope,
     embed_label,
     int8_matmul,
     int8_product,
@@ -51,13 +50,22 @@ from mortalnet.nets.ff import (
     quantize_columns,
     quantize_weight_rows,
     round_activity_rows,
-    round_signal_columns,
-    round_weight_rows,
     workspace_buffer,
 )
-from mortalnet.optim import OptimizerConfig, SmoothedSGD, make_optimizer
+from mortalnet.optim import OptimizerConfig, make_optimizer
 from mortalnet.rules import register_rule
 from mortalnet.rules.base import Learner
+from mortalnet.rules.ff_passes import (
+    call_compiled,
+    ff_layer_signal,
+    first_layer_pass,
+    goodness_sign,
+    int8_layer_states,
+    int8_signal_pass,
+    lowp_layer_states,
+    lowp_signal_pass,
+)
+from mortalnet.rules.ff_update import GradientSink
 
 
 @dataclass(frozen=True)
@@ -111,374 +119,6 @@ class FFConfig(FFObjectiveConfig):
     """Products of the per-label goodness test in layers 2..L: same = as `precision`; int8 = int8 weights (one scale per output unit) times int8 activities (one scale per row), exact int32 accumulation (torch._int_mm; ~2x bf16's rate on CPUs with VNNI or AMX). Fast path only; layer 1's shared image product, the softmax test and training keep `precision`. An approximation: its agreement with the exact test on trained nets is measured in benchmarks/goodness_test.py."""
     compile_update: bool = False
     """bfloat16 or int8 fast path with smoothed-sgd only: fold each layer's bf16 (int8: int32) gradient product into the smoothed gradient and update the weight in one torch.compile'd pass over the weights instead of four eager ones (int8: and re-quantize it for the next step); layer 1's pass up to its learning signal and, with int8, each layer's rounding + product + epilogue and its signal + rounding become compiled functions too (the roundings bit for bit the eager ones, the rest to float rounding) (needs a working torch.compile, i.e. a C++ compiler on CPU; compiling takes ~10-20 s at the first step). The same arithmetic as the eager update, to float rounding."""
-
-
-def goodness_sign(goodness: str) -> float:
-    """+1 for sum-squares, -1 for neg-sum-squares: the sign that turns sum of squares into goodness."""
-    if goodness == "sum-squares":
-        return 1.0
-    if goodness == "neg-sum-squares":
-        return -1.0
-    raise ConfigError(f"unknown goodness {goodness!r}; valid: sum-squares, neg-sum-squares")
-
-
-def ff_probs(states: torch.Tensor, theta: float, temp: float, sign: float = 1.0,
-             goodness: torch.Tensor | None = None) -> torch.Tensor:
-    """p(positive) = sigmoid(sign * (G - theta) / temp) for states (N, H) -> (N,);
-    G = sum of squares (given or computed)."""
-    g = states.square().sum(dim=1) if goodness is None else goodness
-    logit = (g - theta) / temp
-    return torch.sigmoid(logit if sign == 1.0 else sign * logit)
-
-
-def ff_layer_signal(
-    states: torch.Tensor,
-    batch: int,
-    theta: float,
-    temp: float,
-    mean_states: torch.Tensor | None = None,
-    peer_norm: float = 0.0,
-    peer_decay: float = 0.9,
-    sign: float = 1.0,
-    activation: str = "relu",
-    goodness: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ffnew.m's dC/d(total input) for one layer, from its measured states alone.
-
-    Args:
-        states: (2B, H) activities; rows [0, B) positive data, [B, 2B) negative data.
-        batch: B.
-        theta, temp: threshold and temperature of p = sigmoid((G - theta) / temp).
-        mean_states: (H,) running mean activity, updated in place (peer normalization).
-        peer_norm: strength of the pull of each unit's mean toward the layer's mean (0 = off).
-        peer_decay: smoothing of the running means.
-        sign: +1 (goodness = sum of squares) or -1 (goodness = minus sum of squares).
-        activation: the layer's nonlinearity; its slope f'(z) multiplies the signal (1 for ReLU).
-        goodness: (2B,) sum of squared states, if already computed.
-
-    Returns:
-        signal (2B, H) = (1 - p) * s on positive rows (+ peer term, not gated by s > 0),
-        -p * s on negative rows (the ascent direction, temp/2 times d log-likelihood / d input);
-        p_pos (B,), p_neg (B,).
-    """
-    p = ff_probs(states, theta, temp, sign, goodness)  # (2B,)
-    p_pos, p_neg = p[:batch], p[batch:]
-    coef = torch.cat([1.0 - p_pos, -p_neg])
-    signal = (coef if sign == 1.0 else sign * coef)[:, None] * states  # (2B, H)
-    if activation != "relu":
-        signal = signal * activation_slope(states, activation)
-    if peer_norm and mean_states is not None:
-        mean_states.mul_(peer_decay).add_(states[:batch].mean(0), alpha=1.0 - peer_decay)
-        signal[:batch] += peer_norm * (mean_states.mean() - mean_states)  # revives dead units
-    return signal, p_pos, p_neg
-
-
-def first_layer_pass(shared: torch.Tensor, W1: torch.Tensor, y: torch.Tensor, y_neg: torch.Tensor, strength: float,
-                     r: torch.Tensor, b1: torch.Tensor, mean_states: torch.Tensor | None, theta: float, temp: float,
-                     peer_norm: float, peer_decay: float, sign: float, activation: str):
-    """Layer 1's positive and negative rows, from the shared image product shared (B, H1) and the
-    label rows of W1 (D, H1), to its learning signal: the step's one body for layer 1, compiled
-    under rule.compile_update (FFLearner._run): z = [shared + s W1[y]; shared + s W1[y_neg]] * r + b1 with r (2B, 1) the
-    rows' 1 / rms, states f(z), goodness, ff_layer_signal, and the signal * r the weight gradient
-    takes. Returns states (2B, H1), their sums of squares (2B,), the positive + negative halves of
-    signal * r (B, H1) for the image pixels, each half (B, H1) for the label pixels, signal.sum(0)
-    (H1,), p_pos (B,) and p_neg (B,)."""
-    batch = len(y)
-    z = torch.cat([shared + strength * W1[y], shared + strength * W1[y_neg]]) * r + b1  # (2B, H1)
-    states = activate(z, activation)
-    sumsq = states.square().sum(1)
-    signal, p_pos, p_neg = ff_layer_signal(states, batch, theta, temp, mean_states, peer_norm, peer_decay, sign,
-                                           activation, sumsq)
-    scaled = signal * r  # the input row is x * r, so dC/dW = x^T (signal * r)
-    pos, neg = scaled[:batch], scaled[batch:]
-    return states, sumsq, pos + neg, pos, neg, signal.sum(0), p_pos, p_neg
-
-
-def int8_layer_states(prev: torch.Tensor, r: torch.Tensor, in_scale: torch.Tensor, q: torch.Tensor,
-                      bias: torch.Tensor, activation: str):
-    """A layer's states from the previous layer's states prev (N, D) in int8 training, as one function
-    for torch.compile (rule.precision=int8 with compile_update): prev * in_scale rounded per row
-    (round_activity_rows), the exact int32 product with the layer's int8 weights q (D, H), then
-    f(acc * r * row + bias) and the goodness in one pass over the product (r (N, 1) = 1 / rms of
-    prev's rows). Returns states (N, H), their sums of squares (N,), qa (N, D) int8 and the row
-    maxima (N, 1) whose int8_scales is row."""
-    qa, amax = round_activity_rows(prev, in_scale)
-    z = torch.addcmul(bias, int8_matmul(qa, q).float(), r * int8_scales(amax))  # (N, H)
-    states = activate(z, activation)
-    return states, states.square().sum(1), qa, amax
-
-
-def lowp_layer_states(prev: torch.Tensor, r: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, activation: str):
-    """`int8_layer_states` for bf16 products (rule.precision=bfloat16 with compile_update): prev (N, D)
-    cast to w's dtype, the product with w (D, H) (fp32 accumulation, a bf16 result), then
-    f(product * r + bias) and the goodness in one pass. Returns states (N, H), their sums of squares
-    (N,) and prev as multiplied (N, D) bf16 (the gradient product reuses it)."""
-    prev_lp = prev.to(w.dtype)
-    states = activate(torch.addcmul(bias, torch.mm(prev_lp, w), r), activation)  # (N, H) float32
-    return states, states.square().sum(1), prev_lp
-
-
-def lowp_signal_pass(states: torch.Tensor, goodness: torch.Tensor, mean_states: torch.Tensor | None,
-                     row_factor: torch.Tensor, scale: float, dtype: torch.dtype, batch: int, theta: float,
-                     temp: float, peer_norm: float, peer_decay: float, sign: float, activation: str):
-    """`int8_signal_pass` for bf16 products: ff_layer_signal, then the gradient product's (N, H)
-    factor signal * row_factor * scale cast to `dtype`, and signal.sum(0) for the bias (one pass when
-    compiled).
-    Returns that factor, signal.sum(0) (H,), p_pos (B,) and p_neg (B,)."""
-    signal, p_pos, p_neg = ff_layer_signal(states, batch, theta, temp, mean_states, peer_norm, peer_decay, sign,
-                                           activation, goodness)
-    return (signal * row_factor * scale).to(dtype), signal.sum(0), p_pos, p_neg
-
-
-def int8_signal_pass(states: torch.Tensor, goodness: torch.Tensor, mean_states: torch.Tensor | None,
-                     row_factor: torch.Tensor, batch: int, theta: float, temp: float, peer_norm: float,
-                     peer_decay: float, sign: float, activation: str):
-    """ff_layer_signal, then the signal's int8 rounding for the gradient product and its column sums
-    for the bias (rule.precision=int8); compiled under rule.compile_update, where the (2B, H) signal
-    then never goes to memory. Returns q (2B, H) int8 and the column maxima (H,) of
-    round_signal_columns(signal, row_factor), signal.sum(0) (H,), p_pos (B,) and p_neg (B,)."""
-    signal, p_pos, p_neg = ff_layer_signal(states, batch, theta, temp, mean_states, peer_norm, peer_decay, sign,
-                                           activation, goodness)
-    q, amax = round_signal_columns(signal, row_factor)
-    return q, amax, signal.sum(0), p_pos, p_neg
-
-
-def smoothed_update(prod: torch.Tensor, smoothed: torch.Tensor, weight: torch.Tensor, beta: torch.Tensor,
-                    lr: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
-    """ffnew.m's update of one weight matrix from its (already scaled) bf16 gradient product prod (D, H):
-        smoothed = beta * smoothed + prod;   weight = decay * weight - lr * smoothed
-    with decay = 1 - lr * weight_cost; returns the new weight in prod's dtype (the next step's
-    matmul copy). Written for torch.compile, which turns it into one pass over smoothed and weight
-    (eager PyTorch needs five, the bf16 copy included); the scalars are 0-d tensors so that a
-    changing learning rate does not trigger a recompilation."""
-    smoothed.mul_(beta).add_(prod.float())
-    weight.mul_(decay).sub_(smoothed * lr)
-    return weight.to(prod.dtype)
-
-
-def smoothed_update_int8(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor, smoothed: torch.Tensor,
-                         weight: torch.Tensor, beta: torch.Tensor, lr: torch.Tensor, decay: torch.Tensor):
-    """`smoothed_update` for rule.precision=int8: the gradient product is acc (D, H) int32 times
-    row_scale (D, 1) and col_scale (H,) (the scale of the step folded in);
-        smoothed = beta * smoothed + acc * row_scale * col_scale;   weight = decay * weight - lr * smoothed
-    and returns the new weight's rounding for the next step's products, `round_weight_rows(weight)`
-    = (q (D, H) int8, row maximum (D, 1)); `int8_scales` of the latter is quantize_weight_rows'
-    in_scale. Compiled, it is one pass over the rows: each row is updated, its maximum taken and
-    the row rounded while it is in cache (~84 MB of memory traffic for a 2000x2000 layer)."""
-    smoothed.mul_(beta).add_(acc.float() * row_scale * col_scale)
-    weight.mul_(decay).sub_(smoothed * lr)
-    return round_weight_rows(weight)
-
-
-_COMPILED: dict[str, object] = {}
-
-
-def compiled(fn):
-    """fn compiled with torch.compile (once per process, on first use)."""
-    if fn.__name__ not in _COMPILED:
-        _COMPILED[fn.__name__] = torch.compile(fn)
-    return _COMPILED[fn.__name__]
-
-
-def compiled_smoothed_update(int8: bool = False):
-    """`smoothed_update` (int8: `smoothed_update_int8`) compiled with torch.compile."""
-    return compiled(smoothed_update_int8 if int8 else smoothed_update)
-
-
-def call_compiled(fn, *args):
-    """compiled(fn)(*args), or a clear error when torch.compile cannot work here."""
-    try:
-        return compiled(fn)(*args)
-    except Exception as exc:  # torch.compile needs a C++ compiler on CPU (Triton on GPU)
-        raise RuntimeError(f"rule.compile_update=true but torch.compile failed ({type(exc).__name__}: "
-                           f"{str(exc)[:300]}); run with rule.compile_update=false") from exc
-
-
-class _GradientSink:
-    """Receives a step's descent gradients piece by piece: products a @ b, rows, vectors.
-
-    With `SmoothedSGD` (ffnew.m) it folds them straight into the optimizer's smoothed gradient
-    (g = a g + (1 - a) grad, one in-place addmm) and updates each parameter as soon as its layer
-    is done; the state it keeps is the optimizer's own, so checkpoints are the same either way.
-    With any other optimizer it fills `.grad` and `done` calls `optimizer.step()` per layer.
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, low_precision: torch.dtype | None = None,
-                 compile_update: bool = False, weight_copies: DerivedWeights | None = None,
-                 int8_copies: DerivedWeights | None = None, workspace: dict | None = None) -> None:
-        self.optimizer = optimizer
-        self.low_precision = low_precision
-        self.fused = isinstance(optimizer, SmoothedSGD)
-        self.groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
-        self.started: set[int] = set()
-        # compile_update: a parameter's first bf16 (or int8) product waits here, (beta, product), until
-        # `done` applies it and the weight update in one compiled pass (FFConfig.compile_update); an
-        # int8 product is the tuple (acc (D, H) int32, row_scale (D, 1), col_scale (H,))
-        self.deferred = compile_update and self.fused and low_precision is not None
-        self.pending: dict[int, tuple[torch.Tensor, float, torch.Tensor | tuple]] = {}  # id(p) -> (p, beta, prod)
-        # rows added to a parameter whose bf16 product is pending (layer 1's label pixels): applied
-        # after its compiled pass (`done`), so that the layer keeps the one-pass update
-        self.late_rows: dict[int, list[tuple[torch.Tensor, torch.Tensor, float]]] = {}
-        # the compiled update also writes the new weight's bf16 copy, or (precision=int8) its
-        # quantize_weight_rows copy: kept in the learner's caches for the next step's products
-        self.weight_copies = weight_copies
-        self.int8_copies = int8_copies
-        # int8 and (lowp_product) bf16 gradient products (D, H) are written into one reused buffer per
-        # shape (a fresh 16 MB tensor per layer and step costs page faults); see _shared_out
-        self.workspace = workspace
-
-    def _buffer(self, p: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """(buffer, beta) to accumulate into: the smoothed gradient (fused) or p.grad."""
-        first = id(p) not in self.started
-        self.started.add(id(p))
-        if self.fused:
-            state = self.optimizer.state[p]
-            if "smoothed_grad" not in state:
-                state["smoothed_grad"] = torch.zeros_like(p)
-            return state["smoothed_grad"], (self.groups[id(p)]["smoothing"] if first else 1.0)
-        if first:
-            p.grad = torch.zeros_like(p)
-        return p.grad, 1.0
-
-    def _scale(self, p: torch.Tensor, scale: float) -> float:
-        return scale * (1.0 - self.groups[id(p)]["smoothing"]) if self.fused else scale
-
-    def product(self, p: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> None:
-        """grad(p) += scale * (a @ b)."""
-        buf, beta = self._buffer(p)
-        if self.low_precision is None:
-            buf.addmm_(a, b, beta=beta, alpha=self._scale(p, scale))
-            return
-        # bf16 operands, fp32 accumulation inside torch.mm, the (D, H) result rounded to bf16. The
-        # scale goes into the small (batch, H) factor b, and the product is widened to fp32 before
-        # the add: on CPU an fp32 += bf16 add is ~2.5x slower than widening first, and mul_ + add_
-        # would read the (D, H) buffer twice.
-        lp = self.low_precision
-        prod = torch.mm(a.to(lp), (b * self._scale(p, scale)).to(lp))  # (D, H) bf16
-        self._accumulate(p, buf, beta, prod)
-
-    def factor(self, p: torch.Tensor, scale: float) -> float:
-        """The factor `product` puts onto b for p (scale, times 1 - smoothing with ffnew.m's optimizer)."""
-        return self._scale(p, scale)
-
-    def lowp_product(self, p: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-        """`product` with both factors already in the low precision and b already scaled by
-        `factor(p, scale)`: grad(p) += a @ b (lowp_signal_pass makes b)."""
-        buf, beta = self._buffer(p)
-        out = self._shared_out(p, "lowp gradient", (a.shape[0], b.shape[1]), a.dtype, a.device)
-        self._accumulate(p, buf, beta, torch.mm(a, b) if out is None else torch.mm(a, b, out=out))
-
-    def _shared_out(self, p: torch.Tensor, name: str, shape: tuple[int, int], dtype: torch.dtype,
-                    device: torch.device) -> torch.Tensor | None:
-        """The workspace's reused (D, H) buffer for p's gradient product (None without a workspace):
-        a fresh 16 MB tensor per layer and step costs page faults. Another parameter's product still
-        waiting in that buffer for its compiled update is applied first."""
-        if self.workspace is None:
-            return None
-        out = workspace_buffer(self.workspace, name, shape, dtype, device)
-        for key, (param, _, prod) in list(self.pending.items()):
-            if key != id(p) and (prod[0] if isinstance(prod, tuple) else prod) is out:
-                self._flush(param)
-        return out
-
-    def int8_product(self, p: torch.Tensor, qa: torch.Tensor, qg: torch.Tensor, col: torch.Tensor,
-                     in_scale: torch.Tensor, scale: float) -> None:
-        """grad(p) += scale * a^T g for activities a (N, D) known only as their int8 rows qa (N, D),
-        a * in_scale ~= row * qa, and g (N, H) = signal * (f * row) known as its per-column rounding
-        qg (N, H) int8 times col (H,) (int8_signal_pass): a^T g = diag(1 / in_scale) qa^T (qg col),
-        the (D, N) x (N, H) product accumulated exactly in int32 (rule.precision=int8)."""
-        buf, beta = self._buffer(p)
-        out = self._shared_out(p, "gradient", (qa.shape[1], qg.shape[1]), torch.int32, qa.device)
-        acc = int8_matmul(qa.T, qg, out=out)  # (D, H) int32
-        self._accumulate(p, buf, beta, (acc, in_scale.reciprocal()[:, None], col * self._scale(p, scale)))
-
-    def _accumulate(self, p: torch.Tensor, buf: torch.Tensor, beta: float, prod: torch.Tensor | tuple) -> None:
-        """buf = beta * buf + prod for a bf16 product (D, H), or an int8 one (acc, row_scale, col_scale);
-        deferred to `done` when the update is compiled and this is p's first contribution."""
-        if self.deferred and beta != 1.0:
-            self.pending[id(p)] = (p, beta, prod)
-            return
-        self._flush(p)
-        wide = _widen(prod)
-        if beta == 1.0:
-            buf.add_(wide)
-        else:
-            torch.add(wide, buf, alpha=beta, out=buf)  # buf = beta * buf + prod, one pass
-
-    def rows(self, p: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, scale: float) -> None:
-        """grad(p)[index[k]] += scale * rows[k]."""
-        if id(p) in self.pending and not isinstance(self.pending[id(p)][2], tuple):  # after the compiled pass
-            self.late_rows.setdefault(id(p), []).append((index, rows, self._scale(p, scale)))
-            return
-        self._flush(p)
-        buf, beta = self._buffer(p)
-        if beta != 1.0:
-            buf.mul_(beta)
-        buf.index_add_(0, index, rows, alpha=self._scale(p, scale))
-
-    def vector(self, p: torch.Tensor, v: torch.Tensor, scale: float) -> None:
-        """grad(p) += scale * v."""
-        self._flush(p)
-        buf, beta = self._buffer(p)
-        if beta != 1.0:
-            buf.mul_(beta)
-        buf.add_(v, alpha=self._scale(p, scale))
-
-    def _flush(self, p: torch.Tensor) -> None:
-        """Apply p's deferred product to its smoothed gradient now (another contribution follows)."""
-        if id(p) in self.pending:
-            _, beta, prod = self.pending.pop(id(p))
-            buf = self.optimizer.state[p]["smoothed_grad"]
-            torch.add(_widen(prod), buf, alpha=beta, out=buf)
-            for index, rows, alpha in self.late_rows.pop(id(p), []):
-                buf.index_add_(0, index, rows, alpha=alpha)
-
-    def done(self, *params: torch.Tensor) -> None:
-        """The gradients of `params` are complete: update them now."""
-        if not self.fused:
-            return  # the optimizer steps once, after all layers (FFLearner.train_batch)
-        for p in params:
-            group = self.groups[id(p)]
-            lr, wc = group["lr"], group["weight_cost"]
-            if id(p) in self.pending:  # the product, the smoothing and the update in one pass
-                _, beta, prod = self.pending.pop(id(p))
-                smoothed = self.optimizer.state[p]["smoothed_grad"]
-                if isinstance(prod, tuple):  # int8: the new weight's int8 copy comes back
-                    q, amax = _run_compiled(True, (*prod, smoothed, p), beta, lr, 1.0 - lr * wc)
-                    copy = (q, int8_scales(amax)[:, 0])
-                    if self.int8_copies is not None:
-                        self.int8_copies.put(p, copy)
-                else:
-                    copy = _run_compiled(False, (prod, smoothed, p), beta, lr, 1.0 - lr * wc)
-                    late = self.late_rows.pop(id(p), [])
-                    for index, rows, alpha in late:  # smoothed += a rows, so w -= lr a rows (rows of W only)
-                        smoothed.index_add_(0, index, rows, alpha=alpha)
-                        p.index_add_(0, index, rows, alpha=-lr * alpha)
-                    if late:
-                        touched = torch.cat([index for index, _, _ in late]).unique()
-                        copy[touched] = p[touched].to(copy.dtype)
-                    if self.weight_copies is not None:
-                        self.weight_copies.put(p, copy)
-                continue
-            if wc:
-                p.mul_(1.0 - lr * wc)  # ffnew.m: w += lr (g - wc w), the weight cost unsmoothed
-            p.add_(self.optimizer.state[p]["smoothed_grad"], alpha=-lr)
-
-
-def _widen(prod: torch.Tensor | tuple) -> torch.Tensor:
-    """A gradient product as float32 (D, H): a bf16 product widened, or an int8 one (acc, row_scale,
-    col_scale) rescaled."""
-    if isinstance(prod, tuple):
-        acc, row_scale, col_scale = prod
-        return acc.float().mul_(row_scale).mul_(col_scale)
-    return prod.float()
-
-
-def _run_compiled(int8: bool, tensors: tuple, beta: float, lr: float, decay: float):
-    """compiled_smoothed_update(int8)(*tensors, beta, lr, decay), with the scalars as 0-d tensors."""
-    smoothed = tensors[-2]
-    scalars = [torch.tensor(v, dtype=smoothed.dtype, device=smoothed.device) for v in (beta, lr, decay)]
-    return call_compiled(smoothed_update_int8 if int8 else smoothed_update, *tensors, *scalars)
 
 
 @register_rule("forward-forward")
@@ -625,9 +265,9 @@ class FFLearner(Learner):
         metrics[f"ff_loss/layer{i + 1}"] = -(torch.log(p_pos + eps).mean() + torch.log(1 - p_neg + eps).mean())
         metrics[f"pair_error/layer{i + 1}"] = (p_neg > p_pos).float().mean()
 
-    def gradient_sink(self) -> _GradientSink:
+    def gradient_sink(self) -> GradientSink:
         """Where one fast step's gradients go (its layers are updated as they complete)."""
-        return _GradientSink(self.optimizers[0], self._low_precision(), self.cfg.compile_update, self._weight_copies,
+        return GradientSink(self.optimizers[0], self._low_precision(), self.cfg.compile_update, self._weight_copies,
                              self._int8_train_copies, self._int8_workspace)
 
     def _low_precision(self) -> torch.dtype | None:
@@ -708,7 +348,7 @@ class FFLearner(Learner):
         states = z.relu_() if activation == "relu" else activate(z, activation)
         return states, states.square().sum(1) if with_sumsq else None, r[:, None], prev_m
 
-    def _step_fast(self, images: torch.Tensor, y: torch.Tensor, sink: _GradientSink):
+    def _step_fast(self, images: torch.Tensor, y: torch.Tensor, sink: GradientSink):
         """Fused step. Layer 1's image part is computed once for the neutral, positive and
         negative inputs (they differ only in the 10 label pixels); positive and negative rows
         share one matmul per layer; normalized activities are never materialized (each row's
@@ -757,7 +397,7 @@ class FFLearner(Learner):
             states, sumsq = self._layer_step(i, states, sumsq, Wm[i], sink, metrics)
         return readout_grads, metrics
 
-    def _first_layer_step(self, img, shared, sq_img, y, y_neg, sink: _GradientSink, metrics: dict):
+    def _first_layer_step(self, img, shared, sq_img, y, y_neg, sink: GradientSink, metrics: dict):
         """Layer 1 on positive (label y) and negative (label y_neg) rows; updates it through `sink`.
 
         img (B, D) has zeros in the label pixels and shared = img @ W1 (B, H1). Returns the
@@ -777,7 +417,7 @@ class FFLearner(Learner):
         return states, sumsq
 
     def _layer_step(self, i: int, prev: torch.Tensor, prev_sumsq: torch.Tensor, w: torch.Tensor,
-                    sink: _GradientSink, metrics: dict):
+                    sink: GradientSink, metrics: dict):
         """Layer i (>= 1) on the previous layer's states prev (2B, D); updates it through `sink`.
 
         Needs nothing from other layers but prev: this is what lets each layer live on its own
@@ -789,7 +429,7 @@ class FFLearner(Learner):
                                                           compiled_passes=self.cfg.compile_update)  # (2B, H)
         mean, hparams = self.net.mean_states(i), self._signal_hparams(states.shape[1])
         # dC/dW = normalize_rows(prev)^T signal = prev^T (signal * r_prev)
-        if isinstance(prev_m, tuple):  # int8: prev ~= row * qa / in_scale (see _GradientSink.int8_product)
+        if isinstance(prev_m, tuple):  # int8: prev ~= row * qa / in_scale (see GradientSink.int8_product)
             qa, row = prev_m
             qg, amax, bias_grad, p_pos, p_neg = self._run(int8_signal_pass, states, sumsq, mean, r_prev * row, B,
                                                           *hparams)
