@@ -212,6 +212,12 @@ def normalize_rows(x: torch.Tensor) -> torch.Tensor:
     return x / (x.square().mean(dim=-1, keepdim=True).sqrt() + NORM_EPS)
 
 
+def inverse_rms(sumsq: torch.Tensor, width: int) -> torch.Tensor:
+    """1 / rms of rows of `width` entries from their sums of squares (N,): (N, 1), the factor by which
+    normalize_rows scales each row (a product of normalized rows is the product of the rows times it)."""
+    return (1.0 / ((sumsq / width).sqrt() + NORM_EPS))[:, None]
+
+
 def embed_label(images: torch.Tensor, label_pixels: torch.Tensor) -> torch.Tensor:
     """Replace the first C pixels of images (B, D) by label_pixels (B, C) (C = 10 for MNIST)."""
     x = images.clone()

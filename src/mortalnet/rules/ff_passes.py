@@ -17,6 +17,7 @@ from mortalnet.nets.ff import (
     activation_slope,
     int8_matmul,
     int8_scales,
+    inverse_rms,
     round_activity_rows,
     round_signal_columns,
 )
@@ -82,6 +83,15 @@ def ff_layer_signal(
     return signal, p_pos, p_neg
 
 
+def pair_metrics(p_pos: torch.Tensor, p_neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer's FF loss, -(mean log p_pos + mean log(1 - p_neg)), and its pair error, the share of
+    pairs whose negative row has the larger p(positive), from p(positive) on its positive rows (B,)
+    and negative rows (B,); inside the compiled passes they cost no extra pass."""
+    eps = 1e-7
+    loss = -(torch.log(p_pos + eps).mean() + torch.log(1 - p_neg + eps).mean())
+    return loss, (p_neg > p_pos).float().mean()
+
+
 def first_layer_pass(shared: torch.Tensor, W1: torch.Tensor, y: torch.Tensor, y_neg: torch.Tensor, strength: float,
                      r: torch.Tensor, b1: torch.Tensor, mean_states: torch.Tensor | None, theta: float, temp: float,
                      peer_norm: float, peer_decay: float, sign: float, activation: str):
@@ -91,7 +101,7 @@ def first_layer_pass(shared: torch.Tensor, W1: torch.Tensor, y: torch.Tensor, y_
     rows' 1 / rms, states f(z), goodness, ff_layer_signal, and the signal * r the weight gradient
     takes. Returns states (2B, H1), their sums of squares (2B,), the positive + negative halves of
     signal * r (B, H1) for the image pixels, each half (B, H1) for the label pixels, signal.sum(0)
-    (H1,), p_pos (B,) and p_neg (B,)."""
+    (H1,), and the layer's FF loss and pair error (`pair_metrics`)."""
     batch = len(y)
     z = torch.cat([shared + strength * W1[y], shared + strength * W1[y_neg]]) * r + b1  # (2B, H1)
     states = activate(z, activation)
@@ -100,31 +110,34 @@ def first_layer_pass(shared: torch.Tensor, W1: torch.Tensor, y: torch.Tensor, y_
                                            activation, sumsq)
     scaled = signal * r  # the input row is x * r, so dC/dW = x^T (signal * r)
     pos, neg = scaled[:batch], scaled[batch:]
-    return states, sumsq, pos + neg, pos, neg, signal.sum(0), p_pos, p_neg
+    return states, sumsq, pos + neg, pos, neg, signal.sum(0), *pair_metrics(p_pos, p_neg)
 
 
-def int8_layer_states(prev: torch.Tensor, r: torch.Tensor, in_scale: torch.Tensor, q: torch.Tensor,
+def int8_layer_states(prev: torch.Tensor, prev_sumsq: torch.Tensor, in_scale: torch.Tensor, q: torch.Tensor,
                       bias: torch.Tensor, activation: str):
-    """A layer's states from the previous layer's states prev (N, D) in int8 training, as one function
-    for torch.compile (rule.precision=int8 with compile_update): prev * in_scale rounded per row
-    (round_activity_rows), the exact int32 product with the layer's int8 weights q (D, H), then
-    f(acc * r * row + bias) and the goodness in one pass over the product (r (N, 1) = 1 / rms of
-    prev's rows). Returns states (N, H), their sums of squares (N,), qa (N, D) int8 and the row
-    maxima (N, 1) whose int8_scales is row."""
+    """A layer's states from the previous layer's states prev (N, D) and their sums of squares (N,) in
+    int8 training, as one function for torch.compile (rule.precision=int8 with compile_update):
+    r = inverse_rms(prev_sumsq) (N, 1), prev * in_scale rounded per row (round_activity_rows), the
+    exact int32 product with the layer's int8 weights q (D, H), then f(acc * r * row + bias) and the
+    goodness in one pass over the product. Returns states (N, H), their sums of squares (N,), r,
+    qa (N, D) int8 and the row maxima (N, 1) whose int8_scales is row."""
+    r = inverse_rms(prev_sumsq, prev.shape[1])
     qa, amax = round_activity_rows(prev, in_scale)
     z = torch.addcmul(bias, int8_matmul(qa, q).float(), r * int8_scales(amax))  # (N, H)
     states = activate(z, activation)
-    return states, states.square().sum(1), qa, amax
+    return states, states.square().sum(1), r, qa, amax
 
 
-def lowp_layer_states(prev: torch.Tensor, r: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, activation: str):
+def lowp_layer_states(prev: torch.Tensor, prev_sumsq: torch.Tensor, w: torch.Tensor, bias: torch.Tensor,
+                      activation: str):
     """`int8_layer_states` for bf16 products (rule.precision=bfloat16 with compile_update): prev (N, D)
     cast to w's dtype, the product with w (D, H) (fp32 accumulation, a bf16 result), then
     f(product * r + bias) and the goodness in one pass. Returns states (N, H), their sums of squares
-    (N,) and prev as multiplied (N, D) bf16 (the gradient product reuses it)."""
+    (N,), r (N, 1) and prev as multiplied (N, D) bf16 (the gradient product reuses it)."""
+    r = inverse_rms(prev_sumsq, prev.shape[1])
     prev_lp = prev.to(w.dtype)
     states = activate(torch.addcmul(bias, torch.mm(prev_lp, w), r), activation)  # (N, H) float32
-    return states, states.square().sum(1), prev_lp
+    return states, states.square().sum(1), r, prev_lp
 
 
 def lowp_signal_pass(states: torch.Tensor, goodness: torch.Tensor, mean_states: torch.Tensor | None,
@@ -133,10 +146,10 @@ def lowp_signal_pass(states: torch.Tensor, goodness: torch.Tensor, mean_states: 
     """`int8_signal_pass` for bf16 products: ff_layer_signal, then the gradient product's (N, H)
     factor signal * row_factor * scale cast to `dtype`, and signal.sum(0) for the bias (one pass when
     compiled).
-    Returns that factor, signal.sum(0) (H,), p_pos (B,) and p_neg (B,)."""
+    Returns that factor, signal.sum(0) (H,), and the layer's FF loss and pair error (`pair_metrics`)."""
     signal, p_pos, p_neg = ff_layer_signal(states, batch, theta, temp, mean_states, peer_norm, peer_decay, sign,
                                            activation, goodness)
-    return (signal * row_factor * scale).to(dtype), signal.sum(0), p_pos, p_neg
+    return (signal * row_factor * scale).to(dtype), signal.sum(0), *pair_metrics(p_pos, p_neg)
 
 
 def int8_signal_pass(states: torch.Tensor, goodness: torch.Tensor, mean_states: torch.Tensor | None,
@@ -145,11 +158,12 @@ def int8_signal_pass(states: torch.Tensor, goodness: torch.Tensor, mean_states: 
     """ff_layer_signal, then the signal's int8 rounding for the gradient product and its column sums
     for the bias (rule.precision=int8); compiled under rule.compile_update, where the (2B, H) signal
     then never goes to memory. Returns q (2B, H) int8 and the column maxima (H,) of
-    round_signal_columns(signal, row_factor), signal.sum(0) (H,), p_pos (B,) and p_neg (B,)."""
+    round_signal_columns(signal, row_factor), signal.sum(0) (H,), and the layer's FF loss and pair
+    error (`pair_metrics`)."""
     signal, p_pos, p_neg = ff_layer_signal(states, batch, theta, temp, mean_states, peer_norm, peer_decay, sign,
                                            activation, goodness)
     q, amax = round_signal_columns(signal, row_factor)
-    return q, amax, signal.sum(0), p_pos, p_neg
+    return q, amax, signal.sum(0), *pair_metrics(p_pos, p_neg)
 
 
 _COMPILED: dict[str, object] = {}

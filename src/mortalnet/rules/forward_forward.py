@@ -42,6 +42,7 @@ from mortalnet.nets.ff import (
     int8_matmul,
     int8_product,
     int8_scales,
+    inverse_rms,
     neutral_label,
     normalize_rows,
     one_hot,
@@ -64,6 +65,7 @@ from mortalnet.rules.ff_passes import (
     int8_signal_pass,
     lowp_layer_states,
     lowp_signal_pass,
+    pair_metrics,
 )
 from mortalnet.rules.ff_update import GradientSink
 
@@ -245,7 +247,7 @@ class FFLearner(Learner):
         theta, temp, peer_norm, peer_decay, sign, activation = self._signal_hparams(states.shape[1])
         signal, p_pos, p_neg = ff_layer_signal(states, batch, theta, temp, self.net.mean_states(i), peer_norm,
                                                peer_decay, sign, activation, goodness)
-        self._pair_metrics(i, p_pos, p_neg, metrics)
+        self._record_pair_metrics(i, *pair_metrics(p_pos, p_neg), metrics)
         return signal
 
     def _signal_hparams(self, width: int) -> tuple[float, float, float, float, float, str]:
@@ -259,11 +261,10 @@ class FFLearner(Learner):
         return call_compiled(fn, *args) if self.cfg.compile_update else fn(*args)
 
     @staticmethod
-    def _pair_metrics(i: int, p_pos: torch.Tensor, p_neg: torch.Tensor, metrics: dict) -> None:
-        """Layer i's FF loss and pair error from its p(positive) on positive and negative rows."""
-        eps = 1e-7
-        metrics[f"ff_loss/layer{i + 1}"] = -(torch.log(p_pos + eps).mean() + torch.log(1 - p_neg + eps).mean())
-        metrics[f"pair_error/layer{i + 1}"] = (p_neg > p_pos).float().mean()
+    def _record_pair_metrics(i: int, loss: torch.Tensor, pair_error: torch.Tensor, metrics: dict) -> None:
+        """Layer i's FF loss and pair error (`pair_metrics`) into the step's metrics."""
+        metrics[f"ff_loss/layer{i + 1}"] = loss
+        metrics[f"pair_error/layer{i + 1}"] = pair_error
 
     def gradient_sink(self) -> GradientSink:
         """Where one fast step's gradients go (its layers are updated as they complete)."""
@@ -323,13 +324,13 @@ class FFLearner(Learner):
         and prev as multiplied: fp32 or bf16, the tuple (qa (N, D) int8, row (N, 1)) for int8 training
         (the gradient product reuses it), None for int8.
         """
-        r = 1.0 / ((prev_sumsq / prev.shape[1]).sqrt() + NORM_EPS)  # (N,)
         if isinstance(w, tuple) and compiled_passes and len(prev) > INT8_MIN_ROWS:
-            states, sumsq, qa, amax = call_compiled(int8_layer_states, prev, r[:, None], w[1], w[0], bias, activation)
-            return states, sumsq, r[:, None], (qa, int8_scales(amax))
+            states, sumsq, r, qa, amax = call_compiled(int8_layer_states, prev, prev_sumsq, w[1], w[0], bias,
+                                                       activation)
+            return states, sumsq, r, (qa, int8_scales(amax))
         if compiled_passes and int8 is None and isinstance(w, torch.Tensor) and w.dtype != torch.float32:
-            states, sumsq, prev_m = call_compiled(lowp_layer_states, prev, r[:, None], w, bias, activation)
-            return states, sumsq, r[:, None], prev_m
+            return call_compiled(lowp_layer_states, prev, prev_sumsq, w, bias, activation)
+        r = inverse_rms(prev_sumsq, prev.shape[1])  # (N, 1)
         if isinstance(w, tuple):  # int8 training: (normalize_rows(prev) @ w) = r * row * (qa @ q)
             q, in_scale = w
             if compiled_passes:
@@ -339,14 +340,14 @@ class FFLearner(Learner):
                 prev_m = quantize_activity_rows(prev, in_scale, workspace, name="train")  # (qa, row)
             acc = int8_matmul(prev_m[0], q, out=workspace_buffer(workspace, "train", (len(prev), q.shape[1]),
                                                                   torch.int32, prev.device))  # (N, H) int32
-            z = torch.addcmul(bias, acc, r[:, None] * prev_m[1])  # (N, H) float32
+            z = torch.addcmul(bias, acc, r * prev_m[1])  # (N, H) float32
         elif int8 is None:
             prev_m = prev.to(w.dtype)
-            z = torch.addcmul(bias, torch.mm(prev_m, w), r[:, None])  # (N, H)
+            z = torch.addcmul(bias, torch.mm(prev_m, w), r)  # (N, H)
         else:
-            prev_m, z = None, int8_product(prev, *int8, row_factor=r[:, None], bias=bias, workspace=workspace)
+            prev_m, z = None, int8_product(prev, *int8, row_factor=r, bias=bias, workspace=workspace)
         states = z.relu_() if activation == "relu" else activate(z, activation)
-        return states, states.square().sum(1) if with_sumsq else None, r[:, None], prev_m
+        return states, states.square().sum(1) if with_sumsq else None, r, prev_m
 
     def _step_fast(self, images: torch.Tensor, y: torch.Tensor, sink: GradientSink):
         """Fused step. Layer 1's image part is computed once for the neutral, positive and
@@ -405,9 +406,9 @@ class FFLearner(Learner):
         s, B, D = self.cfg.label_strength, len(y), img.shape[1]
         W1, b1 = self.net.layers[0].weight, self.net.layers[0].bias
         r = (1.0 / (((sq_img + s * s) / D).sqrt() + NORM_EPS))[:, None].repeat(2, 1)  # (2B, 1): any one-hot label
-        states, sumsq, both, pos, neg, bias_grad, p_pos, p_neg = self._run(
+        states, sumsq, both, pos, neg, bias_grad, loss, pair_error = self._run(
             first_layer_pass, shared, W1, y, y_neg, s, r, b1, self.net.mean_states(0), *self._signal_hparams(W1.shape[1]))
-        self._pair_metrics(0, p_pos, p_neg, metrics)
+        self._record_pair_metrics(0, loss, pair_error, metrics)
         # image rows are the same for positive and negative data: one (D, B) x (B, H1) product
         sink.product(W1, img.T, both, -1.0 / B)
         sink.rows(W1, y, pos, -s / B)  # label pixels: one row of W1 per label
@@ -431,12 +432,12 @@ class FFLearner(Learner):
         # dC/dW = normalize_rows(prev)^T signal = prev^T (signal * r_prev)
         if isinstance(prev_m, tuple):  # int8: prev ~= row * qa / in_scale (see GradientSink.int8_product)
             qa, row = prev_m
-            qg, amax, bias_grad, p_pos, p_neg = self._run(int8_signal_pass, states, sumsq, mean, r_prev * row, B,
-                                                          *hparams)
+            qg, amax, bias_grad, loss, pair_error = self._run(int8_signal_pass, states, sumsq, mean, r_prev * row,
+                                                              B, *hparams)
             sink.int8_product(layer.weight, qa, qg, int8_scales(amax), w[1], -1.0 / B)
         elif prev_m.dtype != torch.float32:  # bf16: the product's factor made (and cast) with the signal
-            b, bias_grad, p_pos, p_neg = self._run(lowp_signal_pass, states, sumsq, mean, r_prev,
-                                                   sink.factor(layer.weight, -1.0 / B), prev_m.dtype, B, *hparams)
+            b, bias_grad, loss, pair_error = self._run(lowp_signal_pass, states, sumsq, mean, r_prev,
+                                                       sink.factor(layer.weight, -1.0 / B), prev_m.dtype, B, *hparams)
             sink.lowp_product(layer.weight, prev_m.T, b)
         else:
             theta, temp, peer_norm, peer_decay, sign, activation = hparams
@@ -444,7 +445,8 @@ class FFLearner(Learner):
                                                    activation, sumsq)
             sink.product(layer.weight, prev_m.T, signal * r_prev, -1.0 / B)  # (D, H)
             bias_grad = signal.sum(0)
-        self._pair_metrics(i, p_pos, p_neg, metrics)
+            loss, pair_error = pair_metrics(p_pos, p_neg)
+        self._record_pair_metrics(i, loss, pair_error, metrics)
         sink.vector(layer.bias, bias_grad, -1.0 / B)
         sink.done(layer.weight, layer.bias)
         return states, sumsq
