@@ -116,7 +116,7 @@ class FFConfig(FFObjectiveConfig):
     goodness_shortlist: int = 0
     """Per-label test on a shortlist: 0 = score all labels by goodness (exact, the paper's test); k > 0 = rank labels by one neutral pass into the softmax and score only the top k by goodness (cheaper; its agreement with the exact test is measured, not assumed)."""
     precision: Literal["float32", "bfloat16", "int8"] = "float32"
-    """Matrix products in float32, or in bfloat16 (fast path only): bf16 copies of weights and activities are multiplied (fp32 accumulation inside each product); master weights, smoothed gradients and all other arithmetic stay float32. int8 (fast path, CPU): the training products of layers 2..L (forward and weight gradient) with int8 operands and exact int32 accumulation (weights rounded per input unit, activities per row, gradient signals per output unit), layer 1 and the softmax in bfloat16, the goodness test as test_precision=int8; an approximation whose cost in test error is measured (the speed-30-int8 preset's records), not assumed."""
+    """Matrix products in float32, or in bfloat16 (fast path only): bf16 copies of weights and activities are multiplied (fp32 accumulation inside each product); master weights, smoothed gradients and all other arithmetic stay float32. int8 (fast path, CPU): the training products of layers 2..L (forward and weight gradient) with int8 operands and exact int32 accumulation (weights rounded per input unit, activities per row, gradient signals per output unit), layer 1 in bfloat16, the softmax readout (10 columns) in float32 in every precision, the goodness test as test_precision=int8; an approximation whose cost in test error is measured (the speed-30-int8 preset's records), not assumed."""
     test_precision: Literal["same", "int8"] = "same"
     """Products of the per-label goodness test in layers 2..L: same = as `precision`; int8 = int8 weights (one scale per output unit) times int8 activities (one scale per row), exact int32 accumulation (torch._int_mm; ~2x bf16's rate on CPUs with VNNI or AMX). Fast path only; layer 1's shared image product, the softmax test and training keep `precision`. An approximation: its agreement with the exact test on trained nets is measured in benchmarks/goodness_test.py."""
     compile_update: bool = False
@@ -272,8 +272,8 @@ class FFLearner(Learner):
                              self._int8_train_copies, self._int8_workspace)
 
     def _low_precision(self) -> torch.dtype | None:
-        """The dtype of the products that are not int8: bf16 for precision bfloat16 and int8 (layer 1,
-        the softmax), else None (float32)."""
+        """The dtype of the FF layers' products that are not int8: bf16 for precision bfloat16 and int8
+        (int8's layer 1), else None (float32). The softmax readout's products stay float32."""
         return torch.bfloat16 if self.cfg.precision in ("bfloat16", "int8") else None
 
     def _matmul_weights(self) -> list[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
