@@ -133,6 +133,25 @@ def add_fractions_of_peak(r: dict, flops: dict[str, float], peak_of: dict[str, s
         r[f"{name} fraction of peak"] = f / r[f"{name} step s"] / (r[f"{peak_of[name]} matmul peak GFLOP/s"] * 1e9)
 
 
+def update_state_bytes(input_dim: int, hidden: tuple[int, ...]) -> int:
+    """The least memory traffic of ffnew.m's update in one step: each float32 weight and its smoothed
+    gradient read and written once (16 bytes per weight; 217 MB for 784-4x2000, which no cache holds)."""
+    return 16 * sum(a * b for a, b in zip((input_dim, *hidden[:-1]), hidden))
+
+
+def add_step_bounds(r: dict, flops: dict[str, float], peak_of: dict[str, str], state_bytes: int) -> None:
+    """Into one round's record r, for each step `name` whose products were replayed alone
+    ("<name> products alone s"): "<name> products alone fraction of peak", their FLOP/s over the peak
+    of the step's dtype, and "<name> step bound fraction of peak", the same FLOPs over the products'
+    time plus state_bytes at the round's memory rate ("memory GB/s"): the most any implementation of
+    the recipe can reach on this machine if its update does not overlap its products."""
+    for name, f in flops.items():
+        peak_flops = r[f"{peak_of[name]} matmul peak GFLOP/s"] * 1e9
+        products_s = r[f"{name} products alone s"]
+        r[f"{name} products alone fraction of peak"] = f / products_s / peak_flops
+        r[f"{name} step bound fraction of peak"] = f / (products_s + state_bytes / (r["memory GB/s"] * 1e9)) / peak_flops
+
+
 def ratio_over_rounds(rounds: list[dict], num: str, den: str | None) -> dict[str, float]:
     """r[num] / r[den] (or r[num] alone) in each round: {"median", "min", "max"} over rounds."""
     values = sorted(r[num] / (r[den] if den else 1.0) for r in rounds)
@@ -448,18 +467,10 @@ def main() -> None:
         "int8, compiled update, int8 shortlist-3 test": ("int8, compiled update step", "test, shortlist of 3, int8"),
     }
     int8_test_flops = 2 * 10 * len(xe) * sum(a * b for a, b in zip(hidden[:-1], hidden[1:]))  # layers 2..L, 10 labels
-    # ffnew.m's update reads and writes each weight and its smoothed gradient, float32, once per step at
-    # the least (16 bytes per weight; 2 x 54 MB for 4x2000, no cache holds them): at the measured memory
-    # rate, the time no implementation of the recipe avoids beside its products (if the two do not overlap)
-    state_bytes = 16 * sum(a * b for a, b in zip((784, *hidden[:-1]), hidden))
+    state_bytes = update_state_bytes(784, hidden)
     for r in rounds:  # the derived numbers of each round, from its own measurements
         add_fractions_of_peak(r, flops, peak_of)
-        for name in alone:
-            peak_flops = r[f"{peak_of[name]} matmul peak GFLOP/s"] * 1e9
-            products_s = r[f"{name} products alone s"]
-            r[f"{name} products alone fraction of peak"] = flops[name] / products_s / peak_flops
-            r[f"{name} step bound fraction of peak"] = (
-                flops[name] / (products_s + state_bytes / (r["memory GB/s"] * 1e9)) / peak_flops)
+        add_step_bounds(r, {name: flops[name] for name in alone}, peak_of, state_bytes)
         for name, (step, test) in epochs.items():
             if f"{step} s" in r:
                 r[f"epoch, {name} s"] = steps_per_epoch * r[f"{step} s"] + eval_scale * r[f"{test} s"]

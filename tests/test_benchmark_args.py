@@ -248,6 +248,20 @@ def test_ff_throughput_takes_every_ratio_within_a_round(monkeypatch):
     assert [r["memory GB/s"] for r in rounds] == pytest.approx([20.0] * 3)
 
 
+def test_ff_throughput_step_bound_adds_the_update_s_least_traffic_to_the_products_alone():
+    """Products of 10 GFLOP replayed in 0.05 s at a 400 GFLOP/s peak: 0.5 of the peak alone; with
+    ffnew.m's update traffic for 784-2000 (16 bytes per weight, 25 MB) at 25 GB/s (1 ms) the bound is
+    10e9 / 0.051 / 400e9."""
+    ft = load("ff_throughput")
+    assert ft.update_state_bytes(784, (2000,)) == 16 * 784 * 2000
+    assert ft.update_state_bytes(784, (2000, 1000)) == 16 * (784 * 2000 + 2000 * 1000)
+    r = {"bfloat16 matmul peak GFLOP/s": 400.0, "memory GB/s": 25.0, "b products alone s": 0.05}
+    ft.add_step_bounds(r, {"b": 10e9}, {"b": "bfloat16"}, ft.update_state_bytes(784, (2000,)))
+    assert r["b products alone fraction of peak"] == pytest.approx(0.5)
+    assert r["b step bound fraction of peak"] == pytest.approx(10e9 / (0.05 + 16 * 784 * 2000 / 25e9) / 400e9)
+    assert r["b step bound fraction of peak"] < r["b products alone fraction of peak"]
+
+
 @pytest.mark.parametrize("precision", ["float32", "bfloat16", "int8"])
 def test_ff_throughput_replays_exactly_the_products_it_counts(precision):
     """The products recorded from one step are the ones ff_step_flops counts (their FLOPs add up to
