@@ -38,7 +38,7 @@ from torch import nn
 
 from mortalnet.config import ConfigError
 from mortalnet.data.negatives import hybrid_negatives
-from mortalnet.nets.ff import NORM_EPS, DerivedWeights, FFDense, activate, normalize_rows, product
+from mortalnet.nets.ff import DerivedWeights, FFDense, activate, inverse_rms, normalize_rows, product
 from mortalnet.nets.local import LocallyConnected2d
 from mortalnet.optim import OptimizerConfig, make_optimizer, schedule_factor, set_lr_scale
 from mortalnet.rules import register_rule
@@ -229,10 +229,10 @@ class FFLayerwiseLearner(Learner):
         """
         s, C = self.cfg.label_strength, self.num_classes
         if not self.supervised:
-            r = 1.0 / ((sq / self.input_dim).sqrt() + NORM_EPS)
-            return u * r[:, None] + self.layers[0].bias, r[:, None]
+            r = inverse_rms(sq, self.input_dim)  # (N, 1)
+            return u * r + self.layers[0].bias, r
         label_sq = s * s if labels is not None else s * s / C  # the same for every one-hot label
-        r = (1.0 / (((sq + label_sq) / (self.input_dim + C)).sqrt() + NORM_EPS))[:, None]
+        r = inverse_rms(sq + label_sq, self.input_dim + C)  # (N, 1)
         lab = s * self.label_weight[labels] if labels is not None else (s / C) * self.label_weight.sum(0)
         return (u + lab) * r + self.layers[0].bias, r
 
@@ -392,7 +392,7 @@ class FFLayerwiseLearner(Learner):
         image part computed once)."""
         N, C = len(images), self.num_classes
         u, sq = self._image_part(images)  # (N, U1), computed once for the C labels
-        r = (1.0 / (((sq + self.cfg.label_strength**2) / (self.input_dim + C)).sqrt() + NORM_EPS))[:, None, None]
+        r = inverse_rms(sq + self.cfg.label_strength**2, self.input_dim + C)[:, None]  # (N, 1, 1)
         z1 = (u[:, None, :] + self.cfg.label_strength * self.label_weight[None]) * r + self.layers[0].bias
         states = self.states_from_first(z1.reshape(N * C, -1))  # row n*C + k: image n with label k
         scores = sum(s.square().sum(1) for s in states[self.goodness_from:])

@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from mortalnet.config import ConfigError
 from mortalnet.nets.ff import (
     INT8_MIN_ROWS,
-    NORM_EPS,
     Activation,
     DerivedWeights,
     FFNet,
@@ -368,13 +367,11 @@ class FFLearner(Learner):
         shared = self._total_input(img, Wm[0], torch.zeros_like(b1))  # (B, H1): image part of layer 1
         sq_img = img.square().sum(1)  # (B,)
 
-        def inv_rms(label_sq: float) -> torch.Tensor:  # 1 / rms of the full input row
-            return 1.0 / (((sq_img + label_sq) / D).sqrt() + NORM_EPS)
 
         metrics: dict[str, torch.Tensor] = {}
         readout_grads: list[torch.Tensor] = []
         if cfg.readout:  # --- neutral pass -> readout update and hard negative labels -------------
-            r_neu = inv_rms(C * (s / C) ** 2)[:, None]  # (B, 1)
+            r_neu = inverse_rms(sq_img + C * (s / C) ** 2, D)  # (B, 1): 1 / rms of the full input row
             states = activate((shared + (s / C) * W1[:C].sum(0)) * r_neu + b1, cfg.activation)  # (B, H1)
             sumsq = states.square().sum(1)
             normed: list[torch.Tensor | None] = []  # kept only for the layers the readout reads
@@ -405,7 +402,7 @@ class FFLearner(Learner):
         states (2B, H1) and their sums of squares (2B,)."""
         s, B, D = self.cfg.label_strength, len(y), img.shape[1]
         W1, b1 = self.net.layers[0].weight, self.net.layers[0].bias
-        r = (1.0 / (((sq_img + s * s) / D).sqrt() + NORM_EPS))[:, None].repeat(2, 1)  # (2B, 1): any one-hot label
+        r = inverse_rms(sq_img + s * s, D).repeat(2, 1)  # (2B, 1): any one-hot label
         states, sumsq, both, pos, neg, bias_grad, loss, pair_error = self._run(
             first_layer_pass, shared, W1, y, y_neg, s, r, b1, self.net.mean_states(0), *self._signal_hparams(W1.shape[1]))
         self._record_pair_metrics(0, loss, pair_error, metrics)
@@ -518,10 +515,10 @@ class FFLearner(Learner):
             Wm, int8 = self._matmul_weights(), [None] * len(net.layers)
         img = images.clone()
         img[:, :C] = 0.0
-        r = 1.0 / (((img.square().sum(1) + s * s) / D).sqrt() + NORM_EPS)  # (B,)
+        r = inverse_rms(img.square().sum(1) + s * s, D)  # (B, 1)
         shared = self._total_input(img, Wm[0], torch.zeros_like(b1))  # (B, H1)
         label_rows = W1[:C][None] if labels is None else W1[labels]  # (1, C, H1) or (B, k, H1)
-        z = torch.addcmul(b1, shared[:, None, :] + s * label_rows, r[:, None, None])  # (B, k, H1)
+        z = torch.addcmul(b1, shared[:, None, :] + s * label_rows, r[:, None])  # (B, k, H1)
         z = z.relu_() if self.cfg.activation == "relu" else activate(z, self.cfg.activation)
         states = z.reshape(B * k, -1)  # row b*k + j: image b with its j-th label
         sumsq = torch.linalg.vector_norm(states, dim=1).square_()  # (B*k,) one pass, no (B*k, H) temporary
