@@ -9,7 +9,8 @@ Prints and writes (results/benchmarks/ff_throughput-<device>.json):
   * the per-label goodness test: images/s with layer 1's image part computed once vs ten times,
     in bfloat16, with int8 products (`rule.test_precision=int8`, over the int8 matmul rate
     measured likewise), and with a shortlist of 3 labels;
-  * the bfloat16 step with `rule.compile_update` (one compiled pass for each layer's update);
+  * the bfloat16 step with `rule.compile_update` (one compiled pass for each layer's update), and
+    the int8 goodness test as a compile_update learner runs it (layers 2..L in one compiled pass);
   * on CPU, the step with int8 training products (`rule.precision=int8`: layers 2..L in int8, layer 1
     in bf16), eager and with the compiled update, over the int8 matmul rate;
   * one epoch (500 steps + the 10k validation test) against a naive autograd implementation;
@@ -425,6 +426,14 @@ def main() -> None:
     int8_test = FFLearner(replace(FFConfig(), precision="bfloat16", test_precision="int8"), hidden, seed=0, device=device)
     int8_short = FFLearner(replace(FFConfig(), precision="bfloat16", test_precision="int8", goodness_shortlist=3),
                            hidden, seed=0, device=device)
+    # the int8 test as a rule.compile_update learner runs it (layers 2..L in one compiled pass,
+    # int8_goodness_pass; compiled at its first call, in the timer's warm-up)
+    compiled_tests = {}
+    if "bfloat16, compiled update" in learners:
+        for name, k in (("layer 1 shared, int8, compiled", 0), ("shortlist of 3, int8, compiled", 3)):
+            compiled_tests[name] = FFLearner(replace(FFConfig(), precision="bfloat16", test_precision="int8",
+                                                     compile_update=True, goodness_shortlist=k), hidden, seed=0,
+                                             device=device)
     measurements = {f"{name} step": cycling_steps(lr.train_batch, x, y, B) for name, lr in learners.items()}
     measurements["naive step"] = cycling_steps(naive.step, x, y, B)
     # the per-label test of 1000 images in chunks of 200, as FFLearner.evaluate does; the shortlist
@@ -442,6 +451,8 @@ def main() -> None:
         "test, shortlist of 3, int8":
             lambda: int8_short.predict_batches(int8_short.goodness_scores, xe, int8_short.goodness_chunk),
     })
+    measurements.update({f"test, {name}": lambda lr=lr: lr.predict_batches(lr.goodness_scores, xe, lr.goodness_chunk)
+                         for name, lr in compiled_tests.items()})
     # each eager learner's step products replayed alone (same shapes, strides, dtypes, order): what its
     # step would take if it were nothing but products (the compiled learners run the same products)
     alone = [name for name in ("float32", "bfloat16", "int8") if name in learners]
@@ -454,6 +465,9 @@ def main() -> None:
     # the int8 learners' products are int8 in layers 2..L and bf16 in layer 1 (~5% of 4x2000's): over the int8 peak
     peak_of = {name: lr.cfg.precision for name, lr in learners.items()}
     steps_per_epoch, eval_scale = -(-50_000 // B), 10_000 / len(xe)  # the 10k validation test, timed on xe
+    # a compile_update learner runs the compiled int8 test (when it could be compiled here)
+    int8_test_of_compiled = "layer 1 shared, int8" + (", compiled" if compiled_tests else "")
+    int8_short_of_compiled = "shortlist of 3, int8" + (", compiled" if compiled_tests else "")
     epochs = {  # name: (step measurement, test measurement)
         "naive": ("naive step", "test, naive implementation"),
         "float32": ("float32 step", "test, layer 1 shared"),
@@ -461,10 +475,10 @@ def main() -> None:
         "bfloat16 with the shortlist-3 test": ("bfloat16 step", "test, shortlist of 3, bfloat16"),
         "bfloat16, compiled update": ("bfloat16, compiled update step", "test, layer 1 shared, bfloat16"),
         "bfloat16, compiled update, shortlist-3 test": ("bfloat16, compiled update step", "test, shortlist of 3, bfloat16"),
-        "bfloat16, compiled update, int8 test": ("bfloat16, compiled update step", "test, layer 1 shared, int8"),
+        "bfloat16, compiled update, int8 test": ("bfloat16, compiled update step", f"test, {int8_test_of_compiled}"),
         "int8, int8 test": ("int8 step", "test, layer 1 shared, int8"),
-        "int8, compiled update, int8 test": ("int8, compiled update step", "test, layer 1 shared, int8"),
-        "int8, compiled update, int8 shortlist-3 test": ("int8, compiled update step", "test, shortlist of 3, int8"),
+        "int8, compiled update, int8 test": ("int8, compiled update step", f"test, {int8_test_of_compiled}"),
+        "int8, compiled update, int8 shortlist-3 test": ("int8, compiled update step", f"test, {int8_short_of_compiled}"),
     }
     int8_test_flops = 2 * 10 * len(xe) * sum(a * b for a, b in zip(hidden[:-1], hidden[1:]))  # layers 2..L, 10 labels
     state_bytes = update_state_bytes(784, hidden)
@@ -474,8 +488,10 @@ def main() -> None:
         for name, (step, test) in epochs.items():
             if f"{step} s" in r:
                 r[f"epoch, {name} s"] = steps_per_epoch * r[f"{step} s"] + eval_scale * r[f"{test} s"]
-        r["int8 test fraction of peak"] = (int8_test_flops / r["test, layer 1 shared, int8 s"]
-                                           / (r["int8 matmul peak GFLOP/s"] * 1e9))
+        for test in ("layer 1 shared, int8", "layer 1 shared, int8, compiled"):
+            if f"test, {test} s" in r:
+                r[f"{test} test fraction of peak"] = (int8_test_flops / r[f"test, {test} s"]
+                                                      / (r["int8 matmul peak GFLOP/s"] * 1e9))
 
     def median(key: str) -> float:
         return statistics.median(r[key] for r in rounds)
@@ -502,7 +518,7 @@ def main() -> None:
     rows.append({"measurement": "naive implementation step", "examples_per_s": B / median("naive step s"),
                  "ms_per_step": 1e3 * median("naive step s")})
     for name in ("layer 1 shared", "10 full passes", "naive implementation", "layer 1 shared, bfloat16",
-                 "shortlist of 3, bfloat16", "layer 1 shared, int8", "shortlist of 3, int8"):
+                 "shortlist of 3, bfloat16", "layer 1 shared, int8", "shortlist of 3, int8", *compiled_tests):
         rows.append({"measurement": f"per-label goodness test, {name}", "images_per_s": len(xe) / median(f"test, {name} s")})
     for name in epochs:
         if f"epoch, {name} s" in rounds[0]:
@@ -516,7 +532,7 @@ def main() -> None:
         "goodness_test_bf16_over_naive_implementation": ("test, naive implementation s", "test, layer 1 shared, bfloat16 s"),
         "goodness_test_bf16_shortlist3_over_naive_implementation": ("test, naive implementation s", "test, shortlist of 3, bfloat16 s"),
         "goodness_test_int8_over_naive_implementation": ("test, naive implementation s", "test, layer 1 shared, int8 s"),
-        "int8_test_products_achieved_over_int8_matmul_peak": ("int8 test fraction of peak", None),
+        "int8_test_products_achieved_over_int8_matmul_peak": ("layer 1 shared, int8 test fraction of peak", None),
         "epoch_float32_over_naive_implementation_speed": ("epoch, naive s", "epoch, float32 s"),
         "epoch_bfloat16_over_naive_implementation_speed": ("epoch, naive s", "epoch, bfloat16 s"),
         "epoch_bfloat16_shortlist3_over_naive_implementation_speed": ("epoch, naive s", "epoch, bfloat16 with the shortlist-3 test s"),
@@ -532,6 +548,16 @@ def main() -> None:
                 ("epoch, naive s", "epoch, bfloat16, compiled update, shortlist-3 test s"),
             "epoch_bfloat16_compiled_update_int8_test_over_naive_implementation_speed":
                 ("epoch, naive s", "epoch, bfloat16, compiled update, int8 test s"),
+        })
+    if compiled_tests:
+        spread.update({
+            "goodness_test_int8_compiled_over_naive_implementation":
+                ("test, naive implementation s", "test, layer 1 shared, int8, compiled s"),
+            "goodness_test_int8_compiled_shortlist3_over_naive_implementation":
+                ("test, naive implementation s", "test, shortlist of 3, int8, compiled s"),
+            "goodness_test_int8_compiled_over_eager_speed": ("test, layer 1 shared, int8 s", "test, layer 1 shared, int8, compiled s"),
+            "int8_compiled_test_products_achieved_over_int8_matmul_peak":
+                ("layer 1 shared, int8, compiled test fraction of peak", None),
         })
     if "int8, compiled update" in learners:
         spread.update({

@@ -6,14 +6,15 @@ that kept their checkpoint, e.g. `ff-supervised --preset paper` seeds 0 and 1) t
 one invocation:
 
   * agreement: the validation and test error of the exact test (fused fast path, float32), of the
-    same in bfloat16 and with int8 products (`rule.test_precision=int8`), and of the shortlist test
+    same in bfloat16 and with int8 products (`rule.test_precision=int8`; eager, and compiled as a
+    `rule.compile_update` learner runs it: int8-compiled), and of the shortlist test
     (`rule.goodness_shortlist=k`: one neutral pass into the softmax readout picks k candidate
     labels, only those are scored by goodness) for each k, with the number of images whose
     predicted label differs from the exact test's;
   * speed, side by side on the first run's trained weights and the same test images (in chunks of
     about 2000 image-label rows, as FFLearner.evaluate: 200 images, or 666 with a shortlist of 3): the naive implementation (`ff_throughput.NaiveFF`: ten full
     float32 passes), the library's straightforward path (`goodness_scores_reference`), the exact
-    fast path in float32, bfloat16 and int8, and the shortlist in float32 and bfloat16.
+    fast path in float32, bfloat16, int8 and int8-compiled, and the shortlist in float32 and bfloat16.
 
     python benchmarks/goodness_test.py --runs results/ff-supervised/paper/seed0,results/ff-supervised/paper/seed1
 
@@ -43,12 +44,15 @@ from mortalnet.runs import (  # noqa: E402
 
 
 def test_config(cfg, shortlist: int, precision: str):
-    """The learner's config for one test variant. precision: float32 | bfloat16 | int8, the last
-    being rule.test_precision=int8 (layers 2..L) with bfloat16 for layer 1's shared product and the
-    shortlist's softmax pass: the fastest setting that still scores all ten labels."""
-    if precision == "int8":
-        return replace(cfg, goodness_shortlist=shortlist, precision="bfloat16", test_precision="int8")
-    return replace(cfg, goodness_shortlist=shortlist, precision=precision, test_precision="same")
+    """The learner's config for one test variant. precision: float32 | bfloat16 | int8 | int8-compiled;
+    int8 is rule.test_precision=int8 (layers 2..L) with bfloat16 for layer 1's shared product and the
+    shortlist's softmax pass: the fastest setting that still scores all ten labels; int8-compiled the
+    same as a rule.compile_update learner runs it (layers 2..L in one compiled pass)."""
+    if precision in ("int8", "int8-compiled"):
+        return replace(cfg, goodness_shortlist=shortlist, precision="bfloat16", test_precision="int8",
+                       compile_update=precision == "int8-compiled")
+    return replace(cfg, goodness_shortlist=shortlist, precision=precision, test_precision="same",
+                   compile_update=False)
 
 
 def predictions(learner, x: torch.Tensor, shortlist: int, precision: str) -> torch.Tensor:
@@ -138,7 +142,7 @@ def main() -> None:
         "library straightforward path (10 full passes)":
             lambda: learner.predict_batches(learner.goodness_scores_reference, test_x, chunk=200),
     }
-    exact_variants = [("exact, layer 1 shared", 0, p) for p in ("float32", "bfloat16", "int8")]
+    exact_variants = [("exact, layer 1 shared", 0, p) for p in ("float32", "bfloat16", "int8", "int8-compiled")]
     for name, k, precision in exact_variants + [
         (f"shortlist {k}", k, p) for k in ks for p in ("float32", "bfloat16")
     ]:
@@ -166,7 +170,7 @@ def main() -> None:
                 continue
             x, y = split.tensors()
             exact = predictions(learner, x, 0, "float32")
-            variants = [("exact", 0, "float32"), ("exact", 0, "bfloat16"), ("exact", 0, "int8")]
+            variants = [("exact", 0, p) for p in ("float32", "bfloat16", "int8", "int8-compiled")]
             variants += [(f"shortlist {k}", k, p) for k in ks for p in ("float32", "bfloat16")]
             for name, k, precision in variants:
                 pred = exact if (k, precision) == (0, "float32") else predictions(learner, x, k, precision)
@@ -181,7 +185,8 @@ def main() -> None:
     hidden = [layer.bias.numel() for layer in learner.net.layers]
     ratios = {"exact_float32_over_naive_speed": naive_s / seconds["exact, layer 1 shared, float32"],
               "exact_bfloat16_over_naive_speed": naive_s / seconds["exact, layer 1 shared, bfloat16"],
-              "exact_int8_over_naive_speed": naive_s / seconds["exact, layer 1 shared, int8"]}
+              "exact_int8_over_naive_speed": naive_s / seconds["exact, layer 1 shared, int8"],
+              "exact_int8_compiled_over_naive_speed": naive_s / seconds["exact, layer 1 shared, int8-compiled"]}
     for k in ks:
         ratios[f"shortlist{k}_bfloat16_over_naive_speed"] = naive_s / seconds[f"shortlist {k}, bfloat16"]
     result = {

@@ -608,3 +608,30 @@ def test_compile_update_without_a_working_compiler_says_so(monkeypatch, precisio
     with pytest.raises(RuntimeError, match="torch.compile failed .*run with rule.compile_update=false"):
         learner.train_batch(images(32), torch.arange(32) % 10)
     assert all(torch.equal(w, layer.weight) for w, layer in zip(before, learner.net.layers))
+
+
+@pytest.mark.parametrize("shortlist,goodness_from", [(0, 1), (3, 1), (0, 0)])
+def test_compiled_int8_goodness_test_equals_the_eager_one(monkeypatch, shortlist, goodness_from):
+    """rule.test_precision=int8 with compile_update: layers 2..L of the per-label test run as one
+    compiled pass (int8_goodness_pass) and score every label as the eager int8 test does (the same
+    roundings; the fused epilogues to float rounding), shortlist and goodness_from included."""
+    import mortalnet.rules.forward_forward as ff
+
+    calls = []
+    run = ff.call_compiled
+    monkeypatch.setattr(ff, "call_compiled", lambda fn, *args: calls.append(fn.__name__) or run(fn, *args))
+    cfg = dict(precision="bfloat16", test_precision="int8", goodness_shortlist=shortlist, goodness_from=goodness_from)
+    learner = tiny(seed=7, compile_update=True, **cfg)
+    x, y = images(48, seed=2), torch.arange(48) % 10
+    for _ in range(3):
+        learner.train_batch(x, y)
+    calls.clear()
+    compiled = learner.predict_batches(learner.goodness_scores, x, chunk=20)  # chunks of 20, 20 and 8 images
+    assert calls == ["int8_goodness_pass"] * 3
+    learner.cfg = replace(learner.cfg, compile_update=False)
+    eager = learner.predict_batches(learner.goodness_scores, x, chunk=20)
+    assert calls == ["int8_goodness_pass"] * 3  # the eager test compiles nothing
+    assert torch.equal(torch.isinf(compiled), torch.isinf(eager)) and torch.isinf(eager).any() == (shortlist > 0)
+    finite = torch.isfinite(eager)
+    torch.testing.assert_close(compiled[finite], eager[finite], rtol=1e-4, atol=1e-5)
+    assert torch.equal(compiled.argmax(1), eager.argmax(1))

@@ -166,6 +166,36 @@ def int8_signal_pass(states: torch.Tensor, goodness: torch.Tensor, mean_states: 
     return q, amax, signal.sum(0), *pair_metrics(p_pos, p_neg)
 
 
+def int8_goodness_pass(shared: torch.Tensor, label_rows: torch.Tensor, r: torch.Tensor, b1: torch.Tensor,
+                       strength: float, qs: list[torch.Tensor], scales: list[torch.Tensor], biases: list[torch.Tensor],
+                       activation: str, goodness_from: int) -> torch.Tensor:
+    """The per-label goodness test of rule.test_precision=int8 from layer 1's shared image product on,
+    as one function for torch.compile (rule.compile_update): the eager FFLearner.goodness_scores
+    path's arithmetic, with each layer's epilogue (rescaling, bias, f, goodness) and the next layer's
+    row rounding fused into one pass over its states (eager, ~ten passes over a (B*k, H) array).
+
+    shared (B, H1): the image part of layer 1's total input; label_rows (1, C, H1) (all labels) or
+    (B, k, H1) (a shortlist): the rows of W1 the label pixels select; r (B, 1): 1 / rms of an input
+    row with any one-hot label. Layers 2..L as quantize_columns copies, q (D, H) int8 with scale (H,),
+    and their biases; states rounded per row (each row's largest |entry| -> 127), the product exact
+    in int32. Returns (B, k): the goodness (sum of squares) summed over layers goodness_from..L.
+    """
+    z = torch.addcmul(b1, shared[:, None, :] + strength * label_rows, r[:, None])  # (B, k, H1)
+    states = activate(z, activation).reshape(-1, z.shape[2])  # (B*k, H1), row b*k + j: image b, j-th label
+    sumsq = states.square().sum(1)  # (B*k,)
+    scores = sumsq if goodness_from == 0 else torch.zeros_like(sumsq)
+    for i, (q, scale, bias) in enumerate(zip(qs, scales, biases), start=1):
+        r_prev = inverse_rms(sumsq, states.shape[1])  # (B*k, 1): normalizing the rows scales the product
+        row = int8_scales(states.abs().amax(1, keepdim=True))  # (B*k, 1)
+        qa = torch.round(states / row).to(torch.int8)  # (B*k, D)
+        z = torch.addcmul(bias, int8_matmul(qa, q).float() * scale, r_prev * row)  # (B*k, H)
+        states = activate(z, activation)
+        sumsq = states.square().sum(1)
+        if i >= goodness_from:
+            scores = scores + sumsq
+    return scores.reshape(len(shared), -1)
+
+
 _COMPILED: dict[str, object] = {}
 
 

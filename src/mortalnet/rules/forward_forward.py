@@ -60,6 +60,7 @@ from mortalnet.rules.ff_passes import (
     ff_layer_signal,
     first_layer_pass,
     goodness_sign,
+    int8_goodness_pass,
     int8_layer_states,
     int8_signal_pass,
     lowp_layer_states,
@@ -119,7 +120,7 @@ class FFConfig(FFObjectiveConfig):
     test_precision: Literal["same", "int8"] = "same"
     """Products of the per-label goodness test in layers 2..L: same = as `precision`; int8 = int8 weights (one scale per output unit) times int8 activities (one scale per row), exact int32 accumulation (torch._int_mm; ~2x bf16's rate on CPUs with VNNI or AMX). Fast path only; layer 1's shared image product, the softmax test and training keep `precision`. An approximation: its agreement with the exact test on trained nets is measured in benchmarks/goodness_test.py."""
     compile_update: bool = False
-    """bfloat16 or int8 fast path with smoothed-sgd only: fold each layer's bf16 (int8: int32) gradient product into the smoothed gradient and update the weight in one torch.compile'd pass over the weights instead of four eager ones (int8: and re-quantize it for the next step); layer 1's pass up to its learning signal, and each layer's states pass (1/rms, int8 rounding or bf16 cast, product, epilogue, goodness) and signal pass (signal, its rounding or cast, bias sums, the layer's FF loss and pair error) become compiled functions too (the roundings bit for bit the eager ones, the rest to float rounding) (needs a working torch.compile, i.e. a C++ compiler on CPU; compiling takes ~10-20 s at the first step). The same arithmetic as the eager update, to float rounding."""
+    """bfloat16 or int8 fast path with smoothed-sgd only: fold each layer's bf16 (int8: int32) gradient product into the smoothed gradient and update the weight in one torch.compile'd pass over the weights instead of four eager ones (int8: and re-quantize it for the next step); layer 1's pass up to its learning signal, and each layer's states pass (1/rms, int8 rounding or bf16 cast, product, epilogue, goodness) and signal pass (signal, its rounding or cast, bias sums, the layer's FF loss and pair error) become compiled functions too (the roundings bit for bit the eager ones, the rest to float rounding); so does the int8 goodness test (test_precision=int8, or precision=int8) from layer 1's shared product on, each layer's epilogue fused with the next layer's rounding (int8_goodness_pass; the same scores to float rounding) (needs a working torch.compile, i.e. a C++ compiler on CPU; compiling takes ~10-20 s at the first step). The same arithmetic as the eager update, to float rounding."""
 
 
 @register_rule("forward-forward")
@@ -291,6 +292,10 @@ class FFLearner(Learner):
     def _int8_train_weight(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """quantize_weight_rows(w) (precision=int8): the compiled update's copy, or one made now."""
         return self._int8_train_copies.get(w)
+
+    def _int8_test(self) -> bool:
+        """Whether the goodness test multiplies layers 2..L in int8 (test_precision=int8, or precision=int8)."""
+        return "int8" in (self.cfg.test_precision, self.cfg.precision)
 
     def _int8_weights(self) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
         """Per layer, quantize_columns(weight) for the int8 goodness test (None for layer 1, whose
@@ -496,7 +501,9 @@ class FFLearner(Learner):
         adds the same amount to the row's norm whatever the label, so layer 1's total input is
         shared + W1[label] * s / rms: the image part is computed once, not C times. With
         rule.test_precision=int8 the products of layers 2..L are int8 ones (nets.ff.int8_product):
-        all but layer 1's shared image product, ~1% of the test's arithmetic in 784-4x2000.
+        all but layer 1's shared image product, ~1% of the test's arithmetic in 784-4x2000; with
+        rule.compile_update as well, everything after that product is one compiled pass
+        (ff_passes.int8_goodness_pass), else the eager passes of _goodness_of_layers.
         """
         if not self.cfg.fast:
             return self.goodness_scores_reference(images)
@@ -508,31 +515,43 @@ class FFLearner(Learner):
         else:
             k, labels = C, None
         W1, b1 = net.layers[0].weight, net.layers[0].bias
-        if "int8" in (self.cfg.test_precision, self.cfg.precision):  # layers 2..L in int8; layer 1 as `precision`
-            int8 = self._int8_weights()
-            Wm = [self._matmul_weight(W1)] + [None] * (len(net.layers) - 1)
-        else:
-            Wm, int8 = self._matmul_weights(), [None] * len(net.layers)
         img = images.clone()
         img[:, :C] = 0.0
         r = inverse_rms(img.square().sum(1) + s * s, D)  # (B, 1)
-        shared = self._total_input(img, Wm[0], torch.zeros_like(b1))  # (B, H1)
+        shared = self._total_input(img, self._matmul_weight(W1), torch.zeros_like(b1))  # (B, H1), as `precision`
         label_rows = W1[:C][None] if labels is None else W1[labels]  # (1, C, H1) or (B, k, H1)
-        z = torch.addcmul(b1, shared[:, None, :] + s * label_rows, r[:, None])  # (B, k, H1)
-        z = z.relu_() if self.cfg.activation == "relu" else activate(z, self.cfg.activation)
-        states = z.reshape(B * k, -1)  # row b*k + j: image b with its j-th label
-        sumsq = torch.linalg.vector_norm(states, dim=1).square_()  # (B*k,) one pass, no (B*k, H) temporary
-        scores = sumsq.clone() if self.cfg.goodness_from == 0 else torch.zeros_like(sumsq)
-        for i, layer in enumerate(net.layers[1:], start=1):
-            states, _, _, _ = self._next_states(states, sumsq, Wm[i], layer.bias, self.cfg.activation, int8[i],
-                                                self._int8_workspace, with_sumsq=False)
-            sumsq = torch.linalg.vector_norm(states, dim=1).square_()
-            if i >= self.cfg.goodness_from:
-                scores += sumsq
+        if self._int8_test() and self.cfg.compile_update:  # layers 2..L and their goodness: one compiled pass
+            qs, scales = zip(*self._int8_weights()[1:])
+            scores = call_compiled(int8_goodness_pass, shared, label_rows, r, b1, s, list(qs), list(scales),
+                                   [layer.bias for layer in net.layers[1:]], self.cfg.activation,
+                                   self.cfg.goodness_from).reshape(-1)  # (B*k,)
+        else:
+            scores = self._goodness_of_layers(shared, label_rows, r)
         if labels is not None:  # labels off the shortlist score -inf
             full = torch.full((B, C), float("-inf"), device=images.device)
             return full.scatter_(1, labels, scores.reshape(B, k) * self._sign)
         return scores.reshape(B, C) * self._sign  # neg-sum-squares: the label with the least activity
+
+    def _goodness_of_layers(self, shared: torch.Tensor, label_rows: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """goodness_scores' eager passes: (B*k,) goodness summed over layers goodness_from..L, row
+        b*k + j for image b with its j-th label (the arguments as int8_goodness_pass takes them)."""
+        net, cfg = self.net, self.cfg
+        if self._int8_test():  # layers 2..L in int8 (layer 1's shared product was as `precision`)
+            Wm, int8 = [None] * len(net.layers), self._int8_weights()
+        else:
+            Wm, int8 = self._matmul_weights(), [None] * len(net.layers)
+        z = torch.addcmul(net.layers[0].bias, shared[:, None, :] + cfg.label_strength * label_rows, r[:, None])
+        z = z.relu_() if cfg.activation == "relu" else activate(z, cfg.activation)  # (B, k, H1)
+        states = z.reshape(-1, z.shape[2])  # row b*k + j: image b with its j-th label
+        sumsq = torch.linalg.vector_norm(states, dim=1).square_()  # (B*k,) one pass, no (B*k, H) temporary
+        scores = sumsq.clone() if cfg.goodness_from == 0 else torch.zeros_like(sumsq)
+        for i, layer in enumerate(net.layers[1:], start=1):
+            states, _, _, _ = self._next_states(states, sumsq, Wm[i], layer.bias, cfg.activation, int8[i],
+                                                self._int8_workspace, with_sumsq=False)
+            sumsq = torch.linalg.vector_norm(states, dim=1).square_()
+            if i >= cfg.goodness_from:
+                scores += sumsq
+        return scores
 
     @torch.no_grad()
     def goodness_scores_reference(self, images: torch.Tensor) -> torch.Tensor:
