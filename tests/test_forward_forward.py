@@ -300,9 +300,9 @@ def test_compiled_update_equals_the_eager_bf16_update(monkeypatch):
                                        eager.optimizers[0].state[pe.weight]["smoothed_grad"], rtol=1e-5, atol=1e-6)
 
     compiled = step_eager_and_compiled("bfloat16", same_layers)
-    # every layer takes the compiled pass every step; layer 1's label rows are added after it
+    # every layer takes the compiled pass every step, layer 1 with its label rows
     assert calls == [(30, 12), (12, 10), (10, 8)] * 4
-    # the bf16 copies the passes returned (layer 1's patched where its label rows changed) are the weights'
+    # the bf16 copies the passes returned are the weights'
     for layer, copy in zip(compiled.net.layers, compiled._matmul_weights()):
         assert copy is compiled._weight_copies.get(layer.weight) and torch.equal(copy, layer.weight.to(torch.bfloat16))
 

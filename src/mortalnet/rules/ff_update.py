@@ -10,6 +10,7 @@ and vectors (biases); with bf16 or int8 products the (D, H) product goes into a 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from mortalnet.nets.ff import DerivedWeights, int8_matmul, int8_scales, round_weight_rows, workspace_buffer
 from mortalnet.optim import SmoothedSGD
@@ -17,14 +18,19 @@ from mortalnet.rules.ff_passes import call_compiled
 
 
 def smoothed_update(prod: torch.Tensor, smoothed: torch.Tensor, weight: torch.Tensor, beta: torch.Tensor,
-                    lr: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
+                    lr: torch.Tensor, decay: torch.Tensor, head: torch.Tensor | None = None) -> torch.Tensor:
     """ffnew.m's update of one weight matrix from its (already scaled) bf16 gradient product prod (D, H):
-        smoothed = beta * smoothed + prod;   weight = decay * weight - lr * smoothed
-    with decay = 1 - lr * weight_cost; returns the new weight in prod's dtype (the next step's
-    matmul copy). Written for torch.compile, which turns it into one pass over smoothed and weight
-    (eager PyTorch needs five, the bf16 copy included); the scalars are 0-d tensors so that a
-    changing learning rate does not trigger a recompilation."""
-    smoothed.mul_(beta).add_(prod.float())
+        smoothed = beta * smoothed + prod (+ head in the first rows);   weight = decay * weight - lr * smoothed
+    with decay = 1 - lr * weight_cost; head (m, H) float32, when given, is more gradient for the
+    first m rows (layer 1's label pixels, `GradientSink.leading_rows`). Returns the new weight in
+    prod's dtype (the next step's matmul copy). Written for torch.compile, which turns it into one
+    pass over smoothed and weight (eager PyTorch needs five, the bf16 copy included; the padded head
+    is read in the same pass); the scalars are 0-d tensors so that a changing learning rate does
+    not trigger a recompilation."""
+    grad = prod.float()
+    if head is not None:
+        grad = grad + F.pad(head, (0, 0, 0, prod.shape[0] - head.shape[0]))  # (D, H), zero below row m
+    smoothed.mul_(beta).add_(grad)
     weight.mul_(decay).sub_(smoothed * lr)
     return weight.to(prod.dtype)
 
@@ -44,7 +50,7 @@ def smoothed_update_int8(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: 
 
 
 class GradientSink:
-    """Receives a step's descent gradients piece by piece: products a @ b, rows, vectors.
+    """Receives a step's descent gradients piece by piece: products a @ b, leading rows, vectors.
 
     With `SmoothedSGD` (ffnew.m) it folds them straight into the optimizer's smoothed gradient
     (g = a g + (1 - a) grad, one in-place addmm) and updates each parameter as soon as its layer
@@ -65,9 +71,9 @@ class GradientSink:
         # int8 product is the tuple (acc (D, H) int32, row_scale (D, 1), col_scale (H,))
         self.deferred = compile_update and self.fused and low_precision is not None
         self.pending: dict[int, tuple[torch.Tensor, float, torch.Tensor | tuple]] = {}  # id(p) -> (p, beta, prod)
-        # rows added to a parameter whose bf16 product is pending (layer 1's label pixels): applied
-        # after its compiled pass (`done`), so that the layer keeps the one-pass update
-        self.late_rows: dict[int, list[tuple[torch.Tensor, torch.Tensor, float]]] = {}
+        # leading rows (m, H) for a parameter whose bf16 product is pending (layer 1's label pixels),
+        # already scaled: its compiled pass adds them (`done`), so the layer keeps the one-pass update
+        self.heads: dict[int, torch.Tensor] = {}
         # the compiled update also writes the new weight's bf16 copy, or (precision=int8) its
         # quantize_weight_rows copy: kept in the learner's caches for the next step's products
         self.weight_copies = weight_copies
@@ -154,16 +160,16 @@ class GradientSink:
         else:
             torch.add(wide, buf, alpha=beta, out=buf)  # buf = beta * buf + prod, one pass
 
-    def rows(self, p: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, scale: float) -> None:
-        """grad(p)[index[k]] += scale * rows[k]."""
-        if id(p) in self.pending and not isinstance(self.pending[id(p)][2], tuple):  # after the compiled pass
-            self.late_rows.setdefault(id(p), []).append((index, rows, self._scale(p, scale)))
+    def leading_rows(self, p: torch.Tensor, rows: torch.Tensor, scale: float) -> None:
+        """grad(p)[:m] += scale * rows for rows (m, H) (layer 1's label pixels: its first C rows)."""
+        if id(p) in self.pending and not isinstance(self.pending[id(p)][2], tuple) and id(p) not in self.heads:
+            self.heads[id(p)] = rows * self._scale(p, scale)  # into the compiled pass
             return
         self._flush(p)
         buf, beta = self._buffer(p)
         if beta != 1.0:
             buf.mul_(beta)
-        buf.index_add_(0, index, rows, alpha=self._scale(p, scale))
+        buf[: len(rows)].add_(rows, alpha=self._scale(p, scale))
 
     def vector(self, p: torch.Tensor, v: torch.Tensor, scale: float) -> None:
         """grad(p) += scale * v."""
@@ -179,8 +185,9 @@ class GradientSink:
             _, beta, prod = self.pending.pop(id(p))
             buf = self.optimizer.state[p]["smoothed_grad"]
             torch.add(_widen(prod), buf, alpha=beta, out=buf)
-            for index, rows, alpha in self.late_rows.pop(id(p), []):
-                buf.index_add_(0, index, rows, alpha=alpha)
+            head = self.heads.pop(id(p), None)
+            if head is not None:
+                buf[: len(head)].add_(head)
 
     def done(self, *params: torch.Tensor) -> None:
         """The gradients of `params` are complete: update them now."""
@@ -198,14 +205,8 @@ class GradientSink:
                     if self.int8_copies is not None:
                         self.int8_copies.put(p, copy)
                 else:
-                    copy = _run_compiled(False, (prod, smoothed, p), beta, lr, 1.0 - lr * wc)
-                    late = self.late_rows.pop(id(p), [])
-                    for index, rows, alpha in late:  # smoothed += a rows, so w -= lr a rows (rows of W only)
-                        smoothed.index_add_(0, index, rows, alpha=alpha)
-                        p.index_add_(0, index, rows, alpha=-lr * alpha)
-                    if late:
-                        touched = torch.cat([index for index, _, _ in late]).unique()
-                        copy[touched] = p[touched].to(copy.dtype)
+                    head = self.heads.pop(id(p), None)
+                    copy = _run_compiled(False, (prod, smoothed, p), beta, lr, 1.0 - lr * wc, head)
                     if self.weight_copies is not None:
                         self.weight_copies.put(p, copy)
                 continue
@@ -223,9 +224,13 @@ def _widen(prod: torch.Tensor | tuple) -> torch.Tensor:
     return prod.float()
 
 
-def _run_compiled(int8: bool, tensors: tuple, beta: float, lr: float, decay: float):
-    """The compiled smoothed_update (int8: smoothed_update_int8) on tensors + (beta, lr, decay), the
-    scalars as 0-d tensors (a changing learning rate then compiles nothing new)."""
+def _run_compiled(int8: bool, tensors: tuple, beta: float, lr: float, decay: float,
+                  head: torch.Tensor | None = None):
+    """The compiled smoothed_update (int8: smoothed_update_int8) on tensors + (beta, lr, decay) (+ the
+    bf16 update's head rows), the scalars as 0-d tensors (a changing learning rate then compiles
+    nothing new)."""
     smoothed = tensors[-2]
     scalars = [torch.tensor(v, dtype=smoothed.dtype, device=smoothed.device) for v in (beta, lr, decay)]
-    return call_compiled(smoothed_update_int8 if int8 else smoothed_update, *tensors, *scalars)
+    if int8:
+        return call_compiled(smoothed_update_int8, *tensors, *scalars)
+    return call_compiled(smoothed_update, *tensors, *scalars, *(() if head is None else (head,)))
