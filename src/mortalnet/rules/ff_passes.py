@@ -93,16 +93,15 @@ def pair_metrics(p_pos: torch.Tensor, p_neg: torch.Tensor) -> tuple[torch.Tensor
 
 
 def first_layer_pass(shared: torch.Tensor, W1: torch.Tensor, y: torch.Tensor, y_neg: torch.Tensor, strength: float,
-                     r: torch.Tensor, b1: torch.Tensor, num_classes: int, mean_states: torch.Tensor | None,
-                     theta: float, temp: float, peer_norm: float, peer_decay: float, sign: float, activation: str):
+                     r: torch.Tensor, b1: torch.Tensor, mean_states: torch.Tensor | None, theta: float, temp: float,
+                     peer_norm: float, peer_decay: float, sign: float, activation: str):
     """Layer 1's positive and negative rows, from the shared image product shared (B, H1) and the
     label rows of W1 (D, H1), to its learning signal: the step's one body for layer 1, compiled
     under rule.compile_update (FFLearner._run): z = [shared + s W1[y]; shared + s W1[y_neg]] * r + b1 with r (2B, 1) the
     rows' 1 / rms, states f(z), goodness, ff_layer_signal, and the signal * r the weight gradient
     takes. Returns states (2B, H1), their sums of squares (2B,), the positive + negative halves of
-    signal * r (B, H1) for the image pixels, the label pixels' part of the gradient of W1's first
-    num_classes rows (C, H1) (row c: the sum of signal * r over the rows whose label is c; the label
-    pixel's value s is left to the caller), signal.sum(0) (H1,), and the layer's FF loss and pair error."""
+    signal * r (B, H1) for the image pixels, each half (B, H1) for the label pixels, signal.sum(0)
+    (H1,), and the layer's FF loss and pair error (`pair_metrics`)."""
     batch = len(y)
     z = torch.cat([shared + strength * W1[y], shared + strength * W1[y_neg]]) * r + b1  # (2B, H1)
     states = activate(z, activation)
@@ -110,15 +109,8 @@ def first_layer_pass(shared: torch.Tensor, W1: torch.Tensor, y: torch.Tensor, y_
     signal, p_pos, p_neg = ff_layer_signal(states, batch, theta, temp, mean_states, peer_norm, peer_decay, sign,
                                            activation, sumsq)
     scaled = signal * r  # the input row is x * r, so dC/dW = x^T (signal * r)
-    # label pixel c is on in the rows labelled c: row c of label_grad sums them
-    labels = torch.cat([y, y_neg])  # (2B,)
-    if torch.compiler.is_compiling():  # a (C, 2B) one-hot product (a compiled scatter-add's order varies run to run)
-        onehot = (labels[None, :] == torch.arange(num_classes, device=labels.device)[:, None]).to(scaled.dtype)
-        label_grad = onehot @ scaled
-    else:  # eager index_add_ sums in a fixed order, and is no product
-        label_grad = scaled.new_zeros(num_classes, scaled.shape[1]).index_add_(0, labels, scaled)
-    return (states, sumsq, scaled[:batch] + scaled[batch:], label_grad, signal.sum(0),
-            *pair_metrics(p_pos, p_neg))
+    pos, neg = scaled[:batch], scaled[batch:]
+    return states, sumsq, pos + neg, pos, neg, signal.sum(0), *pair_metrics(p_pos, p_neg)
 
 
 def int8_layer_states(prev: torch.Tensor, prev_sumsq: torch.Tensor, in_scale: torch.Tensor, q: torch.Tensor,

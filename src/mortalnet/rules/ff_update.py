@@ -50,7 +50,7 @@ def smoothed_update_int8(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: 
 
 
 class GradientSink:
-    """Receives a step's descent gradients piece by piece: products a @ b, leading rows, vectors.
+    """Receives a step's descent gradients piece by piece: products a @ b, rows, vectors.
 
     With `SmoothedSGD` (ffnew.m) it folds them straight into the optimizer's smoothed gradient
     (g = a g + (1 - a) grad, one in-place addmm) and updates each parameter as soon as its layer
@@ -71,8 +71,9 @@ class GradientSink:
         # int8 product is the tuple (acc (D, H) int32, row_scale (D, 1), col_scale (H,))
         self.deferred = compile_update and self.fused and low_precision is not None
         self.pending: dict[int, tuple[torch.Tensor, float, torch.Tensor | tuple]] = {}  # id(p) -> (p, beta, prod)
-        # leading rows (m, H) for a parameter whose bf16 product is pending (layer 1's label pixels),
-        # already scaled: its compiled pass adds them (`done`), so the layer keeps the one-pass update
+        # rows added to a parameter whose bf16 product is pending (layer 1's label pixels), gathered
+        # into a small (m, H) block of its first m rows: its compiled pass adds the block (`done`),
+        # so the layer keeps the one-pass update
         self.heads: dict[int, torch.Tensor] = {}
         # the compiled update also writes the new weight's bf16 copy, or (precision=int8) its
         # quantize_weight_rows copy: kept in the learner's caches for the next step's products
@@ -160,16 +161,19 @@ class GradientSink:
         else:
             torch.add(wide, buf, alpha=beta, out=buf)  # buf = beta * buf + prod, one pass
 
-    def leading_rows(self, p: torch.Tensor, rows: torch.Tensor, scale: float) -> None:
-        """grad(p)[:m] += scale * rows for rows (m, H) (layer 1's label pixels: its first C rows)."""
-        if id(p) in self.pending and not isinstance(self.pending[id(p)][2], tuple) and id(p) not in self.heads:
-            self.heads[id(p)] = rows * self._scale(p, scale)  # into the compiled pass
+    def rows(self, p: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, scale: float, within: int) -> None:
+        """grad(p)[index[k]] += scale * rows[k], every index below `within` (layer 1's label pixels:
+        its first C rows)."""
+        if id(p) in self.pending and not isinstance(self.pending[id(p)][2], tuple):  # for the compiled pass
+            if id(p) not in self.heads:
+                self.heads[id(p)] = rows.new_zeros(within, rows.shape[1])  # (within, H)
+            self.heads[id(p)].index_add_(0, index, rows, alpha=self._scale(p, scale))
             return
         self._flush(p)
         buf, beta = self._buffer(p)
         if beta != 1.0:
             buf.mul_(beta)
-        buf[: len(rows)].add_(rows, alpha=self._scale(p, scale))
+        buf.index_add_(0, index, rows, alpha=self._scale(p, scale))
 
     def vector(self, p: torch.Tensor, v: torch.Tensor, scale: float) -> None:
         """grad(p) += scale * v."""

@@ -408,13 +408,14 @@ class FFLearner(Learner):
         s, B, D = self.cfg.label_strength, len(y), img.shape[1]
         W1, b1 = self.net.layers[0].weight, self.net.layers[0].bias
         r = inverse_rms(sq_img + s * s, D).repeat(2, 1)  # (2B, 1): any one-hot label
-        states, sumsq, both, label_grad, bias_grad, loss, pair_error = self._run(
-            first_layer_pass, shared, W1, y, y_neg, s, r, b1, self.num_classes, self.net.mean_states(0),
-            *self._signal_hparams(W1.shape[1]))
+        states, sumsq, both, pos, neg, bias_grad, loss, pair_error = self._run(
+            first_layer_pass, shared, W1, y, y_neg, s, r, b1, self.net.mean_states(0), *self._signal_hparams(W1.shape[1]))
         self._record_pair_metrics(0, loss, pair_error, metrics)
         # image rows are the same for positive and negative data: one (D, B) x (B, H1) product
         sink.product(W1, img.T, both, -1.0 / B)
-        sink.leading_rows(W1, label_grad, -s / B)  # label pixels: W1's first C rows
+        C = self.num_classes  # label pixels: one of W1's first C rows per row of data
+        sink.rows(W1, y, pos, -s / B, within=C)
+        sink.rows(W1, y_neg, neg, -s / B, within=C)
         sink.vector(b1, bias_grad, -1.0 / B)
         sink.done(W1, b1)
         return states, sumsq
