@@ -14,7 +14,9 @@ one invocation:
   * speed, side by side on the first run's trained weights and the same test images (in chunks of
     about 2000 image-label rows, as FFLearner.evaluate: 200 images, or 666 with a shortlist of 3): the naive implementation (`ff_throughput.NaiveFF`: ten full
     float32 passes), the library's straightforward path (`goodness_scores_reference`), the exact
-    fast path in float32, bfloat16, int8 and int8-compiled, and the shortlist in float32 and bfloat16.
+    fast path in float32, bfloat16, int8 and int8-compiled, and the shortlist in float32 and bfloat16;
+    every measurement --rounds times (default 3), in turn, each speed-up taken within a round and
+    recorded as its median with its range.
 
     python benchmarks/goodness_test.py --runs results/ff-supervised/paper/seed0,results/ff-supervised/paper/seed1
 
@@ -24,6 +26,7 @@ Writes results/benchmarks/goodness_test-<device>[-<tag>].json.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -31,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ff_throughput import NaiveFF, timeit  # noqa: E402  (the same naive implementation as ff_throughput)
+from ff_throughput import NaiveFF, positive_int, ratio_over_rounds, timeit  # noqa: E402  (the same naive implementation)
 
 import mortalnet as mn  # noqa: E402
 from mortalnet.runs import (  # noqa: E402
@@ -63,6 +66,12 @@ def predictions(learner, x: torch.Tensor, shortlist: int, precision: str) -> tor
         return learner.predict_batches(learner.goodness_scores, x, chunk=learner.goodness_chunk).argmax(1)
     finally:
         learner.cfg = base
+
+
+def speeds_over_naive(rounds: list[dict[str, float]], naive: str) -> dict[str, dict[str, float]]:
+    """Per measurement, naive seconds / its seconds taken within each round: {"median", "min", "max"}
+    over the rounds (a shared VM's speed drifts between minutes; a ratio of two medians would mix rounds)."""
+    return {name: ratio_over_rounds(rounds, naive, name) for name in rounds[0]}
 
 
 def naive_with_weights(learner) -> NaiveFF:
@@ -117,6 +126,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--seconds", type=float, default=3.0, help="timing budget per measurement")
     ap.add_argument("--timing-images", type=int, default=1000)
+    ap.add_argument("--rounds", type=positive_int, default=3,
+                    help="rounds of every speed measurement, in turn; each speed-up is taken within a round and "
+                         "recorded as its median, with its range over the rounds")
     ap.add_argument("--agreement-threads", type=int, default=0,
                     help="torch threads for the agreement part, which needs no idle machine (0 = --threads)")
     ap.add_argument("--out", default="results/benchmarks")
@@ -147,10 +159,12 @@ def main() -> None:
         (f"shortlist {k}", k, p) for k in ks for p in ("float32", "bfloat16")
     ]:
         timed[f"{name}, {precision}"] = (lambda k=k, p=precision: predictions(learner, test_x, k, p))
-    seconds = {name: timeit(fn, args.seconds) for name, fn in timed.items()}
-    naive_s = seconds["naive implementation (10 full float32 passes, nn.Linear)"]
+    rounds = [{name: timeit(fn, args.seconds) for name, fn in timed.items()} for _ in range(args.rounds)]
+    seconds = {name: statistics.median(r[name] for r in rounds) for name in timed}
+    speed = speeds_over_naive(rounds, "naive implementation (10 full float32 passes, nn.Linear)")
     rows = [{"measurement": f"per-label goodness test: {name}", "images_per_s": len(test_x) / s,
-             "speed_over_naive": naive_s / s} for name, s in seconds.items()]
+             "speed_over_naive": speed[name]["median"], "speed_over_naive_min": speed[name]["min"],
+             "speed_over_naive_max": speed[name]["max"]} for name, s in seconds.items()]
     # the exact test must agree with the naive one on the trained net (same weights)
     with torch.no_grad():
         naive_pred = torch.cat([naive.goodness_test(test_x[j : j + 200]) for j in range(0, len(test_x), 200)]).argmax(1)
@@ -183,12 +197,10 @@ def main() -> None:
         print(f"{run}: agreement measured")
 
     hidden = [layer.bias.numel() for layer in learner.net.layers]
-    ratios = {"exact_float32_over_naive_speed": naive_s / seconds["exact, layer 1 shared, float32"],
-              "exact_bfloat16_over_naive_speed": naive_s / seconds["exact, layer 1 shared, bfloat16"],
-              "exact_int8_over_naive_speed": naive_s / seconds["exact, layer 1 shared, int8"],
-              "exact_int8_compiled_over_naive_speed": naive_s / seconds["exact, layer 1 shared, int8-compiled"]}
+    ratios = {f"exact_{p.replace('-', '_')}_over_naive_speed": speed[f"exact, layer 1 shared, {p}"]["median"]
+              for p in ("float32", "bfloat16", "int8", "int8-compiled")}
     for k in ks:
-        ratios[f"shortlist{k}_bfloat16_over_naive_speed"] = naive_s / seconds[f"shortlist {k}, bfloat16"]
+        ratios[f"shortlist{k}_bfloat16_over_naive_speed"] = speed[f"shortlist {k}, bfloat16"]["median"]
     result = {
         **benchmark_provenance("goodness_test", args, f"784-{'-'.join(map(str, hidden))} (trained: {runs[0]})", env),
         "rows": rows,
@@ -198,7 +210,8 @@ def main() -> None:
         "ratios": ratios,
         "notes": [
             "speed: images/s of the 10-label test on the same trained weights and images, one process, measured "
-            "side by side; speed_over_naive = naive seconds / these seconds",
+            f"side by side in {args.rounds} rounds (images/s: the median round); speed_over_naive = naive seconds / "
+            "these seconds, taken within each round: its median, min and max over the rounds",
             "agreement: errors of each variant on the runs' validation and test sets, and how many images get a "
             "different label from the exact float32 test",
         ],
@@ -207,7 +220,8 @@ def main() -> None:
     atomic_write_json(out, result)
     print(f"machine: {result['machine']}; {result['architecture']}")
     for r in rows:
-        print(f"  {r['measurement']}: {r['images_per_s']:.0f} images/s, {r['speed_over_naive']:.2f}x naive")
+        print(f"  {r['measurement']}: {r['images_per_s']:.0f} images/s, {r['speed_over_naive']:.2f}x naive "
+              f"({r['speed_over_naive_min']:.2f}-{r['speed_over_naive_max']:.2f}x)")
     for a in agreement:
         print(f"  {a['run']} {a['split']:<10} {a['test']:<12} {a['precision']:<8} errors {a['errors']:>4} / "
               f"{a['images']}, differs from exact on {a['differs_from_exact']}")

@@ -156,6 +156,16 @@ def test_goodness_test_agreement_title_counts_the_images_measured():
     assert "validation: 5,000 images" in title and "test: 10,000 images" in title and "per set" not in title
 
 
+def test_goodness_test_takes_each_speed_up_within_a_round():
+    """Speed-ups over the naive test are naive / variant per round, then the median and range over rounds
+    (not the ratio of the two medians, which would pair a fast round with a slow one)."""
+    gt = load("goodness_test")
+    rounds = [{"naive": 1.0, "int8": 0.2}, {"naive": 2.0, "int8": 0.25}, {"naive": 1.5, "int8": 0.5}]
+    speed = gt.speeds_over_naive(rounds, "naive")
+    assert speed["naive"] == {"median": 1.0, "min": 1.0, "max": 1.0}
+    assert speed["int8"] == pytest.approx({"median": 5.0, "min": 3.0, "max": 8.0})  # 5, 8, 3; medians alone: 1.5 / 0.25 = 6
+
+
 def test_goodness_test_refuses_a_run_that_is_not_there(capsys, monkeypatch, tmp_path):
     gt = load("goodness_test")
     monkeypatch.setattr(sys, "argv", ["goodness_test.py", "--runs", f"{tmp_path},{tmp_path / 'missing'}"])
