@@ -124,3 +124,50 @@ def test_benchmark_record_path_takes_a_tag_that_is_a_plain_name():
     for bad in ("../x", "a b", "x/y"):
         with pytest.raises(argparse.ArgumentTypeError, match="letters, digits"):
             benchmark_record_path("r/b", "ff_throughput", "cpu", bad)
+
+
+def _bench(tmp_path: Path, name: str, record: dict) -> None:
+    (tmp_path / "benchmarks").mkdir(exist_ok=True)
+    (tmp_path / "benchmarks" / f"{name}.json").write_text(json.dumps({"machine": "m", **record}))
+
+
+def test_speed_targets_status_comes_from_the_rounds_of_each_ratio(tmp_path):
+    from mortalnet.report import targets
+
+    per_round = [{"ratio": "fast_step_achieved_over_matmul_peak", "median": 0.72, "min": 0.68, "max": 0.75},
+                 {"ratio": "goodness_test_int8_over_naive_implementation", "median": 5.5, "min": 5.1, "max": 6.0}]
+    _bench(tmp_path, "ff_throughput-cpu", {
+        "benchmark": "ff_throughput", "tables": [{"title": "rounds", "rows": per_round}],
+        "ratios": {"fast_step_achieved_over_matmul_peak": 0.72, "bf16_step_achieved_over_bf16_matmul_peak": 0.5,
+                   "epoch_float32_over_naive_implementation_speed": 1.2,
+                   "epoch_int8_compiled_update_int8_test_over_naive_implementation_speed": 3.99,
+                   "goodness_test_shared_over_naive_speed": 1.3, "goodness_test_int8_over_naive_implementation": 5.5}})
+    rows = {r[0]: r for r in targets.benchmark_rows(tmp_path / "benchmarks" / "ff_throughput-cpu.json",
+                                                     json.loads((tmp_path / "benchmarks" / "ff_throughput-cpu.json").read_text()))}
+    fp32 = rows[f"{targets.STEP}, float32"]
+    assert fp32[2].startswith("0.72 (0.68-0.75)") and fp32[4] == "met at the median, not in every round"
+    assert rows[f"{targets.STEP}, bfloat16"][4] == "not met"
+    epoch = rows[targets.EPOCH]  # the best variant is shown, and 3.99 is not 4
+    assert "int8 training" in epoch[2] and epoch[4] == "not met"
+    test = rows[f"{targets.TEST} (4x2000)"]
+    assert test[2].startswith("5.50x (5.10-6.00x): int8 products") and test[4] == "met"
+
+
+def test_speed_targets_compare_test_errors_by_the_standard_error_of_the_difference(tmp_path):
+    from mortalnet.report import targets
+
+    assert targets.within_seed_spread([0.010, 0.011], [0.0105, 0.0115])
+    assert not targets.within_seed_spread([0.010, 0.0101], [0.020, 0.0201])
+    _bench(tmp_path, "time_to_accuracy-cpu", {
+        "benchmark": "time_to_accuracy", "preset": "speed", "target_error": 0.014, "target_seconds": 300.0,
+        "test_error_mean": 0.0101, "seconds_max": 310.0,
+        "runs": [{"seed": 0, "test_error": 0.0104}, {"seed": 1, "test_error": 0.0098}]})
+    for seed, (bf16, fp32) in enumerate([(0.0104, 0.0098), (0.0098, 0.0094)]):
+        _summary(tmp_path / f"bf16-{seed}", preset="speed", seed=seed, test_error=bf16)
+        _summary(tmp_path / f"fp32-{seed}", preset="speed-fp32", seed=seed, test_error=fp32)
+    table = targets.render_targets(tmp_path, tables.load_summaries(tmp_path))
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines()[2:]}
+    assert "at most 310 s" in lines[targets.TIME_TO_ACCURACY] and lines[targets.TIME_TO_ACCURACY].endswith("| not met |")
+    assert "1.01% ± 0.04 (speed, 2 seeds) vs 0.96% ± 0.03 (speed-fp32, 2 seeds)" in lines[targets.BF16]
+    assert lines[targets.BF16].endswith("| met |")
+    assert lines[targets.GPU].endswith("| not measured |")  # no record ran on a GPU

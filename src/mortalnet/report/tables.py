@@ -173,6 +173,7 @@ def render_readout_refits(summaries: list[dict[str, Any]]) -> str:
 def render(results: str | Path) -> str:
     """The markdown block (without markers) for all runs under `results`."""
     from mortalnet.experiments import EXPERIMENTS, get_experiment
+    from mortalnet.report.targets import render_targets
 
     summaries = load_summaries(results)
     bench = render_benchmarks(results)
@@ -234,6 +235,11 @@ def render(results: str | Path) -> str:
             section = exp.report_section([s for s in summaries if s["experiment"] == exp_name])
             if section:
                 out += "\n" + section.rstrip() + "\n"
+    targets = render_targets(results, summaries)
+    if targets:
+        out += ("\n### Speed targets\n\nEach speed target of [Speed and scale](#speed-and-scale) against the records "
+                "(status computed by `mortalnet report`: a ratio is met when every round reaches the goal; two test "
+                "errors agree when their means differ by at most two standard errors of the difference):\n\n" + targets)
     if bench:
         out += "\n### Benchmarks\n\n" + bench
     return out
