@@ -358,7 +358,7 @@ def test_no_tangent_leaves_the_physics_even_past_the_check(monkeypatch):
 
     from mortalnet.hardware import device as device_module
 
-    monkeypatch.setattr(device_module, "_check_no_grad", lambda name, t: None)
+    monkeypatch.setattr(device_module, "_check_argument", lambda name, t: None)
     layer = programmed(ANALOG_READOUT).layers[0]
     x, z = inputs(), torch.zeros(64, 16)
     with fwAD.dual_level():
@@ -515,7 +515,86 @@ def test_isolated_passes_leave_noise_stream_and_counters_alone():
         a.layers[0].forward(x)
         a.layers[0].forward(x)
     assert spent.macs == 2 * 64 * 21 * 16 and a.counts().macs == 0
+    assert a.evaluation_counts().macs == spent.macs  # kept apart, not erased
     assert torch.equal(a.layers[0].forward(x), b.layers[0].forward(x))  # same noise as if nothing happened
     with pytest.raises(DeviceError, match="only forward passes"):
         with a.isolated():
             a.layers[0].request_update(torch.zeros(20, 16))
+    with pytest.raises(DeviceError, match="only forward passes"):
+        with a.isolated():
+            a.advance_time(60.0)
+
+
+class _Recorder:
+    """Every tensor argument of the operations a hook sees."""
+
+    def __init__(self):
+        self.seen: list[torch.Tensor] = []
+
+    def note(self, args, kwargs):
+        for v in (*args, *(kwargs or {}).values()):
+            if isinstance(v, torch.Tensor):
+                self.seen.append(v)
+
+
+def _hidden_ids(dev) -> set[int]:
+    return {t.untyped_storage().data_ptr() for t in _physics.hidden_tensors(dev._token)}
+
+
+@pytest.mark.parametrize("hook", ["function-mode", "dispatch-mode"])
+def test_no_torch_hook_around_a_device_call_sees_its_hidden_tensors_privileged(hook):
+    """A TorchFunctionMode or TorchDispatchMode entered around forward, request_update and
+    advance_time sees the learner's own tensors, never the physics' (conductances, gains, noise)."""
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    rec = _Recorder()
+
+    class FunctionSpy(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            rec.note(args, kwargs)
+            return func(*args, **(kwargs or {}))
+
+    class DispatchSpy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            rec.note(args, kwargs)
+            return func(*args, **(kwargs or {}))
+
+    dev = programmed("harsh")
+    x, hidden = inputs(), _hidden_ids(dev)
+    with FunctionSpy() if hook == "function-mode" else DispatchSpy():
+        y = dev.layers[0].forward(x)
+        dev.layers[0].request_update(torch.full((20, 16), 1e-3))
+        dev.advance_time(60.0)
+    assert y.shape == (64, 16) and type(y) is torch.Tensor
+    leaked = [t for t in rec.seen if t.untyped_storage().data_ptr() in hidden]
+    assert not leaked, f"{len(leaked)} hidden tensors reached the {hook}"
+    assert hidden  # not vacuous: with the guard removed from device._unobserved both spies catch them
+
+
+def test_tensor_subclasses_are_refused_by_a_device():
+    class Spy(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            return super().__torch_function__(func, types, args, kwargs)
+
+    dev = programmed("mild")
+    with pytest.raises(TypeError, match="subclass"):
+        dev.layers[0].forward(inputs().as_subclass(Spy))
+    with pytest.raises(TypeError, match="subclass"):
+        dev.layers[0].request_update(torch.zeros(20, 16).as_subclass(Spy))
+    dev.layers[0].forward(torch.nn.Parameter(inputs(), requires_grad=False))  # a Parameter is a plain tensor
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_nan_or_inf_write_is_refused_and_leaves_the_device_as_it_was(bad):
+    dev, twin = programmed("mild"), programmed("mild")
+    delta = torch.zeros(20, 16)
+    delta[3, 4] = bad
+    with pytest.raises(DeviceError, match="NaN or inf"):
+        dev.layers[0].request_update(delta)
+    with pytest.raises(DeviceError, match="NaN or inf"):
+        dev.layers[0].program(delta, torch.zeros(16))
+    assert dev.write_requests == 0
+    x = inputs()
+    assert torch.equal(dev.layers[0].forward(x), twin.layers[0].forward(x))

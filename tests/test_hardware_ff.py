@@ -149,3 +149,14 @@ def test_digital_fast_path_options_are_refused_on_a_device(option):
     with pytest.raises(ValueError, match="device's own"):
         FFDeviceLearner(FFDeviceConfig(ff=replace(FFLearner.quick_config(), **option), hardware="ideal"), (8, 8),
                         input_dim=20)
+
+
+@pytest.mark.parametrize("option", [{"goodness": "neg-sum-squares"}, {"activation": "softplus"}, {"readout": False},
+                                    {"goodness_shortlist": 3}])
+def test_ff_options_the_device_rule_does_not_implement_are_refused(option):
+    """Settings the device rule would silently ignore (its goodness, nonlinearity and test are fixed) are refused."""
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="does not support rule.ff." + next(iter(option))):
+        FFDeviceLearner(FFDeviceConfig(ff=replace(FFLearner.quick_config(), **option), hardware="ideal"), (8, 8),
+                        input_dim=20)

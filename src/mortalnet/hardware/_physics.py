@@ -387,6 +387,7 @@ class _DeviceState:
             u = torch.rand(1, generator=torch.Generator().manual_seed(_mix(seed, _Q_DEATH))).item()
             self.death_time = -preset.mean_lifetime_s * math.log1p(-u)  # exponential lifetime
         self.counts = OpCounts()
+        self.evaluation_counts = OpCounts()  # what passes inside Device.isolated() cost (kept apart)
         # the instance's sealing key (see `export`): a function of its construction inputs only, so a
         # fresh process that rebuilds the same instance (same preset, shapes, seed) can take back its
         # own snapshots; it stays here and is never handed to a `Device` or `DeviceLayer`
@@ -503,11 +504,12 @@ class _DeviceState:
             t = load(_xor(cipher, _keystream(self._seal_subkey(b"encrypt"), nonce, len(cipher))))
         except Exception as err:  # noqa: BLE001 - authenticated but undecodable: a bug, not an attack
             raise DeviceError(f"not a sealed device state ({err})") from None
-        self.noise_gen.set_state(t["noise_gen"])
         time, alive, writes, death_time = t["scalars"].tolist()
+        counts = OpCounts(*[int(v) for v in t["counts"].tolist()])
+        self.noise_gen.set_state(t["noise_gen"])
         self.time, self.alive, self.writes, self.death_time = time, bool(alive), int(writes), death_time
         self.death_reason = bytes(t["death_reason"].numpy().tobytes()).decode().strip()
-        self.counts = OpCounts(*[int(v) for v in t["counts"].tolist()])
+        self.counts = counts
         dev = self.torch_device
         for i, layer in enumerate(self.layers):
             layer.k = t[f"layer{i}.k"].to(dev)

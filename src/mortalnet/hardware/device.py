@@ -19,15 +19,46 @@ from mortalnet.hardware import _physics
 from mortalnet.hardware.energy import EnergyModel, OpCounts
 from mortalnet.hardware.interface import DeviceError, check_no_derivative
 
+# pops the active TorchDispatchModes for the duration of a block (public since torch 2.0, underscored)
+from torch.utils._python_dispatch import _disable_current_modes
 
-def _check_no_grad(name: str, t: torch.Tensor | None) -> None:
-    """NoGradientError for anything a derivative could be taken through (autograd, forward AD, torch.func)."""
+
+def _check_argument(name: str, t: torch.Tensor | None) -> None:
+    """What a learner hands a device must be a plain tensor through which no derivative can be taken.
+
+    NoGradientError for autograd, forward AD and torch.func inputs (`check_no_derivative`);
+    TypeError for a torch.Tensor subclass (nn.Parameter aside): its __torch_function__ or
+    __torch_dispatch__ would be called by the physics' own operations, with the hidden tensors
+    as arguments."""
+    if t is None:
+        return
+    if isinstance(t, torch.Tensor) and type(t) not in (torch.Tensor, torch.nn.Parameter):
+        raise TypeError(f"{name} is a {type(t).__name__}, a torch.Tensor subclass: a device takes plain tensors "
+                        "(its physics would otherwise call the subclass's hooks with its hidden state)")
     check_no_derivative(name, t)
 
 
+@contextmanager
+def _unobserved() -> Iterator[None]:
+    """Run the hidden physics where nothing the learner installed can watch it: no autograd, no
+    torch function modes or subclass hooks (torch.overrides), no dispatch modes (TorchDispatchMode).
+    Without this a mode entered around a device call would receive every hidden tensor the physics
+    computes with (conductances, gains, thresholds) as an argument of its operations."""
+    with torch.no_grad(), torch._C.DisableTorchFunction(), _disable_current_modes():
+        yield
+
+
 def _physical(t: torch.Tensor | None) -> torch.Tensor | None:
-    """What enters the physics: the value alone, detached and in float32 (no graph or tangent rides along)."""
-    return None if t is None else t.detach().to(torch.float32)
+    """What enters the physics: the value alone, a plain detached float32 tensor (no graph, tangent
+    or subclass rides along). Call inside `_unobserved`."""
+    return None if t is None else t.detach().to(torch.float32).as_subclass(torch.Tensor)
+
+
+def _check_finite(what: str, t: torch.Tensor) -> None:
+    """DeviceError, before any cell is touched, for a NaN or infinite write: a physical write has a
+    finite size, and a NaN level would poison the device for good."""
+    if not bool(torch.isfinite(t).all()):
+        raise DeviceError(f"{what} contains NaN or inf; nothing was written (a device takes finite writes only)")
 
 
 def _check_matrix(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
@@ -81,7 +112,7 @@ class DeviceLayer:
         """
         for name, t in (("x", x), ("input_perturbation", input_perturbation),
                         ("total_input_perturbation", total_input_perturbation)):
-            _check_no_grad(name, t)
+            _check_argument(name, t)
         _check_matrix("x", x, (-1, self.in_features))
         B = x.shape[0]
         if input_perturbation is not None:
@@ -89,10 +120,10 @@ class DeviceLayer:
         if total_input_perturbation is not None:
             _check_matrix("total_input_perturbation", total_input_perturbation, (B, self.out_features))
         s = self._state()
-        with torch.no_grad():
+        with _unobserved():
             y = s.layers[self.index].forward(_physical(x), _physical(input_perturbation),
                                              _physical(total_input_perturbation), s.noise_gen, s.counts)
-        return y.to(x.dtype)
+            return y.to(x.dtype)
 
     __call__ = forward
 
@@ -102,15 +133,16 @@ class DeviceLayer:
         The device applies a noisy, quantized, bounded, possibly asymmetric version of it; the
         nominal record (`nominal_weights`) adds exactly what was asked.
         """
-        _check_no_grad("delta_weight", delta_weight)
-        _check_no_grad("delta_bias", delta_bias)
+        _check_argument("delta_weight", delta_weight)
+        _check_argument("delta_bias", delta_bias)
         _check_matrix("delta_weight", delta_weight, (self.in_features, self.out_features))
         if delta_bias is None:
             delta_bias = torch.zeros(self.out_features, dtype=delta_weight.dtype, device=delta_weight.device)
         _check_matrix("delta_bias", delta_bias, (self.out_features,))
         s = self._state()
-        with torch.no_grad():
-            dw = torch.cat([delta_weight.detach(), delta_bias.detach()[None]]).to(s.torch_device, torch.float32)
+        with _unobserved():
+            dw = torch.cat([_physical(delta_weight), _physical(delta_bias)[None]]).to(s.torch_device)
+            _check_finite("the requested update", dw)
             pulses = s.layers[self.index].update(dw, s.time, s.noise_gen)
         s.counts.write_pulses += pulses
         s.counts.weights_requested += dw.numel()
@@ -138,13 +170,14 @@ class DeviceLayer:
 
     def program(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
         """Write nominal weights (e.g. copied from another instance) with closed-loop programming."""
-        _check_no_grad("weight", weight)
-        _check_no_grad("bias", bias)
+        _check_argument("weight", weight)
+        _check_argument("bias", bias)
         _check_matrix("weight", weight, (self.in_features, self.out_features))
         _check_matrix("bias", bias, (self.out_features,))
         s = self._state()
-        with torch.no_grad():
-            w = torch.cat([weight.detach(), bias.detach()[None]]).to(s.torch_device, torch.float32)
+        with _unobserved():
+            w = torch.cat([_physical(weight), _physical(bias)[None]]).to(s.torch_device)
+            _check_finite("the weights to program", w)
             s.counts.cells_programmed += s.layers[self.index].program(w, s.time, s.noise_gen)
 
     def __repr__(self) -> str:
@@ -184,7 +217,8 @@ class Device:
 
     def advance_time(self, seconds: float) -> None:
         """Let `seconds` of simulated time pass: conductances drift, a random death may come."""
-        _physics.lookup(self._token).advance(seconds)
+        with _unobserved():
+            _physics.lookup(self._token).advance(seconds)
 
     def kill(self, reason: str = "killed on demand") -> None:
         """Kill the device: from now on it refuses to compute, to be written or read."""
@@ -213,6 +247,10 @@ class Device:
         c = _physics.lookup(self._token).counts
         return OpCounts(**c.as_dict())
 
+    def evaluation_counts(self) -> OpCounts:
+        """A copy of what every pass inside `isolated()` cost, added up (kept apart from `counts`)."""
+        return OpCounts(**_physics.lookup(self._token).evaluation_counts.as_dict())
+
     def energy(self, model: EnergyModel = EnergyModel()) -> dict[str, float]:
         """Joules spent so far, by kind (see `mortalnet.hardware.energy`)."""
         return model.device_joules(self.counts())
@@ -221,12 +259,16 @@ class Device:
     def isolated(self) -> Iterator[OpCounts]:
         """Forward passes that must not disturb training, e.g. evaluation on held-out data.
 
-        On exit the device's per-pass noise stream and its counters are put back as they were, so
-        how often a run evaluates does not change its training; the yielded OpCounts receives what
-        the passes cost. Writes are not allowed inside (DeviceError): they change the physics.
+        On exit the device's per-pass noise stream and its training counters are put back as they
+        were, so how often a run evaluates does not change its training; what the passes cost is
+        not erased: the yielded OpCounts receives it, and `evaluation_counts` adds it up over the
+        device's life. Writes, and moving the clock, are not allowed inside (DeviceError): they
+        change the physics. (Two blocks in a row see the same noise: a rule that wrapped its
+        perturbed passes in isolated() would get noise-matched differences. No rule in the library
+        does; this is evaluation's tool.)
         """
         s = _physics.lookup(self._token)
-        gen_state, counts, writes = s.noise_gen.get_state(), OpCounts(**s.counts.as_dict()), s.writes
+        gen_state, counts, writes, time = s.noise_gen.get_state(), OpCounts(**s.counts.as_dict()), s.writes, s.time
         spent = OpCounts()
         try:
             yield spent
@@ -234,10 +276,12 @@ class Device:
             delta = s.counts - counts
             for k, v in delta.as_dict().items():
                 setattr(spent, k, v)
+            s.evaluation_counts = s.evaluation_counts + delta
             s.counts = counts
             s.noise_gen.set_state(gen_state)
-            if s.writes != writes:
-                raise DeviceError("a write happened inside Device.isolated(); only forward passes may")
+            if s.writes != writes or s.time != time:
+                raise DeviceError("a write or a clock advance happened inside Device.isolated(); only forward "
+                                  "passes may")
 
     # -- checkpoints ------------------------------------------------------------------------------------
     def export_state(self) -> torch.Tensor:
@@ -251,7 +295,8 @@ class Device:
         handles from reading or transplanting physical state; it does not protect against arbitrary
         code in the same process, which can reach the private physics module directly.
         """
-        return _physics.lookup(self._token).export()
+        with _unobserved():
+            return _physics.lookup(self._token).export()
 
     def restore_state(self, sealed: torch.Tensor) -> None:
         """Take back a snapshot made by `export_state` of this same instance.
@@ -259,8 +304,14 @@ class Device:
         Raises:
             DeviceError: the blob is not a sealed state, belongs to another instance, or does not
                 verify (one byte changed, or a forged blob).
+
+        This is the harness's tool (resuming a run; an experiment putting an instance back to a
+        moment of its life to compare what happens next, as `mortality` does), not a learning
+        rule's: restoring can revive a dead instance or undo its wear. The rules call it only when
+        a checkpoint is loaded (`load_state_tensors`).
         """
-        _physics.lookup(self._token).restore(sealed)
+        with _unobserved():
+            _physics.lookup(self._token).restore(sealed)
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{a}x{b}" for a, b in self.shapes)

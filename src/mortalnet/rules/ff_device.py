@@ -89,6 +89,15 @@ class FFDeviceLearner(Learner):
             raise ConfigError("rule.ff.precision, rule.ff.compile_update and rule.ff.test_precision choose the "
                               "digital fast path's products; on a device every product is the device's own: "
                               "leave them at float32 / false / same")
+        ignored = {"goodness": ("sum-squares", "the device's goodness is the sum of squared measured activities"),
+                   "activation": ("relu", "the nonlinearity is the device's own, hidden from the learner"),
+                   "readout": (True, "the hard negatives come from the readout"),
+                   "goodness_shortlist": (0, "the device test scores all labels")}
+        changed = [f"rule.ff.{k}={getattr(ff, k)!r} ({why})" for k, (default, why) in ignored.items()
+                   if getattr(ff, k) != default]
+        if changed:
+            raise ConfigError("forward-forward-device does not support " + "; ".join(changed) +
+                              ": leave these at their defaults")
         if not 0 <= ff.readout_from < len(hidden) or ff.goodness_from >= len(hidden):
             raise ConfigError(f"readout_from={ff.readout_from} / goodness_from={ff.goodness_from} must index one "
                               f"of the {len(hidden)} hidden layers")
