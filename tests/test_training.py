@@ -97,6 +97,27 @@ def test_nan_stops_with_location_and_keeps_last_good_checkpoint(tmp_path, tiny_d
     assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
 
 
+def test_nan_reaching_the_hard_negatives_stops_with_location_not_a_traceback(tmp_path, tiny_data):
+    """With hard negatives a NaN net makes torch.multinomial raise inside train_batch, before any
+    periodic check: the loop turns that into a DivergedError naming epoch and step."""
+    run = RunDir(tmp_path)
+    learner = _learner("ff")
+    real_step = learner.train_batch
+
+    def step(x, y):
+        if learner.optimizers[0].param_groups[0].get("poisoned"):
+            with torch.no_grad():
+                learner.net.layers[0].weight.fill_(float("nan"))
+        out = real_step(x, y)
+        learner.optimizers[0].param_groups[0]["poisoned"] = True  # from the second step on
+        return out
+
+    learner.train_batch = step
+    cfg = TrainingConfig(epochs=2, batch_size=100, finite_check_every=50, progress=False, tensorboard=False)
+    with pytest.raises(DivergedError, match=r"became non-finite in epoch 1 by step 2/\d+ \(RuntimeError"):
+        fit(learner, tiny_data.train.tensors(), None, cfg, seed=0, run=run)
+
+
 def _cli(args, env=None, cwd=None):
     return subprocess.run([sys.executable, "-m", "mortalnet", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, cwd=cwd, timeout=300)

@@ -159,7 +159,7 @@ def fit(
                 xb, yb = x_train[idx], y_train[idx]
                 if transform is not None:
                     xb = transform(xb, aug_gen)
-                metrics = learner.train_batch(xb, yb)
+                metrics = _train_step(learner, xb, yb, epoch, step + 1, batches)
                 for k, v in metrics.items():
                     sums[k] = sums[k] + v.detach() if k in sums else v.detach().clone()
                 if (step + 1) % config.finite_check_every == 0 or step == batches - 1:
@@ -216,6 +216,23 @@ def _fault_injection(epoch: int) -> None:
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _train_step(learner: Learner, xb: torch.Tensor, yb: torch.Tensor, epoch: int, step: int, batches: int):
+    """learner.train_batch(xb, yb); an error it raises once its parameters are NaN/inf (e.g.
+    torch.multinomial refusing the hard negatives' non-finite probabilities) is a DivergedError
+    naming the epoch and step, like the periodic check's, not a traceback."""
+    try:
+        return learner.train_batch(xb, yb)
+    except (RuntimeError, ValueError) as err:
+        if isinstance(err, DivergedError):
+            raise
+        bad = _params_finite(learner)
+        if bad is None:
+            raise
+        raise DivergedError(f"parameter {bad} became non-finite in epoch {epoch} by step {step}/{batches} "
+                            f"({type(err).__name__}: {str(err)[:120]}); the last good checkpoint is kept "
+                            "(lower the learning rate?)") from err
 
 
 def _check_finite(sums: Mapping[str, torch.Tensor], epoch: int, step: int, batches: int) -> None:
