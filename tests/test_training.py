@@ -13,7 +13,7 @@ import torch
 
 from mortalnet.rules.backprop import BackpropLearner
 from mortalnet.rules.forward_forward import FFConfig, FFLearner
-from mortalnet.runs import RunDir, RunError, checkpoint_train_seconds
+from mortalnet.runs import RunDir, RunError, checkpoint_train_seconds, record_digest
 from mortalnet.training import DivergedError, TrainingConfig, fit
 
 
@@ -255,3 +255,30 @@ def test_json_records_take_numpy_and_tensor_values(tmp_path):
     atomic_write_json(tmp_path / "a.json", {"x": np.float32("nan"), "t": torch.tensor(float("inf")),
                                             "v": torch.tensor([1.0, float("nan")]), "n": np.arange(2)})
     assert read_json(tmp_path / "a.json") == {"x": None, "t": None, "v": [1.0, None], "n": [0, 1]}
+
+
+def test_a_checkpoint_with_a_changed_byte_is_refused_naming_the_file(tmp_path, tiny_data):
+    run = RunDir(tmp_path)
+    fit(_learner("backprop"), tiny_data.train.tensors(), None,
+        TrainingConfig(epochs=1, progress=False, tensorboard=False), seed=0, run=run)
+    tensors, _ = run.load_checkpoint()  # untouched: loads
+    blob = bytearray(run.checkpoint_path.read_bytes())
+    blob[-5] ^= 0x80  # a sign or exponent bit of the last tensor, header intact
+    run.checkpoint_path.write_bytes(bytes(blob))
+    with pytest.raises(RunError, match=r"checkpoint.safetensors has been altered"):
+        run.load_checkpoint()
+
+
+def test_an_edited_config_json_is_refused_and_one_without_a_digest_still_loads(tmp_path):
+    from mortalnet.api import _stored_config
+
+    run = RunDir(tmp_path)
+    record = {"experiment": "backprop-mlp", "preset": "fast", "seed": 0, "overrides": [],
+              "config": {"training": {"epochs": 2}}}
+    run.write_json("config.json", {**record, "sha256": record_digest(record)})
+    assert _stored_config(run)[1].training.epochs == 2
+    run.write_json("config.json", {**record, "config": {"training": {"epochs": 3}}, "sha256": record_digest(record)})
+    with pytest.raises(RunError, match="config.json has been edited"):
+        _stored_config(run)
+    run.write_json("config.json", record)  # written before the digest existed (the recorded runs)
+    assert _stored_config(run)[1].training.epochs == 2

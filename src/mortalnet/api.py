@@ -28,6 +28,7 @@ from mortalnet.runs import (
     machine_info,
     machine_label,
     new_run_dir,
+    record_digest,
 )
 
 
@@ -120,11 +121,9 @@ def run(
             run_dir.path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise RunError(f"cannot make the run directory {path}: {err}") from None
-        run_dir.write_json(
-            "config.json",
-            {"experiment": exp.name, "preset": preset, "seed": seed, "overrides": overrides,
-             "config": cfgmod.to_dict(config)},
-        )
+        record = {"experiment": exp.name, "preset": preset, "seed": seed, "overrides": overrides,
+                  "config": cfgmod.to_dict(config)}
+        run_dir.write_json("config.json", {**record, "sha256": record_digest(record)})
         earlier_seconds, resuming = 0.0, False
 
     if device == "auto" and exp.cpu_only:
@@ -185,6 +184,9 @@ def _stored_config(run_dir: RunDir) -> tuple[Any, Any, dict[str, Any]]:
            or isinstance(stored.get(k), bool)]
     if bad:
         raise RunError(f"{where} is not a mortalnet run config: {', '.join(bad)} missing or of the wrong type")
+    if "sha256" in stored and stored["sha256"] != record_digest(stored):  # records before the digest have none
+        raise RunError(f"{where} has been edited: it does not match the sha256 written with it (a run's config "
+                       "is fixed once it starts; start a new run with --set to change it)")
     try:
         exp = get_experiment(stored["experiment"])
         config = cfgmod.from_dict(exp.Config, stored["config"])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import hashlib
 import json
 import math
 import os
@@ -347,6 +348,7 @@ class RunDir:
         from safetensors.torch import save
 
         flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        meta = {**meta, TENSORS_DIGEST: tensors_digest(flat)}
         blob = save(flat, metadata={"mortalnet": json.dumps(dict(meta), default=_json_default)})
         atomic_write_bytes(self.checkpoint_path if path is None else path, blob)
 
@@ -381,6 +383,9 @@ class RunDir:
                 raise ValueError("its metadata has no epoch")
         except (SafetensorError, ValueError, TypeError) as err:
             raise RunError(f"{path} is not a readable mortalnet checkpoint: {err}") from None
+        written = meta.pop(TENSORS_DIGEST, None)  # checkpoints written before the digest existed have none
+        if written is not None and written != tensors_digest(tensors):
+            raise RunError(f"{path} has been altered: its tensors do not match the sha256 written with them")
         return tensors, meta
 
 
@@ -413,6 +418,28 @@ def checkpoint_train_seconds(run_path: Path) -> float:
         except (ValueError, TypeError) as err:
             raise RunError(f"{path} is not a readable mortalnet checkpoint: {err}") from None
     return total
+
+
+TENSORS_DIGEST = "tensors_sha256"  # metadata key of a checkpoint's checksum
+
+
+def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order: a checkpoint's
+    checksum, kept in its metadata, so that a changed byte is caught on load (it guards against
+    corruption and hand edits, not against someone who recomputes it)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def record_digest(record: Mapping[str, Any]) -> str:
+    """sha256 of a config.json record without its own "sha256" field (canonical JSON)."""
+    body = {k: v for k, v in record.items() if k != "sha256"}
+    text = json.dumps(_clean(body), sort_keys=True, default=_json_default, allow_nan=False)  # as written to disk
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _mortalnet_metadata(data: bytes) -> dict[str, Any]:
