@@ -289,3 +289,30 @@ def test_refit_readout_refuses_a_negative_number_of_epochs(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(out), "--refit-readout", "-3"]) == 2
     assert "epochs >= 1" in capsys.readouterr().err and not (out / "readout_refit.json").exists()
+
+
+def test_resume_refuses_a_run_whose_process_is_still_alive(tmp_path):
+    """Two processes training into one directory would overwrite each other's checkpoints."""
+    import socket
+    import subprocess
+    import sys
+
+    from mortalnet.api import run
+    from mortalnet.runs import RunDir, RunError, record_digest
+
+    record = {"experiment": "backprop-mlp", "preset": "fast", "seed": 0, "overrides": [], "config": {}}
+    rd = RunDir(tmp_path / "r")
+    rd.path.mkdir()
+    rd.write_json("config.json", {**record, "sha256": record_digest(record)})
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        rd.set_status("running", pid=other.pid, host=socket.gethostname())
+        with pytest.raises(RunError, match=f"still running \\(process {other.pid}\\)"):
+            run("backprop-mlp", resume=rd.path, progress=False)
+    finally:
+        other.kill()
+        other.wait()
+    # once that process is gone the same resume is allowed past this check (it then trains: not run here)
+    from mortalnet.api import _refuse_if_still_running
+
+    _refuse_if_still_running(rd)

@@ -99,6 +99,7 @@ def run(
         preset, seed = stored["preset"], stored["seed"]
         if run_dir.exists("summary.json") and run_dir.status().get("state") == "done":
             raise RunError(f"{run_dir.path} already finished; see its summary.json")
+        _refuse_if_still_running(run_dir)
         earlier_seconds = checkpoint_train_seconds(run_dir.path)  # its own checkpoint, or its sub-runs'
         resuming = True  # the experiment continues each model that has a checkpoint (ctx.resumes)
     else:
@@ -139,7 +140,7 @@ def run(
 
     torch.manual_seed(seed)
     ctx = RunContext(exp.name, preset, seed, dev, run_dir, resume=resuming, progress=progress)
-    run_dir.set_status("running", pid=__import__("os").getpid())
+    run_dir.set_status("running", pid=__import__("os").getpid(), host=__import__("socket").gethostname())
     try:
         result = exp.run(config, ctx)
     except KeyboardInterrupt:
@@ -172,6 +173,32 @@ def run(
     run_dir.set_status("done")
     summary["run_dir"] = str(run_dir.path)
     return summary
+
+
+def _refuse_if_still_running(run_dir: RunDir) -> None:
+    """RunError when the run's status says running and the process that wrote it is alive on this
+    machine: two processes training into one directory would overwrite each other's checkpoints."""
+    import os
+    import socket
+
+    status = run_dir.status() if run_dir.exists("status.json") else {}
+    pid = status.get("pid")
+    if status.get("state") != "running" or not isinstance(pid, int) or pid == os.getpid():
+        return
+    if status.get("host", socket.gethostname()) != socket.gethostname():
+        return  # another machine's process: nothing to ask here
+    try:
+        os.kill(pid, 0)  # signal 0: does the process exist?
+    except ProcessLookupError:
+        return  # it died (kill -9, power loss): resuming is what --resume is for
+    except PermissionError:
+        pass  # it exists, owned by someone else
+    try:  # Linux: a killed child its parent has not reaped yet is a zombie, not a running run
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return
+    except (OSError, IndexError):
+        pass
+    raise RunError(f"{run_dir.path} is still running (process {pid}); resume it after that process has stopped")
 
 
 def _stored_config(run_dir: RunDir) -> tuple[Any, Any, dict[str, Any]]:
