@@ -75,6 +75,9 @@ def test_config_refused_by_the_learner_is_a_clear_error_and_leaves_no_run(capsys
         ("ff-cifar10", ["depths=2,0"], "each >= 1"),
         ("label-noise", ["data.source=synthetic", "rates=0,1.5"], "a label noise rate is a fraction in [0, 1]"),
         ("ff-sequence", ["models=backprop,backprop"], "lists a model twice"),
+        # values that fail only when the networks and optimizers are built: refused the same way
+        ("ff-supervised", ["rule.optimizer.momentum=2"], "refused while the experiment was being built"),
+        ("ff-supervised", ["rule.readout_from=10"], "refused while the experiment was being built"),
     ],
 )
 def test_refused_settings_of_other_rules_are_clear_errors(experiment, settings, message, capsys, tmp_path):

@@ -152,6 +152,16 @@ def run(
         if resuming or not _remove_unstarted_run(run_dir, created):
             run_dir.set_status("failed", error=f"{type(err).__name__}: {err}")
         raise
+    except (ValueError, ZeroDivisionError) as err:
+        # a value that only fails when the experiment builds its networks and optimizers (e.g. a
+        # momentum of 2, a width of 0): before anything trained it is the config's fault, refused
+        # like a ConfigError and leaving no run behind
+        if not resuming and _remove_unstarted_run(run_dir, created):
+            raise cfgmod.ConfigError(f"the config was refused while the experiment was being built: "
+                                     f"{type(err).__name__}: {err}") from err
+        run_dir.set_status("failed", error=f"{type(err).__name__}: {err}",
+                          resume=f"mortalnet run {exp.name} --resume {run_dir.path}")
+        raise
     except Exception as err:
         run_dir.set_status("failed", error=f"{type(err).__name__}: {err}",
                           resume=f"mortalnet run {exp.name} --resume {run_dir.path}")
