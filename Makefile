@@ -22,11 +22,12 @@ install: $(BIN)/mortalnet
 demo: install
 	$(BIN)/mortalnet run ff-supervised --preset demo --seed 0 --out runs/demo
 
+# one OpenBLAS thread: the blackbox experiment's NumPy products otherwise spin threads against torch's
 test: install
-	$(BIN)/python -m pytest
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest
 
 test-all: install
-	$(BIN)/python -m pytest -m ''
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -m ''
 
 report: install
 	$(BIN)/mortalnet report

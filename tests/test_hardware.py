@@ -598,3 +598,29 @@ def test_a_nan_or_inf_write_is_refused_and_leaves_the_device_as_it_was(bad):
     assert dev.write_requests == 0
     x = inputs()
     assert torch.equal(dev.layers[0].forward(x), twin.layers[0].forward(x))
+
+
+def test_no_module_outside_the_hardware_package_reaches_the_physics():
+    """The boundary in the source: only mortalnet.hardware imports its private physics or touches a
+    handle's token; every rule, experiment and transfer module goes through the handles."""
+    import ast
+    from pathlib import Path
+
+    import mortalnet
+
+    root = Path(mortalnet.__file__).parent
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        if path.parent.name == "hardware" and path.parent.parent == root:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [f"{node.module}.{a.name}" for a in node.names]
+            if any("_physics" in n for n in names):
+                offenders.append(f"{path.relative_to(root)}:{node.lineno} imports the physics")
+            if isinstance(node, ast.Attribute) and node.attr in ("_token", "_physics"):
+                offenders.append(f"{path.relative_to(root)}:{node.lineno} uses .{node.attr}")
+    assert not offenders, offenders

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from mortalnet.hardware import list_devices
 from mortalnet.hardware.boundary import assert_no_hidden_state
 from mortalnet.rules import RULES, create_rule
 from mortalnet.training import TrainingConfig, fit
@@ -102,3 +103,22 @@ def test_unknown_hardware_lists_the_presets():
 
     with pytest.raises(ValueError, match="valid: digital, harsh, ideal, mild"):
         create_rule("activity-perturbation", ActivityPerturbationConfig(hardware="quantum"), hidden=(8,))
+
+
+@pytest.mark.parametrize("hardware", list_devices())
+@pytest.mark.parametrize("name", RULE_NAMES)
+def test_every_rule_on_every_preset_keeps_no_hidden_state_and_no_graph(name, hardware, tiny_data, monkeypatch):
+    """The boundary on every registered preset (the learning tests above use ideal and mild): a few
+    steps with autograd refused anywhere, then no tensor of the learner shares the device's hidden state."""
+    learner = make(name, hardware)
+
+    def no_backward(*args, **kwargs):
+        raise AssertionError("a perturbation rule on a device called autograd")
+
+    monkeypatch.setattr(torch.autograd, "backward", no_backward)
+    monkeypatch.setattr(torch.autograd, "grad", no_backward)
+    x, y = tiny_data.train.tensors()
+    for step in range(3):
+        learner.train_batch(x[step * 50 : (step + 1) * 50], y[step * 50 : (step + 1) * 50])
+    assert all(not p.requires_grad or p.grad is None for p in learner.parameters())
+    assert_no_hidden_state(learner)
