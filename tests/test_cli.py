@@ -319,3 +319,16 @@ def test_resume_refuses_a_run_whose_process_is_still_alive(tmp_path):
     from mortalnet.api import _refuse_if_still_running
 
     _refuse_if_still_running(rd)
+
+
+def test_ctrl_c_names_the_resume_command_of_the_run(capsys, tmp_path, monkeypatch):
+    from mortalnet.experiments.backprop_mlp import BackpropMLP
+
+    def interrupted(self, config, ctx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(BackpropMLP, "run", interrupted)
+    out = tmp_path / "r"
+    assert main(["run", "backprop-mlp", "--preset", "fast", "--out", str(out), "--quiet"]) == 130
+    assert f"`mortalnet run backprop-mlp --resume {out}`" in capsys.readouterr().err
+    assert json.loads((out / "status.json").read_text())["state"] == "interrupted"

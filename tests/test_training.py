@@ -282,3 +282,46 @@ def test_an_edited_config_json_is_refused_and_one_without_a_digest_still_loads(t
         _stored_config(run)
     run.write_json("config.json", record)  # written before the digest existed (the recorded runs)
     assert _stored_config(run)[1].training.epochs == 2
+
+
+def test_a_write_that_fails_midway_leaves_the_old_checkpoint_and_no_temporary(tmp_path, tiny_data, monkeypatch):
+    import mortalnet.runs as runs
+
+    run = RunDir(tmp_path)
+    fit(_learner("backprop"), tiny_data.train.tensors(), None,
+        TrainingConfig(epochs=1, progress=False, tensorboard=False), seed=0, run=run)
+    old = run.checkpoint_path.read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runs.os, "replace", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        run.save_checkpoint({"w": torch.ones(3)}, {"epoch": 2})
+    assert run.checkpoint_path.read_bytes() == old
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+class _SilentlyExploding(BackpropLearner):
+    """A weight goes NaN in epoch 2 while the loss it reports stays finite."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.steps = 0
+
+    def train_batch(self, x, y):
+        self.steps += 1
+        m = super().train_batch(x, y)
+        if self.steps == 25:
+            with torch.no_grad():
+                self.net.linears[0].weight[0, 0] = float("inf")
+        return {k: v.nan_to_num(0.0) for k, v in m.items()}
+
+
+def test_a_non_finite_weight_behind_finite_metrics_stops_the_run_at_the_epoch_end(tmp_path, tiny_data):
+    run = RunDir(tmp_path)
+    cfg = TrainingConfig(epochs=3, batch_size=100, progress=False, tensorboard=False)
+    with pytest.raises(DivergedError, match="parameter net.linears.0.weight became non-finite during epoch 2"):
+        fit(_SilentlyExploding(hidden=(32,), seed=0), tiny_data.train.tensors(), None, cfg, seed=0, run=run)
+    tensors, meta = run.load_checkpoint()
+    assert meta["epoch"] == 1 and all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())

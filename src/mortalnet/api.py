@@ -143,8 +143,10 @@ def run(
     run_dir.set_status("running", pid=__import__("os").getpid(), host=__import__("socket").gethostname())
     try:
         result = exp.run(config, ctx)
-    except KeyboardInterrupt:
-        run_dir.set_status("interrupted", resume=f"mortalnet run {exp.name} --resume {run_dir.path}")
+    except KeyboardInterrupt as err:
+        command = f"mortalnet run {exp.name} --resume {run_dir.path}"
+        run_dir.set_status("interrupted", resume=command)
+        err.resume_command = command  # for the CLI's message
         raise
     except (cfgmod.ConfigError, DataError) as err:
         # a refused config or unreadable data before any training: leave no run behind, so the same

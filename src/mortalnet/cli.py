@@ -173,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     except (RunError, DataError, DivergedError) as err:
         print(f"mortalnet: error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("mortalnet: interrupted; continue with `mortalnet run --resume <run dir>`", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        command = getattr(err, "resume_command", "mortalnet run --resume <run dir>")
+        print(f"mortalnet: interrupted; continue with `{command}`", file=sys.stderr)
         return 130
     return 0
 
