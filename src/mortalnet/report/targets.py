@@ -102,66 +102,90 @@ def _ratio_row(target: str, goal: float, unit: str, path: Path, record: dict[str
     return [target, f">= {goal:g}{unit}", f"{m.text(unit)}: {label}", _link(path, record), m.status(goal)]
 
 
+def _throughput_rows(path: Path, record: dict[str, Any]) -> list[list[str] | None]:
+    """benchmarks/ff_throughput.py: the step's share of the matmul peak, the epoch and the test."""
+    r = lambda name: ratio(record, name)  # noqa: E731
+    bf16 = best([("eager", r("bf16_step_achieved_over_bf16_matmul_peak")),
+                 ("compiled update", r("bf16_compiled_update_step_achieved_over_bf16_matmul_peak"))])
+    bound = r("bf16_step_bound_over_bf16_matmul_peak")
+    if bf16 is not None and bound is not None:  # what products + the update's least memory traffic allow
+        bf16 = (f"{bf16[0]} (products and the update's memory traffic alone allow {bound.text()})", bf16[1])
+    epoch = "_over_naive_implementation_speed"
+    return [
+        _ratio_row(f"{STEP}, float32", STEP_FRACTION_OF_PEAK, "", path, record,
+                   best([("fused fast path", r("fast_step_achieved_over_matmul_peak"))])),
+        _ratio_row(f"{STEP}, bfloat16", STEP_FRACTION_OF_PEAK, "", path, record, bf16),
+        _ratio_row(EPOCH, EPOCH_OVER_NAIVE, "x", path, record, best([
+            ("float32", r("epoch_float32" + epoch)),
+            ("bfloat16", r("epoch_bfloat16" + epoch)),
+            ("bfloat16, compiled update", r("epoch_bfloat16_compiled_update" + epoch)),
+            ("bfloat16 compiled, int8 test", r("epoch_bfloat16_compiled_update_int8_test" + epoch)),
+            ("int8 training, compiled, int8 test", r("epoch_int8_compiled_update_int8_test" + epoch)),
+        ])),
+        _ratio_row(f"{TEST} (4x2000)", TEST_OVER_NAIVE, "x", path, record, best([
+            ("float32", r("goodness_test_shared_over_naive_speed")),
+            ("bfloat16", r("goodness_test_bf16_over_naive_implementation")),
+            ("int8 products", r("goodness_test_int8_over_naive_implementation")),
+            ("int8 products, compiled", r("goodness_test_int8_compiled_over_naive_implementation")),
+        ])),
+    ]
+
+
+def _goodness_test_rows(path: Path, record: dict[str, Any]) -> list[list[str] | None]:
+    """benchmarks/goodness_test.py: the exact 10-label test on trained nets, per precision."""
+    name = "per-label goodness test: exact, layer 1 shared, "
+    variants = best([(p, row_speed(record, name + p)) for p in ("float32", "bfloat16", "int8", "int8-compiled")])
+    return [_ratio_row(f"{TEST} (trained nets)", TEST_OVER_NAIVE, "x", path, record, variants)]
+
+
+def _time_to_accuracy_rows(path: Path, record: dict[str, Any]) -> list[list[str] | None]:
+    """benchmarks/time_to_accuracy.py: the preset's mean test error and its slowest seed's seconds."""
+    if "test_error_mean" not in record:
+        return []
+    goal_err, goal_s, runs = record["target_error"], record["target_seconds"], record.get("runs", [])
+    met = record["test_error_mean"] <= goal_err and record["seconds_max"] <= goal_s
+    seeds = ", ".join(str(run["seed"]) for run in runs)
+    measured = (f"{mean_sd_text([run['test_error'] for run in runs])} (seeds {seeds}), "
+                f"at most {record['seconds_max']:.0f} s: preset {record['preset']}")
+    return [[TIME_TO_ACCURACY, f"<= {goal_err:.1%} in <= {goal_s:.0f} s", measured, _link(path, record),
+             "met" if met else "not met"]]
+
+
+def _pipeline_rows(path: Path, record: dict[str, Any]) -> list[list[str] | None]:
+    """benchmarks/ff_pipeline.py: examples/s of the FF layer pipeline (no goal: measured)."""
+    one = ratio(record, "ff_pipeline_over_ff_one_process")
+    if one is None:
+        return []
+    measured = f"examples/s of the FF layer pipeline: {one.text('x')} one process"
+    gpipe = ratio(record, "ff_pipeline_over_backprop_gpipe")
+    if gpipe is not None:
+        measured += f", {gpipe.text('x')} a GPipe backprop pipeline"
+    return [[PIPELINE_SPEED, "measured against one process and GPipe", measured, _link(path, record), "measured"]]
+
+
+def _memory_rows(path: Path, record: dict[str, Any]) -> list[list[str] | None]:
+    """benchmarks/memory_depth.py: working memory at 16 layers over 2, FF and backprop."""
+    r = record.get("ratios", {})
+    ff, bp = r.get("ff-layers_working_memory_16_over_2_layers"), r.get("backprop_working_memory_16_over_2_layers")
+    if ff is None or bp is None:
+        return []
+    measured = f"working memory, 16 over 2 layers: FF {ff:.2f}x, backprop {bp:.2f}x"
+    return [[MEMORY, "FF flat, backprop growing", measured, _link(path, record),
+             "met" if ff < 1.1 and bp > 1.5 else "not met"]]
+
+
+ROWS_OF = {"ff_throughput": _throughput_rows, "goodness_test": _goodness_test_rows,
+           "time_to_accuracy": _time_to_accuracy_rows, "ff_pipeline": _pipeline_rows, "memory_depth": _memory_rows}
+
+
 def benchmark_rows(path: Path, record: dict[str, Any]) -> list[list[str]]:
     """The target rows one benchmark record answers: [target, goal, measured, record, status]."""
-    kind, rows = record.get("benchmark"), []
-    if kind == "ff_throughput":
-        rows.append(_ratio_row(f"{STEP}, float32", STEP_FRACTION_OF_PEAK, "", path, record,
-                               best([("fused fast path", ratio(record, "fast_step_achieved_over_matmul_peak"))])))
-        bound = ratio(record, "bf16_step_bound_over_bf16_matmul_peak")
-        bf16 = best([("eager", ratio(record, "bf16_step_achieved_over_bf16_matmul_peak")),
-                     ("compiled update", ratio(record, "bf16_compiled_update_step_achieved_over_bf16_matmul_peak"))])
-        if bf16 is not None and bound is not None:  # what products + the update's least traffic allow
-            bf16 = (f"{bf16[0]} (products and the update's memory traffic alone allow {bound.text()})", bf16[1])
-        rows.append(_ratio_row(f"{STEP}, bfloat16", STEP_FRACTION_OF_PEAK, "", path, record, bf16))
-        rows.append(_ratio_row(EPOCH, EPOCH_OVER_NAIVE, "x", path, record, best([
-            ("float32", ratio(record, "epoch_float32_over_naive_implementation_speed")),
-            ("bfloat16", ratio(record, "epoch_bfloat16_over_naive_implementation_speed")),
-            ("bfloat16, compiled update", ratio(record, "epoch_bfloat16_compiled_update_over_naive_implementation_speed")),
-            ("bfloat16 compiled, int8 test",
-             ratio(record, "epoch_bfloat16_compiled_update_int8_test_over_naive_implementation_speed")),
-            ("int8 training, compiled, int8 test",
-             ratio(record, "epoch_int8_compiled_update_int8_test_over_naive_implementation_speed")),
-        ])))
-        rows.append(_ratio_row(f"{TEST} (4x2000)", TEST_OVER_NAIVE, "x", path, record, best([
-            ("float32", ratio(record, "goodness_test_shared_over_naive_speed")),
-            ("bfloat16", ratio(record, "goodness_test_bf16_over_naive_implementation")),
-            ("int8 products", ratio(record, "goodness_test_int8_over_naive_implementation")),
-            ("int8 products, compiled", ratio(record, "goodness_test_int8_compiled_over_naive_implementation")),
-        ])))
-    elif kind == "goodness_test":
-        name = "per-label goodness test: exact, layer 1 shared, "
-        rows.append(_ratio_row(f"{TEST} (trained nets)", TEST_OVER_NAIVE, "x", path, record,
-                               best([(p, row_speed(record, name + p))
-                                     for p in ("float32", "bfloat16", "int8", "int8-compiled")])))
-    elif kind == "time_to_accuracy" and "test_error_mean" in record:
-        goal_err, goal_s = record["target_error"], record["target_seconds"]
-        runs = record.get("runs", [])
-        met = record["test_error_mean"] <= goal_err and record["seconds_max"] <= goal_s
-        measured = (f"{mean_sd_text([r['test_error'] for r in runs])} (seeds {', '.join(str(r['seed']) for r in runs)}), "
-                    f"at most {record['seconds_max']:.0f} s: preset {record['preset']}")
-        rows.append([TIME_TO_ACCURACY, f"<= {goal_err:.1%} in <= {goal_s:.0f} s", measured,
-                     _link(path, record), "met" if met else "not met"])
-    elif kind == "ff_pipeline":
-        r = record.get("ratios", {})
-        if "ff_pipeline_over_ff_one_process" in r:
-            one, gpipe = ratio(record, "ff_pipeline_over_ff_one_process"), ratio(record, "ff_pipeline_over_backprop_gpipe")
-            measured = f"examples/s of the FF layer pipeline: {one.text('x')} one process"
-            if gpipe is not None:
-                measured += f", {gpipe.text('x')} a GPipe backprop pipeline"
-            rows.append([PIPELINE_SPEED, "measured against one process and GPipe", measured, _link(path, record),
-                         "measured"])
-    elif kind == "memory_depth":
-        r = record.get("ratios", {})
-        ff, bp = r.get("ff-layers_working_memory_16_over_2_layers"), r.get("backprop_working_memory_16_over_2_layers")
-        if ff is not None and bp is not None:
-            measured = f"working memory, 16 over 2 layers: FF {ff:.2f}x, backprop {bp:.2f}x"
-            rows.append([MEMORY, "FF flat, backprop growing", measured, _link(path, record),
-                         "met" if ff < 1.1 and bp > 1.5 else "not met"])
-    return [r for r in rows if r is not None]
+    rows_of = ROWS_OF.get(record.get("benchmark"))
+    return [] if rows_of is None else [row for row in rows_of(path, record) if row is not None]
 
 
-def comparison_row(target: str, summaries: list[dict[str, Any]], a: tuple[str, str], b: tuple[str, str]) -> list[str] | None:
+def comparison_row(target: str, summaries: list[dict[str, Any]], a: tuple[str, str],
+                   b: tuple[str, str]) -> list[str] | None:
     """Test errors of runs a = (experiment, preset) against b: equal within the seed spread?"""
     errs = {key: [s["test_error"] for s in summaries if (s["experiment"], s["preset"]) == key] for key in (a, b)}
     if not errs[a] or not errs[b]:
@@ -192,7 +216,8 @@ def render_targets(results: str | Path, summaries: list[dict[str, Any]]) -> str:
         return ""
     if not any((r.get("env") or {}).get("torch_device", "cpu").startswith("cuda") for r in records):
         rows.append([GPU, "absolute times", "no GPU record", "-", "not measured"])
-    rows.sort(key=lambda r: next(i for i, t in enumerate(ORDER) if r[0].startswith(t)))  # stable: records stay in order
+    # by target; sort is stable, so a target's records stay in file order
+    rows.sort(key=lambda r: next(i for i, t in enumerate(ORDER) if r[0].startswith(t)))
     lines = ["| target | goal | measured (median, range over rounds) | record | status |", "|---|---|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"

@@ -44,7 +44,8 @@ class MLP(nn.Module):
         dims = (input_dim, *hidden, num_classes)
         self.linears = nn.ModuleList(nn.Linear(a, b, device=device) for a, b in zip(dims[:-1], dims[1:]))
         self.dropout, self.input_dropout = dropout, input_dropout
-        with torch.no_grad():  # uniform in ±sqrt(3 / fan_in), variance 1 / fan_in (LeCun-uniform), from our own generator (reproducible)
+        # uniform in ±sqrt(3 / fan_in), variance 1 / fan_in (LeCun-uniform), from our own generator (reproducible)
+        with torch.no_grad():
             for lin in self.linears:
                 bound = (6.0 / lin.in_features) ** 0.5 / 2**0.5
                 lin.weight.copy_(torch.rand(lin.weight.shape, generator=generator, device=device) * 2 * bound - bound)

@@ -434,7 +434,8 @@ class LayerMirror(nn.Module):
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         for layer in layers:
-            # uniform in ±init_gain sqrt(3 / fan_in) (LeCun-uniform at gain 1, as the backprop MLP), from the learner's generator
+            # uniform in ±init_gain sqrt(3 / fan_in) (LeCun-uniform at gain 1, as the backprop MLP),
+            # from the learner's generator
             bound = init_gain * (3.0 / layer.in_features) ** 0.5
             w = (torch.rand(layer.in_features, layer.out_features, generator=generator, device=device) * 2 - 1) * bound
             self.weights.append(nn.Parameter(w, requires_grad=False))
