@@ -39,6 +39,7 @@ def test_config_shows_keys_values_and_docs(capsys):
         (["run", "ff-supervised", "--set", "data.source=pickle", "--set", "data.path=/no/file.pkl"], 1, "does not exist"),
         (["run", "ff-supervised", "--seeds", "0-2"], 2, "--seeds expects comma-separated integers"),
         (["run", "ff-supervised", "--seeds", ","], 2, "--seeds expects comma-separated integers"),
+        (["run", "ff-supervised", "--seeds", "0,1,0"], 2, "--seeds lists a seed twice"),
         (["run", "ff-supervised", "--seed", "-1"], 2, "a seed is an integer >= 0"),
         (["report", "--results", "/nonexistent/results"], 1, "results directory /nonexistent/results does not exist"),
     ],
@@ -332,3 +333,12 @@ def test_ctrl_c_names_the_resume_command_of_the_run(capsys, tmp_path, monkeypatc
     assert main(["run", "backprop-mlp", "--preset", "fast", "--out", str(out), "--quiet"]) == 130
     assert f"`mortalnet run backprop-mlp --resume {out}`" in capsys.readouterr().err
     assert json.loads((out / "status.json").read_text())["state"] == "interrupted"
+
+
+def test_seeds_whose_folders_hold_runs_are_refused_before_any_seed_trains(capsys, tmp_path):
+    (tmp_path / "seed1").mkdir()
+    (tmp_path / "seed1" / "config.json").write_text("{}")
+    args = ["run", "backprop-mlp", "--preset", "fast", "--seeds", "0,1", "--out", str(tmp_path), "--quiet"]
+    assert main(args) == 2
+    assert "seed1 already hold runs" in capsys.readouterr().err
+    assert not (tmp_path / "seed0").exists()  # seed 0 did not train first

@@ -84,6 +84,12 @@ def _cmd_run(args) -> None:
     seeds = _parse_seeds(args.seeds) if args.seeds else [args.seed]
     if args.seeds and (args.resume is not None or args.seed is not None):
         raise ConfigError("--seeds runs one fresh run per seed: it goes with neither --seed nor --resume")
+    if args.seeds and args.out is not None:  # every seed's folder is checked before the first seed trains
+        folders = [Path(args.out) / f"seed{s}" for s in seeds]
+        taken = [str(f) for f in folders if (f / "config.json").exists()]
+        if taken:
+            raise ConfigError(f"{', '.join(taken)} already hold runs; continue one with --resume or choose "
+                              "another --out")
     for seed in seeds:
         out = args.out
         if out is not None and args.seeds:  # --seeds: always DIR/seed<k>, however many
@@ -108,6 +114,8 @@ def _parse_seeds(text: str) -> list[int]:
         seeds = []
     if not seeds or min(seeds) < 0:
         raise ConfigError(f"--seeds expects comma-separated integers >= 0, e.g. 0,1,2; got {text!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds lists a seed twice: {text!r}")
     return seeds
 
 
