@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -140,7 +142,7 @@ def run(
 
     torch.manual_seed(seed)
     ctx = RunContext(exp.name, preset, seed, dev, run_dir, resume=resuming, progress=progress)
-    run_dir.set_status("running", pid=__import__("os").getpid(), host=__import__("socket").gethostname())
+    run_dir.set_status("running", pid=os.getpid(), host=socket.gethostname())
     try:
         result = exp.run(config, ctx)
     except KeyboardInterrupt as err:
@@ -154,17 +156,14 @@ def run(
         if resuming or not _remove_unstarted_run(run_dir, created):
             run_dir.set_status("failed", error=f"{type(err).__name__}: {err}")
         raise
-    except (ValueError, ZeroDivisionError) as err:
+    except Exception as err:
         # a value that only fails when the experiment builds its networks and optimizers (e.g. a
-        # momentum of 2, a width of 0): before anything trained it is the config's fault, refused
-        # like a ConfigError and leaving no run behind
-        if not resuming and _remove_unstarted_run(run_dir, created):
+        # momentum of 2): before anything trained it is the config's fault, refused like a
+        # ConfigError and leaving no run behind
+        built = isinstance(err, (ValueError, ZeroDivisionError))
+        if built and not resuming and _remove_unstarted_run(run_dir, created):
             raise cfgmod.ConfigError(f"the config was refused while the experiment was being built: "
                                      f"{type(err).__name__}: {err}") from err
-        run_dir.set_status("failed", error=f"{type(err).__name__}: {err}",
-                          resume=f"mortalnet run {exp.name} --resume {run_dir.path}")
-        raise
-    except Exception as err:
         run_dir.set_status("failed", error=f"{type(err).__name__}: {err}",
                           resume=f"mortalnet run {exp.name} --resume {run_dir.path}")
         raise
@@ -190,9 +189,6 @@ def run(
 def _refuse_if_still_running(run_dir: RunDir) -> None:
     """RunError when the run's status says running and the process that wrote it is alive on this
     machine: two processes training into one directory would overwrite each other's checkpoints."""
-    import os
-    import socket
-
     status = run_dir.status() if run_dir.exists("status.json") else {}
     pid = status.get("pid")
     if status.get("state") != "running" or not isinstance(pid, int) or pid == os.getpid():
