@@ -320,8 +320,6 @@ def _remove_unstarted_run(run_dir: RunDir, created: bool) -> bool:
 
 def _load_average() -> list[float] | None:
     """1/5/15-minute load averages: how busy the machine was (times are comparable only when idle)."""
-    import os
-
     try:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
