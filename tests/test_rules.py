@@ -53,3 +53,13 @@ def test_different_seeds_give_different_networks(name):
     a, b = make(name, 0), make(name, 1)
     assert any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values())
                if x.is_floating_point() and x.abs().sum() > 0)
+
+
+@pytest.mark.parametrize("name", RULES)
+@pytest.mark.parametrize("hidden", [(16, 0), (16, -3)])
+def test_a_hidden_width_below_one_is_refused_when_the_learner_is_built(name, hidden):
+    from mortalnet.config import ConfigError
+    from mortalnet.rules import RULES as REGISTRY
+
+    with pytest.raises(ConfigError, match=r"hidden widths must be positive integers"):
+        create_rule(name, REGISTRY.get(name).quick_config(), hidden=hidden, input_dim=784, num_classes=10)

@@ -18,6 +18,7 @@ import torch
 
 from mortalnet.optim import OptimizerConfig
 from mortalnet.rules import register_rule
+from mortalnet.rules.base import check_widths
 from mortalnet.rules.perturbation import Estimate, PerturbationConfig, PerturbationLearner, activity_perturbation
 
 
@@ -53,7 +54,7 @@ class ActivityPerturbationLearner(PerturbationLearner):
     def __init__(self, config: ActivityPerturbationConfig = ActivityPerturbationConfig(),
                  hidden: tuple[int, ...] = (256, 256), input_dim: int = 784, num_classes: int = 10, seed: int = 0,
                  device: torch.device | str = "cpu"):
-        dims = (input_dim, *hidden, num_classes)
+        dims = (input_dim, *check_widths(hidden), num_classes)
         super().__init__(config, dims, ["relu"] * len(hidden) + ["linear"], seed, device)
 
     @classmethod

@@ -16,7 +16,7 @@ from torch import nn
 
 from mortalnet.optim import OptimizerConfig, make_optimizer
 from mortalnet.rules import register_rule
-from mortalnet.rules.base import Learner
+from mortalnet.rules.base import Learner, check_widths
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,7 @@ class BackpropLearner(Learner):
     def __init__(self, config: BackpropConfig = BackpropConfig(), hidden: tuple[int, ...] = (1000, 1000, 1000),
                  input_dim: int = 784, num_classes: int = 10, seed: int = 0, device: torch.device | str = "cpu"):
         super().__init__(seed, device)
+        hidden = check_widths(hidden)
         self.cfg = config
         self.net = MLP(input_dim, tuple(hidden), num_classes, config.dropout, config.input_dropout,
                        self.generator, self.device_)

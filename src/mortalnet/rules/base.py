@@ -12,7 +12,18 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from mortalnet.config import ConfigError
 from mortalnet.optim import load_optimizer_tensors, optimizer_tensors, set_lr_scale
+
+
+def check_widths(hidden, field: str = "hidden") -> tuple[int, ...]:
+    """The hidden widths as a tuple; ConfigError unless each is a positive integer. A width of 0
+    otherwise builds a net that cannot learn (a layer with no units) or fails deep inside torch."""
+    widths = tuple(hidden)
+    bad = [w for w in widths if isinstance(w, bool) or not isinstance(w, int) or w < 1]
+    if bad:
+        raise ConfigError(f"{field} widths must be positive integers; got {widths}")
+    return widths
 
 
 class Learner(nn.Module):

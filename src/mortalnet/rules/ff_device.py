@@ -32,7 +32,7 @@ from mortalnet.hardware import OpCounts, create_device
 from mortalnet.nets.ff import embed_label, neutral_label, normalize_rows, one_hot
 from mortalnet.optim import make_optimizer
 from mortalnet.rules import register_rule
-from mortalnet.rules.base import Learner
+from mortalnet.rules.base import Learner, check_widths
 from mortalnet.rules.ff_passes import ff_layer_signal
 from mortalnet.rules.forward_forward import FFConfig, FFLearner
 
@@ -82,6 +82,7 @@ class FFDeviceLearner(Learner):
         hardware=None,
     ) -> None:
         super().__init__(seed, device)
+        hidden = check_widths(hidden)
         ff = config.ff
         if not hidden:
             raise ConfigError("an FF network needs at least one hidden layer")

@@ -42,7 +42,7 @@ from mortalnet.nets.ff import DerivedWeights, FFDense, activate, inverse_rms, no
 from mortalnet.nets.local import LocallyConnected2d
 from mortalnet.optim import OptimizerConfig, make_optimizer, schedule_factor, set_lr_scale
 from mortalnet.rules import register_rule
-from mortalnet.rules.base import Learner
+from mortalnet.rules.base import Learner, check_widths
 from mortalnet.rules.ff_passes import ff_layer_signal, goodness_sign
 from mortalnet.rules.forward_forward import FFObjectiveConfig
 
@@ -115,6 +115,7 @@ class FFLayerwiseLearner(Learner):
         device: torch.device | str = "cpu",
     ) -> None:
         super().__init__(seed, device)
+        hidden = check_widths(hidden)
         if not hidden:
             raise ConfigError("an FF network needs at least one hidden layer")
         if config.readout_layers < 1:

@@ -34,7 +34,7 @@ from mortalnet.nets.ff import activate, activation_slope, normalize_rows, produc
 from mortalnet.nets.recurrent import RecurrentFFNet
 from mortalnet.optim import OptimizerConfig, make_optimizer
 from mortalnet.rules import register_rule
-from mortalnet.rules.base import Learner
+from mortalnet.rules.base import Learner, check_widths
 from mortalnet.rules.ff_passes import ff_layer_signal, goodness_sign
 from mortalnet.rules.forward_forward import FFObjectiveConfig
 
@@ -76,6 +76,7 @@ class FFRecurrentLearner(Learner):
     def __init__(self, config: FFRecurrentConfig = FFRecurrentConfig(), hidden: tuple[int, ...] = (2000, 2000),
                  input_dim: int = 784, num_classes: int = 10, seed: int = 0, device: torch.device | str = "cpu"):
         super().__init__(seed, device)
+        hidden = check_widths(hidden)
         if not 1 <= config.test_from <= config.test_to <= config.iterations:
             raise ConfigError(f"need 1 <= test_from <= test_to <= iterations, got {config.test_from}, "
                               f"{config.test_to}, {config.iterations}")

@@ -54,7 +54,7 @@ from mortalnet.nets.ff import (
 )
 from mortalnet.optim import OptimizerConfig, make_optimizer
 from mortalnet.rules import register_rule
-from mortalnet.rules.base import Learner
+from mortalnet.rules.base import Learner, check_widths
 from mortalnet.rules.ff_passes import (
     call_compiled,
     ff_layer_signal,
@@ -148,6 +148,7 @@ class FFLearner(Learner):
         seed: int = 0,
         device: torch.device | str = "cpu",
     ) -> None:
+        hidden = check_widths(hidden)
         if config.precision == "int8" and torch.device(device).type != "cpu":
             raise ConfigError("rule.precision=int8 (int8 training products) is implemented and tested on CPU only; "
                               "on a GPU use rule.precision=bfloat16 (rule.test_precision=int8 works there)")

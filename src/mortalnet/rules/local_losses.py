@@ -31,6 +31,7 @@ from mortalnet.config import ConfigError
 from mortalnet.nets.ff import NORM_EPS
 from mortalnet.optim import OptimizerConfig
 from mortalnet.rules import register_rule
+from mortalnet.rules.base import check_widths
 from mortalnet.rules.perturbation import Estimate, PerturbationConfig, PerturbationLearner, _signed
 
 
@@ -65,6 +66,7 @@ class LocalLossesLearner(PerturbationLearner):
 
     def __init__(self, config: LocalLossesConfig = LocalLossesConfig(), hidden: tuple[int, ...] = (256, 256),
                  input_dim: int = 784, num_classes: int = 10, seed: int = 0, device: torch.device | str = "cpu"):
+        hidden = check_widths(hidden)
         if not hidden:
             raise ConfigError("local-losses needs at least one hidden block")
         bad = [h for h in hidden if h % config.group_size]

@@ -19,6 +19,7 @@ import torch
 
 from mortalnet.optim import OptimizerConfig
 from mortalnet.rules import register_rule
+from mortalnet.rules.base import check_widths
 from mortalnet.rules.perturbation import Estimate, PerturbationConfig, PerturbationLearner, weight_perturbation
 
 
@@ -47,7 +48,7 @@ class WeightPerturbationLearner(PerturbationLearner):
 
     def __init__(self, config: WeightPerturbationConfig = WeightPerturbationConfig(), hidden: tuple[int, ...] = (64,),
                  input_dim: int = 784, num_classes: int = 10, seed: int = 0, device: torch.device | str = "cpu"):
-        dims = (input_dim, *hidden, num_classes)
+        dims = (input_dim, *check_widths(hidden), num_classes)
         super().__init__(config, dims, ["relu"] * len(hidden) + ["linear"], seed, device)
 
     @classmethod
