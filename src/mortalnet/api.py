@@ -111,6 +111,8 @@ def run(
             raise cfgmod.ConfigError(f"a seed is an integer >= 0, got {seed}")
         exp = get_experiment(experiment)
         config = preset_config(experiment, preset, overrides)
+        _check_before_training(exp, config, RunContext(exp.name, preset, seed, _run_device(exp, device, dev),
+                                                       progress=False))
         path = Path(out) if out is not None else new_run_dir(Path(runs_root), experiment, preset, seed)
         run_dir = RunDir(path)
         if path.exists() and not path.is_dir():
@@ -129,8 +131,7 @@ def run(
         run_dir.write_json("config.json", {**record, "sha256": record_digest(record)})
         earlier_seconds, resuming = 0.0, False
 
-    if device == "auto" and exp.cpu_only:
-        dev = torch.device("cpu")  # e.g. ff-pipeline's gloo ranks: a visible GPU is not an error
+    dev = _run_device(exp, device, dev)
     env = {"git_commit": git_commit(), "machine": machine_info(dev), "command": _command_line(),
            "load_average_at_start": _load_average()}
     if resume is not None and run_dir.exists("env.json"):
@@ -160,10 +161,9 @@ def run(
         # a value that only fails when the experiment builds its networks and optimizers (e.g. a
         # momentum of 2): before anything trained it is the config's fault, refused like a
         # ConfigError and leaving no run behind
-        built = isinstance(err, (ValueError, ZeroDivisionError))
+        built = isinstance(err, _BUILD_REFUSALS)
         if built and not resuming and _remove_unstarted_run(run_dir, created):
-            raise cfgmod.ConfigError(f"the config was refused while the experiment was being built: "
-                                     f"{type(err).__name__}: {err}") from err
+            raise _refused_while_building(err) from err
         run_dir.set_status("failed", error=f"{type(err).__name__}: {err}",
                           resume=f"mortalnet run {exp.name} --resume {run_dir.path}")
         raise
@@ -184,6 +184,34 @@ def run(
     run_dir.set_status("done")
     summary["run_dir"] = str(run_dir.path)
     return summary
+
+
+_BUILD_REFUSALS = (ValueError, ZeroDivisionError)
+"""What building an experiment's networks and optimizers raises for a bad value (e.g. a momentum of 2)."""
+
+
+def _refused_while_building(err: Exception) -> cfgmod.ConfigError:
+    """The ConfigError for a value refused while the experiment was building its models."""
+    return cfgmod.ConfigError(f"the config was refused while the experiment was being built: "
+                              f"{type(err).__name__}: {err}")
+
+
+def _check_before_training(exp: Any, config: Any, ctx: RunContext) -> None:
+    """`exp.check`: every model of a new run built once before its directory is made, so that a setting
+    only a later model refuses is a ConfigError (exit 2, no run left behind) before the first model trains."""
+    try:
+        exp.check(config, ctx)
+    except (cfgmod.ConfigError, DataError):
+        raise
+    except _BUILD_REFUSALS as err:
+        raise _refused_while_building(err) from err
+
+
+def _run_device(exp: Any, device: str, dev: torch.device) -> torch.device:
+    """The device the experiment runs on: `dev`, except the CPU for a cpu-only experiment under --device auto."""
+    if device == "auto" and exp.cpu_only:
+        return torch.device("cpu")  # e.g. ff-pipeline's gloo ranks: a visible GPU is not an error
+    return dev
 
 
 def _refuse_if_still_running(run_dir: RunDir) -> None:

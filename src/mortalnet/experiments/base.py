@@ -7,7 +7,8 @@ experiments that need more (several models, devices, processes) override `run`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -30,6 +31,17 @@ def check_models(models: tuple[str, ...], valid: tuple[str, ...], field: str = "
             raise ConfigError(f"unknown model {m!r} in {field}; valid: {', '.join(valid)}")
     if len(set(models)) < len(models):
         raise ConfigError(f"{field} lists a model twice: {', '.join(models)}")
+
+
+@contextmanager
+def building(model: str) -> Iterator[None]:
+    """Build `model` inside the block (in `Experiment.check`): a setting it refuses, whether as a ConfigError
+    or as a ValueError (e.g. torch's optimizers refuse a negative learning rate that way), is re-raised as a
+    ConfigError that names the model."""
+    try:
+        yield
+    except ValueError as err:  # ConfigError included
+        raise ConfigError(f"{model}: {err}") from err
 
 
 @dataclass(frozen=True)
@@ -89,6 +101,15 @@ class Experiment:
     """Runs on the CPU only: `--device auto` then means cpu even where a GPU is visible (cuda is refused)."""
     headline: ClassVar[str] = ""
     """What `test_error` measures when it is not a test error rate (e.g. "1 - cosine"); shown by the report."""
+
+    def check(self, config: Any, ctx: RunContext) -> None:
+        """Refuse (ConfigError) what `run` would refuse only after some models had trained.
+
+        `mortalnet.api.run` calls it before the run directory is made (ctx.run is None). An experiment that
+        trains several models builds each distinct one here, once, with the helper `run` builds it with,
+        and discards it: milliseconds, where a setting only a later model refuses would otherwise cost the
+        training of the earlier ones. The default checks nothing: one model is built before it trains.
+        """
 
     def run(self, config: Any, ctx: RunContext) -> dict[str, Any]:
         """Run; return summary fields (must include `test_error`, a fraction)."""

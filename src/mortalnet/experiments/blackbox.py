@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from mortalnet.config import ConfigError
 from mortalnet.data.mnist import MnistConfig, load_mnist
 from mortalnet.experiments import register_experiment
-from mortalnet.experiments.base import Experiment, RunContext, check_models
+from mortalnet.experiments.base import Experiment, RunContext, building, check_models
 from mortalnet.nets.blackbox import NoDerivativeError, NumpyQuantizer, opaque, torch_quantizer
 from mortalnet.optim import OptimizerConfig
 from mortalnet.report.tables import mean_sd_text, runs_by_preset
@@ -138,6 +138,12 @@ class BlackBox(Experiment):
         if model not in ("backprop-box", "backprop-box-torch"):
             raise ConfigError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
         return BoxedBackprop(config.backprop, config.hidden, wrapped, 0, **kwargs)
+
+    def check(self, config: BlackBoxConfig, ctx: RunContext) -> None:
+        """Every model built once: the backprop models' settings are refused before the FF models train."""
+        for model in config.models:
+            with building(f"model {model}"):
+                self._learner(model, config, ctx)
 
     def run(self, config: BlackBoxConfig, ctx: RunContext) -> dict[str, Any]:
         data = load_mnist(config.data)

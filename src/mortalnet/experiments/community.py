@@ -30,11 +30,18 @@ import torch
 from mortalnet.config import ConfigError
 from mortalnet.data.mnist import DataError, MnistConfig, load_mnist
 from mortalnet.experiments import register_experiment
-from mortalnet.experiments.base import Experiment, RunContext
+from mortalnet.experiments.base import Experiment, RunContext, building
 from mortalnet.report import plots
 from mortalnet.runs import RunError, atomic_write_json, read_json
 from mortalnet.training import TrainingConfig
-from mortalnet.transfer.community import AgentConfig, CommunityConfig, make_shards
+from mortalnet.transfer.collectives import SimulatedGroup
+from mortalnet.transfer.community import (
+    AgentConfig,
+    CommunityConfig,
+    CommunityLearner,
+    MortalCommunityLearner,
+    make_shards,
+)
 from mortalnet.transfer.distill import FLOAT_BITS
 from mortalnet.transfer.launch import launch, simulate
 from mortalnet.transfer.stages import SessionClock
@@ -70,6 +77,16 @@ class Community(Experiment):
     Config = CommunityConfig
     presets = {"fast": _fast, "paper": _paper, "death": _death}
     references = {}
+
+    def check(self, config: CommunityConfig, ctx: RunContext) -> None:
+        """One agent of each mode built in this process, before the first community trains: a setting only
+        the mortal agents use (agent.device) is refused before the digital communities have trained. The
+        agents' nets do not depend on N; the class per mode is the one `train_community` picks."""
+        pool = torch.zeros(config.agent.transfer_batch, 784, device=ctx.device)  # stands in for the transfer inputs
+        for mode in config.modes:
+            agents = MortalCommunityLearner if mode.startswith("mortal") else CommunityLearner
+            with building(f"a {mode} agent"):
+                agents(config.agent, mode, SimulatedGroup(1), pool, ctx.seed, ctx.device)
 
     def run(self, config: CommunityConfig, ctx: RunContext) -> dict[str, Any]:
         check_community(config, ctx.seed, ctx.device)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from mortalnet.config import ConfigError
 from mortalnet.data.mnist import MnistConfig, Split, load_mnist
 from mortalnet.experiments import register_experiment
-from mortalnet.experiments.base import Experiment, Reference, RunContext
+from mortalnet.experiments.base import Experiment, Reference, RunContext, building
 from mortalnet.optim import OptimizerConfig
 from mortalnet.report import plots
 from mortalnet.transfer.distill import DistillLossConfig, Teacher, TransferTargets, check_loss_config, soft_targets
@@ -146,6 +146,25 @@ class DistillMnist(Experiment):
     presets = {"fast": _fast, "paper": _paper}
     references = {"paper": Reference(0.0074, "Hinton, Vinyals & Dean 2015, sec. 3: 784-800-800 student with soft targets at T=20, 74 errors")}
 
+    @staticmethod
+    def _teacher(config: DistillMnistConfig, ctx: RunContext) -> DistillLearner:
+        """A new, untrained teacher."""
+        return DistillLearner(config.teacher, config.teacher_hidden, 784, 10, seed=ctx.seed, device=ctx.device)
+
+    @staticmethod
+    def _student(config: DistillMnistConfig, seed: int, ctx: RunContext) -> DistillLearner:
+        """A new, untrained student (each of them starts from the same weights: the same seed)."""
+        return DistillLearner(config.student, config.student_hidden, 784, 10, seed=seed, device=ctx.device)
+
+    def check(self, config: DistillMnistConfig, ctx: RunContext) -> None:
+        """The settings `check_config` looks at, then the teacher and a student built once: a student
+        setting is refused before the teacher trains."""
+        check_config(config)
+        with building("the teacher"):
+            self._teacher(config, ctx)
+        with building("the student"):
+            self._student(config, ctx.seed + 1000, ctx)
+
     def run(self, config: DistillMnistConfig, ctx: RunContext) -> dict[str, Any]:
         check_config(config)
         clock = SessionClock()  # wall time across the sessions of a resumed run
@@ -162,7 +181,7 @@ class DistillMnist(Experiment):
         seconds: dict[str, float] = {}
 
         # 1. teacher: dropout, max-norm, jittered inputs, all training cases
-        teacher = DistillLearner(config.teacher, config.teacher_hidden, 784, 10, seed=ctx.seed, device=dev)
+        teacher = self._teacher(config, ctx)
         histories["teacher"], seconds["teacher"] = fit_stage(
             ctx, "teacher", teacher, (x_full, y_full), None, config.teacher_training, ctx.seed,
             transform=(lambda x, g: jitter(x, g, config.jitter)) if config.jitter else None, clock=clock)
@@ -175,14 +194,14 @@ class DistillMnist(Experiment):
         student_seed = ctx.seed + 1000
 
         # 2. student alone (hard labels only)
-        alone = DistillLearner(config.student, config.student_hidden, 784, 10, seed=student_seed, device=dev)
+        alone = self._student(config, student_seed, ctx)
         histories["student_hard"], seconds["student_hard"] = fit_stage(
             ctx, "student_hard", alone, (x_full, y_full), None, config.student_training, student_seed,
             clock=clock)
         out["student_hard_errors"] = _errors(alone.logits(x_test), y_test)
 
         # 3. the same student with soft targets at temperature T
-        soft = DistillLearner(config.student, config.student_hidden, 784, 10, seed=student_seed, device=dev)
+        soft = self._student(config, student_seed, ctx)
         histories["student_soft"], seconds["student_soft"] = fit_stage(
             ctx, "student_soft", soft, (x_full, full_targets), None, config.student_training, student_seed,
             clock=clock)
@@ -216,7 +235,7 @@ class DistillMnist(Experiment):
         transfer = Split(train50.images[keep], train50.labels[keep])
         x_tr, y_tr = transfer.tensors(dev)
         t_tr = answers[torch.from_numpy(keep).to(dev)]  # the teacher's stored answers, no new queries
-        student = DistillLearner(config.student, config.student_hidden, 784, 10, seed=seed, device=dev)
+        student = self._student(config, seed, ctx)
         histories["omit3"], seconds["omit3"] = fit_stage(
             ctx, "student_omitted", student, (x_tr, TransferTargets(y_tr, t_tr)), None,
             config.student_training, seed, clock=clock)

@@ -25,7 +25,7 @@ import torch
 from mortalnet.config import ConfigError
 from mortalnet.data.associative import NUM_SYMBOLS, AssociativeConfig, make_splits, to_string
 from mortalnet.experiments import register_experiment
-from mortalnet.experiments.base import Experiment, Reference, RunContext
+from mortalnet.experiments.base import Experiment, Reference, RunContext, building, check_models
 from mortalnet.nets.fast_weights import FastWeightsRNN, LSTMClassifier, PlainRNN
 from mortalnet.optim import OptimizerConfig
 from mortalnet.report import plots
@@ -110,6 +110,26 @@ class FastWeights(Experiment):
                 return LSTMClassifier(*args)
         raise ConfigError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
 
+    def _learner(self, model: str, size: int, config: FastWeightsConfig, ctx: RunContext) -> SequenceBackpropLearner:
+        """A new, untrained learner of `model` with `size` recurrent units."""
+        net = self.build_net(model, size, config, ctx.seed)
+        return SequenceBackpropLearner(net, config.optimizer, config.grad_clip, seed=ctx.seed, device=ctx.device)
+
+    def check(self, config: FastWeightsConfig, ctx: RunContext) -> None:
+        """Every (model, size) built once, before the first trains; a width below 1 is refused (the RNNs
+        would build and train an empty net, or torch fail with a RuntimeError)."""
+        check_models(config.models, MODELS)
+        if not config.hidden_sizes or min(config.hidden_sizes) < 1:
+            raise ConfigError(f"hidden_sizes needs at least one number of recurrent units, each >= 1, "
+                              f"got {config.hidden_sizes}")
+        for name in ("embed", "readout"):
+            if getattr(config, name) < 1:
+                raise ConfigError(f"{name} is a width, >= 1; got {getattr(config, name)}")
+        for size in config.hidden_sizes:
+            for model in config.models:
+                with building(f"model {model}-{size}"):
+                    self._learner(model, size, config, ctx)
+
     def run(self, config: FastWeightsConfig, ctx: RunContext) -> dict[str, Any]:
         splits = {k: (x.to(ctx.device), y.to(ctx.device)) for k, (x, y) in make_splits(config.data, ctx.seed).items()}
         for m in config.models:
@@ -120,9 +140,7 @@ class FastWeights(Experiment):
         histories: dict[str, list] = {}
         for size in config.hidden_sizes:
             for model in config.models:
-                net = self.build_net(model, size, config, ctx.seed)
-                learner = SequenceBackpropLearner(net, config.optimizer, config.grad_clip, seed=ctx.seed,
-                                                  device=ctx.device)
+                learner = self._learner(model, size, config, ctx)
                 sub, resume = ctx.sub_run(f"{model}-{size}")
                 valid = splits["valid"] if len(splits["valid"][1]) else None
                 fitted = fit(learner, splits["train"], valid, training, ctx.seed, run=sub, resume=resume)
@@ -134,7 +152,7 @@ class FastWeights(Experiment):
                     "test_error": learner.evaluate(*splits["test"])["error"],  # the only use of the test set
                     "valid_error": last.get("valid/error"),
                     "train_error": learner.evaluate(*splits["train"])["error"],
-                    "parameters": sum(p.numel() for p in net.parameters()),
+                    "parameters": sum(p.numel() for p in learner.net.parameters()),
                     "train_seconds": fitted.train_seconds,
                     "epochs": training.epochs,
                 })

@@ -30,7 +30,7 @@ from torch import nn
 from mortalnet.config import ConfigError
 from mortalnet.data.cifar import PIXELS, CifarConfig, load_cifar10
 from mortalnet.experiments import register_experiment
-from mortalnet.experiments.base import Experiment, Reference, RunContext, check_models
+from mortalnet.experiments.base import Experiment, Reference, RunContext, building, check_models
 from mortalnet.nets.ff import normalize_rows
 from mortalnet.nets.local import LocallyConnected2d
 from mortalnet.optim import OptimizerConfig, make_optimizer
@@ -156,6 +156,13 @@ class FFCifar10(Experiment):
             return LocalBackpropLearner(config.backprop, hidden, config.rule.kernel, 3, PIXELS, 10, seed=ctx.seed,
                                         device=ctx.device, tile=config.rule.tile)
         raise ConfigError(f"unknown model {model!r}; valid: ff, backprop")
+
+    def check(self, config: FFCifarConfig, ctx: RunContext) -> None:
+        """Every (model, depth) built once, before the first trains."""
+        for depth in config.depths:
+            for model in config.models:
+                with building(f"model {model}-{depth}"):
+                    self._learner(model, depth, config, ctx)
 
     def run(self, config: FFCifarConfig, ctx: RunContext) -> dict[str, Any]:
         data = load_cifar10(config.data)

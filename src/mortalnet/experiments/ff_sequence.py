@@ -28,7 +28,7 @@ import torch
 from mortalnet.config import ConfigError
 from mortalnet.data.text import ALPHABET, TextConfig, decode, load_corpus, one_hot_context, windows
 from mortalnet.experiments import register_experiment
-from mortalnet.experiments.base import Experiment, RunContext, check_models
+from mortalnet.experiments.base import Experiment, RunContext, building, check_models
 from mortalnet.optim import OptimizerConfig
 from mortalnet.report import plots
 from mortalnet.report.tables import mean_sd_text, runs_by_preset
@@ -118,6 +118,14 @@ class FFSequence(Experiment):
         if model == "backprop":
             return BackpropLearner(config.backprop, config.hidden, C * c, C, seed=ctx.seed, device=ctx.device)
         raise ConfigError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
+
+    def check(self, config: FFSequenceConfig, ctx: RunContext) -> None:
+        """Every model built once, before the first trains. The text is not read: the self-generated model
+        gets one blank string as its prompts and 1 as its steps per epoch, which change nothing it refuses."""
+        blank = torch.zeros(1, config.data.string_length, dtype=torch.long)
+        for model in config.models:
+            with building(f"model {model}"):
+                self._learner(model, config, blank, 1, ctx)
 
     def run(self, config: FFSequenceConfig, ctx: RunContext) -> dict[str, Any]:
         corpus = load_corpus(config.data)

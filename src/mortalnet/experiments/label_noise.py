@@ -29,7 +29,7 @@ from mortalnet.config import ConfigError
 from mortalnet.data.label_noise import corrupt_labels
 from mortalnet.data.mnist import MnistConfig, load_mnist
 from mortalnet.experiments import register_experiment
-from mortalnet.experiments.base import Experiment, Reference, RunContext, check_models
+from mortalnet.experiments.base import Experiment, Reference, RunContext, building, check_models
 from mortalnet.optim import OptimizerConfig
 from mortalnet.report import plots
 from mortalnet.report.tables import mean_sd_text, runs_by_preset
@@ -122,6 +122,19 @@ class LabelNoise(Experiment):
             return config.ff, config.ff_hidden, config.ff_training
         raise ConfigError(f"label-noise has settings for rules {', '.join(RULES)}; got {rule!r}")
 
+    def _learner(self, rule: str, config: LabelNoiseConfig, ctx: RunContext):
+        """A new, untrained learner of `rule`."""
+        rule_cfg, hidden, _ = self._rule(rule, config)
+        return create_rule(rule, rule_cfg, hidden=hidden, input_dim=784, num_classes=10, seed=ctx.seed,
+                           device=ctx.device)
+
+    def check(self, config: LabelNoiseConfig, ctx: RunContext) -> None:
+        """Each rule's learner built once (the noise rate does not change it): forward-forward's settings
+        are refused before backprop trains at the first rate."""
+        for rule in config.rules:
+            with building(f"the {rule} learner"):
+                self._learner(rule, config, ctx)
+
     def run(self, config: LabelNoiseConfig, ctx: RunContext) -> dict[str, Any]:
         t0 = time.perf_counter()
         data = load_mnist(config.data)
@@ -134,10 +147,8 @@ class LabelNoise(Experiment):
         for rate in config.rates:
             y_noisy, corrupted = corrupt_labels(y_true, rate, 10, ctx.seed)  # drawn once, fixed for all epochs
             for rule in config.rules:
-                rule_cfg, hidden, training = self._rule(rule, config)
-                training = ctx.loop_settings(training)
-                learner = create_rule(rule, rule_cfg, hidden=hidden, input_dim=784, num_classes=10, seed=ctx.seed,
-                                      device=dev)
+                training = ctx.loop_settings(self._rule(rule, config)[2])
+                learner = self._learner(rule, config, ctx)
                 sub, resume = ctx.sub_run(f"{rule}-noise{rate:g}")
                 fitted = fit(learner, (x_train, y_noisy), valid, training, ctx.seed, run=sub, resume=resume)
                 key = learner.primary_metric

@@ -24,7 +24,7 @@ import numpy as np
 from mortalnet.config import ConfigError
 from mortalnet.data.mnist import MnistConfig, load_mnist
 from mortalnet.experiments import register_experiment
-from mortalnet.experiments.base import Experiment, Reference, RunContext
+from mortalnet.experiments.base import Experiment, Reference, RunContext, building
 from mortalnet.optim import OptimizerConfig
 from mortalnet.report import plots
 from mortalnet.rules import create_rule
@@ -144,10 +144,26 @@ class PerturbationMnist(Experiment):
         "paper-bp": Reference(0.0266, f"{REN}: BP"),
     }
 
-    def run(self, config: PerturbationMnistConfig, ctx: RunContext) -> dict[str, Any]:
+    def check(self, config: PerturbationMnistConfig, ctx: RunContext) -> None:
+        """Every net of every arm built once, before the first arm trains; an arm with no net is refused."""
+        self._check_arms(config)
+        for arm in config.arms:
+            nets = self._nets(arm, config)
+            if not nets:  # only weight perturbation's nets can be none: one per width
+                raise ConfigError(f"arm {arm} trains one net per width of wp_widths, which is empty")
+            for label, rule, rule_cfg, hidden in nets:
+                with building(f"arm {arm}, net {label}"):
+                    self._learner(rule, rule_cfg, hidden, ctx)
+
+    @staticmethod
+    def _check_arms(config: PerturbationMnistConfig) -> None:
+        """ConfigError unless `arms` names at least one arm, each of them known."""
         bad = [a for a in config.arms if a not in ARMS]
         if bad or not config.arms:
             raise ConfigError(f"unknown arm(s) {bad} in arms={config.arms}; valid: {', '.join(ARMS)}")
+
+    def run(self, config: PerturbationMnistConfig, ctx: RunContext) -> dict[str, Any]:
+        self._check_arms(config)
         t0 = time.perf_counter()
         data = load_mnist(config.data)
         train = data.train.tensors(ctx.device)
@@ -195,9 +211,14 @@ class PerturbationMnist(Experiment):
             nets.append((f"backprop-w{w}", "backprop", config.backprop, (w,)))
         return nets
 
+    @staticmethod
+    def _learner(rule: str, rule_cfg: Any, hidden: tuple[int, ...], ctx: RunContext):
+        """A new, untrained learner of `rule` on a 784-hidden-10 net."""
+        return create_rule(rule, rule_cfg, hidden=hidden, input_dim=784, num_classes=10, seed=ctx.seed,
+                           device=ctx.device)
+
     def _train(self, label, rule, rule_cfg, hidden, config, ctx: RunContext, train, valid, test) -> dict[str, Any]:
-        learner = create_rule(rule, rule_cfg, hidden=hidden, input_dim=train[0].shape[1], num_classes=10,
-                              seed=ctx.seed, device=ctx.device)
+        learner = self._learner(rule, rule_cfg, hidden, ctx)
         sub, resume = ctx.sub_run(f"arms/{label}")
         if sub is not None and sub.exists("result.json"):  # finished before an interruption
             return sub.read_json("result.json")

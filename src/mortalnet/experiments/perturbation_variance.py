@@ -33,7 +33,7 @@ import torch
 from mortalnet.config import ConfigError
 from mortalnet.data.mnist import MnistConfig, load_mnist
 from mortalnet.experiments import register_experiment
-from mortalnet.experiments.base import Experiment, Reference, RunContext
+from mortalnet.experiments.base import Experiment, Reference, RunContext, building
 from mortalnet.report import plots
 from mortalnet.rules.perturbation import (
     DigitalLayer,
@@ -140,6 +140,27 @@ class PerturbationVariance(Experiment):
     references: dict[str, Reference] = {}
     headline = "not an error rate: 1 - cosine of activity perturbation's estimate with the gradient, widest net"
 
+    @staticmethod
+    def _nets(config: PerturbationVarianceConfig) -> list[tuple[str, int, int, list[int]]]:
+        """(sweep, width, depth, layer widths) of every net measured, width sweep first."""
+        nets = [("width", w, config.width_sweep_depth) for w in config.widths]
+        nets += [("depth", config.depth_sweep_width, d) for d in config.depths]
+        return [(sweep, width, depth, [784, *([width] * depth), 10]) for sweep, width, depth in nets]
+
+    def check(self, config: PerturbationVarianceConfig, ctx: RunContext) -> None:
+        """Every net of both sweeps built once, before the first is measured."""
+        for name in ("widths", "depths"):  # each sweep's exponent is fitted to its points
+            if not getattr(config, name):
+                raise ConfigError(f"{name} is empty: each sweep needs at least one net")
+        for name in ("widths", "depths", "width_sweep_depth", "depth_sweep_width"):
+            value = getattr(config, name)
+            if min(value if isinstance(value, tuple) else (value,)) < 1:
+                raise ConfigError(f"{name} must be >= 1 (a width or a number of hidden layers), got {value}")
+        gen = torch.Generator(device=ctx.device)
+        for sweep, width, depth, dims in self._nets(config):
+            with building(f"the {sweep} sweep's net of width {width} and depth {depth}"):
+                build_net(dims, gen, ctx.device)
+
     def run(self, config: PerturbationVarianceConfig, ctx: RunContext) -> dict[str, Any]:
         t0 = time.perf_counter()
         data = load_mnist(config.data)
@@ -148,11 +169,9 @@ class PerturbationVariance(Experiment):
             raise ConfigError(f"batch_size={config.batch_size} but the data has only {len(y)} training images")
         x, y = x[: config.batch_size], y[: config.batch_size]
         gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
-        nets = [("width", w, config.width_sweep_depth) for w in config.widths]
-        nets += [("depth", config.depth_sweep_width, d) for d in config.depths]
+        nets = self._nets(config)
         points = []
-        for sweep, width, depth in nets:
-            dims = [x.shape[1], *([width] * depth), 10]
+        for sweep, width, depth, dims in nets:
             layers, _ = build_net(dims, gen, ctx.device)
             n_weights = sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
             n_neurons = sum(dims[1:])
@@ -170,7 +189,7 @@ class PerturbationVariance(Experiment):
                 pts = [p for p in points if sweep in (p["sweep"], "both") and p["estimator"] == est]
                 exponents[f"{sweep}/{est}"] = fit_exponent([p["n_perturbed"] for p in pts], [p["rel_var"] for p in pts])
         ratios = []  # weight / activity noise at the same net, next to its mean fan-in
-        for sweep, width, depth in nets:
+        for sweep, width, depth, _ in nets:
             by = {p["estimator"]: p for p in points if (p["sweep"], p["width"], p["depth"]) == (sweep, width, depth)}
             ratios.append({"sweep": sweep, "width": width, "depth": depth,
                            "fan_in": by["weight"]["n_weights"] / by["weight"]["n_neurons"],

@@ -25,7 +25,7 @@ import torch
 from mortalnet.config import ConfigError
 from mortalnet.data.mnist import MnistConfig, load_mnist
 from mortalnet.experiments import register_experiment
-from mortalnet.experiments.base import Experiment, RunContext
+from mortalnet.experiments.base import Experiment, RunContext, building
 from mortalnet.experiments.perturbation_variance import _pm, autograd_gradient
 from mortalnet.optim import OptimizerConfig
 from mortalnet.report import plots
@@ -74,6 +74,13 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b / (a.norm() * b.norm() + 1e-30))
 
 
+def _steps(config: SmallLrEquivalenceConfig, lr: float) -> int:
+    """B's SGD steps at learning rate `lr`: lr_budget / lr (at least 1); ConfigError unless lr > 0."""
+    if not lr > 0:
+        raise ConfigError(f"lrs must all be > 0 (each trains lr_budget / lr steps), got {lr:g}")
+    return max(1, round(config.lr_budget / lr))
+
+
 @register_experiment("small-lr-equivalence")
 class SmallLrEquivalence(Experiment):
     name = "small-lr-equivalence"
@@ -83,6 +90,17 @@ class SmallLrEquivalence(Experiment):
     presets = {"fast": _fast, "paper": _paper}
     references = {}
     headline = "not an error rate: 1 - cosine of activity perturbation's and backprop's weight changes at the smallest lr"
+
+    def check(self, config: SmallLrEquivalenceConfig, ctx: RunContext) -> None:
+        """The learner of A and the learner and step count of each lr of B, before A measures anything."""
+        if not config.lrs:
+            raise ConfigError("lrs is empty: B needs at least one learning rate")
+        with building("A's learner"):
+            self._learner(config, 0.0, ctx)
+        for lr in config.lrs:
+            _steps(config, lr)
+            with building(f"B's learner at lr {lr:g}"):
+                self._learner(config, lr, ctx)
 
     def run(self, config: SmallLrEquivalenceConfig, ctx: RunContext) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -122,7 +140,7 @@ class SmallLrEquivalence(Experiment):
         # ---- B: training at decreasing learning rates --------------------------------------------
         trajectories = []
         for lr in config.lrs:
-            steps = max(1, round(config.lr_budget / lr))
+            steps = _steps(config, lr)
             ap = self._learner(config, lr, ctx)
             bp_layers = [DigitalLayer(l.in_features, l.out_features, l.activation, ctx.device) for l in ap.layers]
             for src, dst in zip(ap.layers, bp_layers):
