@@ -100,6 +100,7 @@ def test_a_model_refused_after_another_trained_keeps_the_run(capsys, tmp_path, m
         return build(self, model, *args)
 
     monkeypatch.setattr(FFSequence, "_learner", refuse_the_second)
+    monkeypatch.setattr(FFSequence, "check", lambda self, config, ctx: None)  # a refusal the check cannot see
     out = tmp_path / "r"
     args = ["run", "ff-sequence", "--preset", "fast", "--set", "models=backprop,ff-teacher-forcing",
             "--out", str(out), "--quiet"]
@@ -238,6 +239,36 @@ def test_refit_readout_trains_only_the_softmax_and_records_both_errors(tmp_path,
     learner.refit_readout(*mn.load_mnist(mn.MnistConfig(source="synthetic")).train.tensors(), epochs=1)
     for before, layer in zip(ff_weights, learner.layers):
         assert torch.equal(before, layer.weight)
+
+
+def test_a_late_refusal_keeps_any_file_the_experiment_wrote_and_never_the_users_own(capsys, tmp_path, monkeypatch):
+    """A refusal after the experiment wrote something that is not a checkpoint (community's agent
+    records) keeps the run, marked failed; a refusal before that removes what `run` wrote and leaves
+    the user's own files in an existing --out alone."""
+    from mortalnet.experiments.ff_supervised import FFSupervised
+
+    def write_then_refuse(self, config, ctx):
+        (ctx.run.path / "agents").mkdir()
+        (ctx.run.path / "agents" / "record.json").write_text("{}")
+        raise ConfigError("refused after writing a record")
+
+    monkeypatch.setattr(FFSupervised, "run", write_then_refuse)
+    out = tmp_path / "kept"
+    assert main(["run", "ff-supervised", "--preset", "fast", "--out", str(out), "--quiet"]) == 2
+    assert json.loads((out / "status.json").read_text())["state"] == "failed"
+    assert (out / "agents" / "record.json").exists() and (out / "config.json").exists()
+
+    def make_plots_then_refuse(self, config, ctx):
+        assert ctx.run.plots.is_dir()  # an empty folder of the run's own
+        raise ConfigError("refused before writing anything")
+
+    monkeypatch.setattr(FFSupervised, "run", make_plots_then_refuse)
+    out = tmp_path / "users"
+    (out / "notes").mkdir(parents=True)
+    (out / "notes" / "plan.txt").write_text("mine")
+    assert main(["run", "ff-supervised", "--preset", "fast", "--out", str(out), "--quiet"]) == 2
+    assert "refused before writing anything" in capsys.readouterr().err
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["notes", "notes/plan.txt"]
 
 
 def test_run_and_eval_refuse_bad_directories_and_stored_configs(capsys, tmp_path):

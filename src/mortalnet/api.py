@@ -126,6 +126,7 @@ def run(
             run_dir.path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise RunError(f"cannot make the run directory {path}: {err}") from None
+        already = _paths_under(run_dir.path)  # the user's own files in an existing --out: never the run's
         record = {"experiment": exp.name, "preset": preset, "seed": seed, "overrides": overrides,
                   "config": cfgmod.to_dict(config)}
         run_dir.write_json("config.json", {**record, "sha256": record_digest(record)})
@@ -154,7 +155,7 @@ def run(
     except (cfgmod.ConfigError, DataError) as err:
         # a refused config or unreadable data before any training: leave no run behind, so the same
         # --out works once fixed; after some training (a later model refused): keep the run
-        if resuming or not _remove_unstarted_run(run_dir, created):
+        if resuming or not _remove_unstarted_run(run_dir, created, already):
             run_dir.set_status("failed", error=f"{type(err).__name__}: {err}")
         raise
     except Exception as err:
@@ -162,7 +163,7 @@ def run(
         # momentum of 2): before anything trained it is the config's fault, refused like a
         # ConfigError and leaving no run behind
         built = isinstance(err, _BUILD_REFUSALS)
-        if built and not resuming and _remove_unstarted_run(run_dir, created):
+        if built and not resuming and _remove_unstarted_run(run_dir, created, already):
             raise _refused_while_building(err) from err
         run_dir.set_status("failed", error=f"{type(err).__name__}: {err}",
                           resume=f"mortalnet run {exp.name} --resume {run_dir.path}")
@@ -330,17 +331,29 @@ def evaluate_snapshots(run_path: str | Path, device: str = "auto") -> list[dict[
     return rows
 
 
-def _remove_unstarted_run(run_dir: RunDir, created: bool) -> bool:
+def _paths_under(folder: Path) -> set[Path]:
+    """Every file and folder below folder (recursively)."""
+    return set(folder.rglob("*"))
+
+
+RUN_BOOKKEEPING = ("config.json", "env.json", "status.json")
+"""What `run` itself writes into a run directory before the experiment starts."""
+
+
+def _remove_unstarted_run(run_dir: RunDir, created: bool, already: set[Path]) -> bool:
     """Undo what `run` wrote for a run refused before training (a ConfigError or DataError):
     its config, env and status files, and the directory when `run` made it and it is now empty.
-    A run that has trained anything (a checkpoint or metrics, its own or a sub-run's, e.g. the
-    first model of a multi-model experiment refused at its second) is kept, marked failed.
+    A run in which the experiment wrote any file (a checkpoint, metrics, an agent's record, its own
+    or a sub-run's, e.g. the first model of a multi-model experiment refused at its second) is
+    kept, marked failed; `already` are the paths that were in the directory before the run began.
     Returns whether the run was removed."""
-    for pattern in ("checkpoint*.safetensors", "metrics.jsonl"):
-        if any(run_dir.path.rglob(pattern)):
-            return False
-    for name in ("config.json", "env.json", "status.json"):
+    new = _paths_under(run_dir.path) - already - {run_dir.path / name for name in RUN_BOOKKEEPING}
+    if any(not p.is_dir() for p in new):
+        return False
+    for name in RUN_BOOKKEEPING:
         (run_dir.path / name).unlink(missing_ok=True)
+    for folder in sorted(new, reverse=True):  # empty folders the experiment made (e.g. plots/), deepest first
+        folder.rmdir()
     if created and not any(run_dir.path.iterdir()):
         run_dir.path.rmdir()
     return True
