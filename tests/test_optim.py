@@ -24,6 +24,20 @@ def test_smoothed_sgd_is_ffnew_update():
     torch.testing.assert_close(p.data, w)
 
 
+@pytest.mark.parametrize("settings, message", [({"lr": -0.01}, "learning rate must be >= 0"),
+                                               ({"lr": float("nan")}, "learning rate must be >= 0"),
+                                               ({"lr": 0.01, "weight_cost": -1e-3}, "weight cost must be >= 0"),
+                                               ({"lr": 0.01, "smoothing": 1.0}, r"smoothing must be in \[0, 1\)")])
+def test_smoothed_sgd_refuses_settings_that_would_climb_the_loss(settings, message):
+    p = torch.nn.Parameter(torch.zeros(2))
+    weight_cost = settings.pop("weight_cost", 0.0)
+    with pytest.raises(ValueError, match=message):
+        SmoothedSGD([{"params": [p], "weight_cost": weight_cost}], **settings)
+    if weight_cost:  # the default weight cost of every group is checked too
+        with pytest.raises(ValueError, match=message):
+            SmoothedSGD([p], weight_cost=weight_cost, **settings)
+
+
 def test_half_then_linear_matches_ffnew():
     E = 10
     assert [schedule_factor("half-then-linear", e, E) for e in range(1, 6)] == [1.0] * 5

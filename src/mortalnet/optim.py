@@ -30,6 +30,11 @@ class SmoothedSGD(torch.optim.Optimizer):
         if not 0.0 <= smoothing < 1.0:
             raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
         super().__init__(params, dict(lr=lr, smoothing=smoothing, weight_cost=weight_cost))
+        for group in self.param_groups:  # as torch's optimizers: a negative rate or cost climbs the loss
+            if not group["lr"] >= 0.0:
+                raise ValueError(f"the learning rate must be >= 0, got {group['lr']}")
+            if not group["weight_cost"] >= 0.0:
+                raise ValueError(f"the weight cost must be >= 0, got {group['weight_cost']}")
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 - torch.optim API
