@@ -63,6 +63,10 @@ def test_every_preset_passes_the_check(experiment, preset):
         ("community", ["agent.device.sigma=0"], "a mortal agent: sigma (perturbation scale) must be > 0"),
         ("small-lr-equivalence", ["lrs=0.1,0"], "lrs must all be > 0"),
         ("perturbation-variance", ["widths=8,0"], "widths must be >= 1"),
+        ("perturbation-variance", ["depths=2"], "depths needs at least two values"),
+        ("perturbation-variance", ["widths=8,16,8"], "widths lists a value twice"),
+        ("perturbation-mnist", ["arms=backprop,backprop"], "arms lists a model twice"),
+        ("perturbation-mnist", ["arms=weight-perturbation", "wp_widths=8,8"], "wp_widths lists a width twice"),
     ],
 )
 def test_a_later_models_setting_is_refused_before_anything_trains(experiment, settings, message, capsys,

@@ -24,7 +24,7 @@ import numpy as np
 from mortalnet.config import ConfigError
 from mortalnet.data.mnist import MnistConfig, load_mnist
 from mortalnet.experiments import register_experiment
-from mortalnet.experiments.base import Experiment, Reference, RunContext, building
+from mortalnet.experiments.base import Experiment, Reference, RunContext, building, check_models
 from mortalnet.optim import OptimizerConfig
 from mortalnet.report import plots
 from mortalnet.rules import create_rule
@@ -157,10 +157,11 @@ class PerturbationMnist(Experiment):
 
     @staticmethod
     def _check_arms(config: PerturbationMnistConfig) -> None:
-        """ConfigError unless `arms` names at least one arm, each of them known."""
-        bad = [a for a in config.arms if a not in ARMS]
-        if bad or not config.arms:
-            raise ConfigError(f"unknown arm(s) {bad} in arms={config.arms}; valid: {', '.join(ARMS)}")
+        """ConfigError unless `arms` names at least one arm, each of them known and once, and
+        wp_widths lists no width twice (a repeated arm or width would only reload the first's record)."""
+        check_models(config.arms, ARMS, field="arms")
+        if len(set(config.wp_widths)) < len(config.wp_widths):
+            raise ConfigError(f"wp_widths lists a width twice: {config.wp_widths}")
 
     def run(self, config: PerturbationMnistConfig, ctx: RunContext) -> dict[str, Any]:
         self._check_arms(config)

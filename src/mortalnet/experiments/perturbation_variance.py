@@ -149,9 +149,13 @@ class PerturbationVariance(Experiment):
 
     def check(self, config: PerturbationVarianceConfig, ctx: RunContext) -> None:
         """Every net of both sweeps built once, before the first is measured."""
-        for name in ("widths", "depths"):  # each sweep's exponent is fitted to its points
-            if not getattr(config, name):
-                raise ConfigError(f"{name} is empty: each sweep needs at least one net")
+        for name in ("widths", "depths"):  # each sweep's exponent is a slope fitted to its points
+            values = getattr(config, name)
+            if len(set(values)) < len(values):
+                raise ConfigError(f"{name} lists a value twice: {values}")
+            if len(values) < 2:
+                raise ConfigError(f"{name} needs at least two values: each sweep's exponent is a slope fitted "
+                                  f"to its points, got {values}")
         for name in ("widths", "depths", "width_sweep_depth", "depth_sweep_width"):
             value = getattr(config, name)
             if min(value if isinstance(value, tuple) else (value,)) < 1:
