@@ -80,6 +80,7 @@ def test_config_refused_by_the_learner_is_a_clear_error_and_leaves_no_run(capsys
         ("ff-supervised", ["rule.optimizer.momentum=2"], "refused while the experiment was being built"),
         ("ff-supervised", ["rule.readout_from=10"], "refused while the experiment was being built"),
         ("ff-supervised", ["rule.optimizer.lr=-1"], "the learning rate must be >= 0, got -1"),
+        ("ff-device", ["rule.hardware=medium"], "unknown device preset 'medium'; valid: harsh, ideal, mild"),
     ],
 )
 def test_refused_settings_of_other_rules_are_clear_errors(experiment, settings, message, capsys, tmp_path):

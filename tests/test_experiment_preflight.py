@@ -64,6 +64,8 @@ def test_every_preset_passes_the_check(experiment, preset):
         ("small-lr-equivalence", ["lrs=0.1,0"], "lrs must all be > 0"),
         ("perturbation-variance", ["widths=8,0"], "widths must be >= 1"),
         ("perturbation-variance", ["depths=2"], "depths needs at least two values"),
+        ("perturbation-mnist", ["arms=backprop,activity-perturbation", "ap.estimator=jvp", "ap.hardware=mild"],
+         "net activity-perturbation: estimator='jvp' needs an exact model"),
         ("perturbation-variance", ["widths=8,16,8"], "widths lists a value twice"),
         ("perturbation-mnist", ["arms=backprop,backprop"], "arms lists a model twice"),
         ("perturbation-mnist", ["arms=weight-perturbation", "wp_widths=8,8"], "wp_widths lists a width twice"),

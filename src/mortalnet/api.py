@@ -152,8 +152,8 @@ def run(
         run_dir.set_status("interrupted", resume=command)
         err.resume_command = command  # for the CLI's message
         raise
-    except (cfgmod.ConfigError, DataError) as err:
-        # a refused config or unreadable data before any training: leave no run behind, so the same
+    except (cfgmod.ConfigError, UnknownNameError, DataError) as err:
+        # a refused config (an unknown device preset included) or unreadable data before any training: leave no run behind, so the same
         # --out works once fixed; after some training (a later model refused): keep the run
         if resuming or not _remove_unstarted_run(run_dir, created, already):
             run_dir.set_status("failed", error=f"{type(err).__name__}: {err}")
@@ -202,7 +202,7 @@ def _check_before_training(exp: Any, config: Any, ctx: RunContext) -> None:
     only a later model refuses is a ConfigError (exit 2, no run left behind) before the first model trains."""
     try:
         exp.check(config, ctx)
-    except (cfgmod.ConfigError, DataError):
+    except (cfgmod.ConfigError, UnknownNameError, DataError):
         raise
     except _BUILD_REFUSALS as err:
         raise _refused_while_building(err) from err

@@ -16,6 +16,7 @@ import torch
 
 from mortalnet.config import ConfigError
 from mortalnet.data.mnist import MnistData, load_mnist
+from mortalnet.registry import UnknownNameError
 from mortalnet.rules.base import Learner
 from mortalnet.runs import RunDir, RunError
 from mortalnet.training import TrainingConfig, fit
@@ -35,12 +36,12 @@ def check_models(models: tuple[str, ...], valid: tuple[str, ...], field: str = "
 
 @contextmanager
 def building(model: str) -> Iterator[None]:
-    """Build `model` inside the block (in `Experiment.check`): a setting it refuses, whether as a ConfigError
-    or as a ValueError (e.g. torch's optimizers refuse a negative learning rate that way), is re-raised as a
-    ConfigError that names the model."""
+    """Build `model` inside the block (in `Experiment.check`): a setting it refuses, whether as a ConfigError,
+    a ValueError (e.g. torch's optimizers refuse a negative learning rate that way) or an unknown registry
+    name (a device preset), is re-raised as a ConfigError that names the model."""
     try:
         yield
-    except ValueError as err:  # ConfigError included
+    except (ValueError, UnknownNameError) as err:  # ConfigError included; an unknown device preset
         raise ConfigError(f"{model}: {err}") from err
 
 

@@ -482,6 +482,7 @@ class PerturbationLearner(Learner):
         self.cfg = config
         _validate_common(config)
         layers, self.hardware = build_layers(config.hardware, dims, activations, config.hardware_seed, self.device_)
+        _check_estimator(getattr(config, "estimator", "finite-difference"), layers)  # jvp on a device: refused now
         # digital layers are modules (their weights go into checkpoints); device layers are opaque handles
         self.layers = nn.ModuleList(layers) if self.hardware is None else layers
         self.mirror = LayerMirror(layers, self.generator, self.device_)
