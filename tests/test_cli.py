@@ -375,3 +375,21 @@ def test_seeds_whose_folders_hold_runs_are_refused_before_any_seed_trains(capsys
     assert main(args) == 2
     assert "seed1 already hold runs" in capsys.readouterr().err
     assert not (tmp_path / "seed0").exists()  # seed 0 did not train first
+
+
+def test_the_result_line_names_the_headline_model_and_what_a_number_that_is_not_an_error_measures():
+    from mortalnet.cli import _result_line
+
+    common = {"preset": "fast", "seed": 0, "wall_seconds": 3.2, "run_dir": "/r"}
+    cosine = _result_line({**common, "experiment": "perturbation-variance", "test_error": 0.80061})
+    assert "1 - cosine of activity perturbation's estimate" in cosine and "0.8006  3 s" in cosine
+    assert "test error" not in cosine and "%" not in cosine and "()" not in cosine
+    noise = _result_line({**common, "experiment": "label-noise", "test_error": 0.1565,
+                          "headline": {"rule": "backprop", "rate": 0.5}})
+    assert "test error 15.65%  (rule backprop, rate 0.5)  3 s  record: /r" in noise
+    arms = _result_line({**common, "experiment": "perturbation-mnist", "test_error": 0.1445, "headline": "backprop",
+                         "test/local-losses": 0.18})
+    assert "test error 14.45%  (backprop; local-losses 18.00%)" in arms
+    ff = _result_line({**common, "experiment": "ff-supervised", "test_error": 0.138, "test/error_goodness": 0.138,
+                       "test/error_softmax": 0.1335})
+    assert "test error 13.80%  (error_goodness 13.80%  error_softmax 13.35%)" in ff

@@ -7,6 +7,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+NOT_AN_ERROR_RATE = "not an error rate: "
+"""How an experiment's `headline` starts when its number is not an error rate (e.g. 1 - cosine)."""
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -98,10 +101,27 @@ def _cmd_run(args) -> None:
             args.experiment, preset=args.preset, seed=seed, overrides=args.set, out=out,
             device=args.device, resume=args.resume, progress=not args.quiet,
         )
-        extra = "  ".join(f"{k[5:]} {v:.2%}" for k, v in summary.items() if k.startswith("test/"))
-        print(f"{summary['experiment']} preset={summary['preset']} seed={summary['seed']}: "
-              f"test error {summary['test_error']:.2%}  ({extra})  "
-              f"{summary['wall_seconds']:.0f} s  record: {summary['run_dir']}")
+        print(_result_line(summary))
+
+
+def _result_line(summary: dict) -> str:
+    """The line a finished run prints: its headline number (a test error, or what the experiment
+    measures instead), which model it belongs to and the tests behind it, the time and the record."""
+    from mortalnet.experiments import get_experiment
+
+    parts = [f"{k[5:]} {v:.2%}" for k, v in summary.items() if k.startswith("test/")]
+    model = summary.get("headline")  # the model the number belongs to, in multi-model experiments
+    if isinstance(model, dict):
+        model = ", ".join(f"{k} {v}" for k, v in model.items())
+    measured = get_experiment(summary["experiment"]).headline
+    if measured.startswith(NOT_AN_ERROR_RATE):
+        number = f"{measured.removeprefix(NOT_AN_ERROR_RATE)} {summary['test_error']:.4f}"
+    else:
+        number = f"test error {summary['test_error']:.2%}"
+    inside = "; ".join(str(text) for text in (model, "  ".join(parts)) if text)
+    detail = f"  ({inside})" if inside else ""
+    return (f"{summary['experiment']} preset={summary['preset']} seed={summary['seed']}: {number}{detail}  "
+            f"{summary['wall_seconds']:.0f} s  record: {summary['run_dir']}")
 
 
 def _parse_seeds(text: str) -> list[int]:
