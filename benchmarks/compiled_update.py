@@ -29,7 +29,7 @@ from ff_throughput import (  # noqa: E402
 )
 
 from mortalnet.rules.forward_forward import FFConfig, FFLearner  # noqa: E402
-from mortalnet.runs import benchmark_provenance, machine_info, machine_label  # noqa: E402
+from mortalnet.runs import benchmark_provenance, benchmark_record_path, machine_info, machine_label, record_tag  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steps", type=positive_int, default=15, help="training steps per timed block")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="results/benchmarks")
+    ap.add_argument("--tag", default="", type=record_tag,
+                    help="appended to the record's file name (<name>-<device>-<tag>.json), e.g. another host")
     args = ap.parse_args(argv)
     for option in ("hidden", "threads"):  # checked here, kept as typed for the recorded command line
         positive_ints_option(ap, option, getattr(args, option))
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         "rows": rows,
         "ratios": ratios,
     }
-    write_record(result, Path(args.out) / f"compiled_update-{device.type}.json")
+    write_record(result, benchmark_record_path(args.out, "compiled_update", device.type, args.tag))
 
 
 if __name__ == "__main__":

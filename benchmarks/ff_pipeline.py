@@ -24,7 +24,7 @@ from mortalnet.parallel.ff_pipeline import data_parallel_rank, pipeline_rank
 from mortalnet.parallel.gpipe import gpipe_rank
 from mortalnet.parallel.launch import spawn
 from mortalnet.rules.forward_forward import FFConfig
-from mortalnet.runs import benchmark_provenance, machine_info
+from mortalnet.runs import benchmark_provenance, benchmark_record_path, machine_info, record_tag
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ff_throughput import positive_int, positive_ints_option, write_record  # noqa: E402  (the benchmarks' shared helpers)
@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--micro-batches", type=positive_int, default=4)
     ap.add_argument("--repeats", type=positive_int, default=3, help="rounds, each timing every row once")
     ap.add_argument("--out", default="results/benchmarks")
+    ap.add_argument("--tag", default="", type=record_tag,
+                    help="appended to the record's file name (<name>-<device>-<tag>.json), e.g. another host")
     args = ap.parse_args(argv)
     hidden = list(positive_ints_option(ap, "hidden", args.hidden))
     cores = os.cpu_count() or 1
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
                   "(min and max beside it), ratios are of the medians. Per-round ratio ranges: "
                   + "; ".join(f"{key} {low:.2f}-{high:.2f}" for key, (_, low, high) in ratios.items())],
     }
-    write_record(result, Path(args.out) / "ff_pipeline-cpu.json")
+    write_record(result, benchmark_record_path(args.out, "ff_pipeline", "cpu", args.tag))
 
 
 if __name__ == "__main__":

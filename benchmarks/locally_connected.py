@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 
 import torch
 
 from mortalnet.nets.local import LocallyConnected2d, default_tile
-from mortalnet.runs import atomic_write_json, benchmark_provenance, machine_info
+from mortalnet.runs import atomic_write_json, benchmark_provenance, benchmark_record_path, machine_info, record_tag
 
 
 def timeit(fn, min_seconds: float, warmup: int = 2) -> float:
@@ -47,6 +46,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seconds", type=float, default=2.0, help="timing budget per measurement")
     ap.add_argument("--out", default="results/benchmarks")
+    ap.add_argument("--tag", default="", type=record_tag,
+                    help="appended to the record's file name (<name>-<device>-<tag>.json), e.g. another host")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()[0]
@@ -112,7 +113,7 @@ def main() -> None:
             "best_tile_time_over_dense_same_flops": step_time[best] / dense_sec,
         },
     }
-    path = Path(args.out) / "locally_connected-cpu.json"
+    path = benchmark_record_path(args.out, "locally_connected", "cpu", args.tag)
     atomic_write_json(path, out)
     print(f"machine: {out['machine']}; {out['architecture']}")
     for r in results:

@@ -90,6 +90,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch", type=positive_int, default=1000)
     ap.add_argument("--steps", type=positive_int, default=2)
     ap.add_argument("--out", default="results/benchmarks")
+    from mortalnet.runs import record_tag
+
+    ap.add_argument("--tag", default="", type=record_tag,
+                    help="appended to the record's file name (memory_depth-cpu-<tag>.json), e.g. another host")
     args = ap.parse_args(argv)
     try:
         depth_list(args.depths)
@@ -101,7 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from mortalnet.report.plots import _plt, _save
-    from mortalnet.runs import atomic_write_json, benchmark_provenance, machine_info
+    from mortalnet.runs import atomic_write_json, benchmark_provenance, benchmark_record_path, machine_info
 
     depths = depth_list(args.depths)
     rows = []
@@ -123,8 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     ax.set_title(f"peak memory beyond parameters + optimizer state, batch {args.batch}")
     ax.legend()
     ax.grid(alpha=0.3)
-    out_dir = Path(args.out)
-    plot = out_dir / "memory_depth-cpu.png"
+    record = benchmark_record_path(args.out, "memory_depth", "cpu", args.tag)
+    plot = record.with_suffix(".png")
     _save(fig, plot)
 
     def ratio(rule):
@@ -139,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     if 1 in depths:
         notes.append("The 1-layer FF nets read out and test goodness from their only layer "
                      "(readout_from = goodness_from = 0); deeper nets from layer 2 on, as ffnew.m.")
-    atomic_write_json(out_dir / "memory_depth-cpu.json", {
+    atomic_write_json(record, {
         **benchmark_provenance("memory_depth", args, f"784-({args.width} x depth), batch {args.batch}, float32", env),
         "rows": rows,
         "ratios": {f"{key}_working_memory_{depths[-1]}_over_{depths[0]}_layers": ratio(name)
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         "notes": notes,
         "plots": [plot.as_posix()],
     })
-    print(f"written to {out_dir / 'memory_depth-cpu.json'}")
+    print(f"written to {record}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from ff_throughput import benchmark_batches, interleaved_step_times, positive_in
 
 from mortalnet.rules.ff_recurrent import FFRecurrentConfig, FFRecurrentLearner  # noqa: E402
 from mortalnet.rules.ff_unsupervised import FFUnsupervisedConfig, FFUnsupervisedLearner  # noqa: E402
-from mortalnet.runs import benchmark_provenance, machine_info  # noqa: E402
+from mortalnet.runs import benchmark_provenance, benchmark_record_path, machine_info, record_tag  # noqa: E402
 
 # name -> (description, learner class, its config, hidden widths)
 NETS = {
@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steps", type=positive_int, default=5, help="training steps per timed block")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="results/benchmarks")
+    ap.add_argument("--tag", default="", type=record_tag,
+                    help="appended to the record's file name (<name>-<device>-<tag>.json), e.g. another host")
     args = ap.parse_args(argv)
     unknown = [n for n in args.nets.split(",") if n not in NETS]
     if unknown:
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     env = machine_info(device)
     arch = f"784-({'; '.join(names)})-10, batch {B}, {args.threads} thread(s)"
     result = {**benchmark_provenance("precision_step", args, arch, env), "rows": rows, "ratios": ratios}
-    write_record(result, Path(args.out) / f"precision_step-{device.type}.json")
+    write_record(result, benchmark_record_path(args.out, "precision_step", device.type, args.tag))
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ff_throughput import positive_int, write_record  # noqa: E402
 
-from mortalnet.runs import benchmark_provenance, benchmark_record_path, machine_info  # noqa: E402
+from mortalnet.runs import benchmark_provenance, benchmark_record_path, machine_info, record_tag  # noqa: E402
 
 PEER_MARKER = "PEER_RESULT "  # the child's result line on stdout
 PEER_FILES = ("main.py", "config.yaml", "src/ff_model.py", "src/ff_mnist.py", "src/utils.py")
@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--train-images", type=positive_int, default=50_000,
                     help="first N training images (50,000: the peer's and the paper's training set)")
     ap.add_argument("--out", default="results/benchmarks")
+    ap.add_argument("--tag", default="", type=record_tag,
+                    help="appended to the record's file name (<name>-<device>-<tag>.json), e.g. another host")
     ap.add_argument("--as-peer-driver", action="store_true", help=argparse.SUPPRESS)  # the child process
     args = ap.parse_args(argv)
     peer = Path(args.peer)
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
                   "train softmax error: the running mean over the last epoch's training batches of the "
                   "neutral-label softmax's error (each side's own training metric), evidence that both learn"],
     }
-    write_record(result, benchmark_record_path(args.out, "published_ff", "cpu"))
+    write_record(result, benchmark_record_path(args.out, "published_ff", "cpu", args.tag))
 
 
 if __name__ == "__main__":

@@ -67,6 +67,17 @@ def test_memory_depth_record_names_every_option_that_changes_the_numbers(monkeyp
     assert record["benchmark"] == "memory_depth" and "git_commit" in record
     assert (out / "memory_depth-cpu.png").is_file()
     assert "--steps 3" in render_benchmarks(tmp_path)
+    md.main(["--depths", "1,2", "--width", "8", "--batch", "4", "--steps", "3", "--out", str(out), "--tag", "zen4"])
+    assert (out / "memory_depth-cpu-zen4.json").is_file() and (out / "memory_depth-cpu-zen4.png").is_file()
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in BENCHMARKS.glob("*.py")))
+def test_every_benchmark_takes_a_tag_for_its_record_name_and_refuses_one_that_is_not_a_name(name):
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), "--tag", "../x"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "use letters, digits, '-' and '_' only" in done.stderr, done.stderr
 
 
 # -- precision_step, compiled_update ------------------------------------------------------------
