@@ -297,7 +297,7 @@ def test_run_and_eval_refuse_bad_directories_and_stored_configs(capsys, tmp_path
     assert "has no stand-alone evaluation" in capsys.readouterr().err
     for flags, message in ((["--preset", "paper"], "preset 'fast'"), (["--seed", "7"], "seed 3"),
                            (["--out", str(tmp_path / "else")], "stays in its directory")):
-        assert main(["run", "--resume", str(run), *flags]) == 1
+        assert main(["run", "--resume", str(run), *flags]) == 2  # options that contradict the run: usage errors
         assert message in capsys.readouterr().err
 
 
@@ -372,7 +372,7 @@ def test_seeds_whose_folders_hold_runs_are_refused_before_any_seed_trains(capsys
     (tmp_path / "seed1").mkdir()
     (tmp_path / "seed1" / "config.json").write_text("{}")
     args = ["run", "backprop-mlp", "--preset", "fast", "--seeds", "0,1", "--out", str(tmp_path), "--quiet"]
-    assert main(args) == 2
+    assert main(args) == 1  # as a single --out that holds a run
     assert "seed1 already hold runs" in capsys.readouterr().err
     assert not (tmp_path / "seed0").exists()  # seed 0 did not train first
 
@@ -393,3 +393,11 @@ def test_the_result_line_names_the_headline_model_and_what_a_number_that_is_not_
     ff = _result_line({**common, "experiment": "ff-supervised", "test_error": 0.138, "test/error_goodness": 0.138,
                        "test/error_softmax": 0.1335})
     assert "test error 13.80%  (error_goodness 13.80%  error_softmax 13.35%)" in ff
+
+
+@pytest.mark.parametrize("spec", ["gpu", "cudax", "cuda:"])
+def test_an_unknown_device_is_a_usage_error(capsys, tmp_path, spec):
+    out = tmp_path / "r"
+    assert main(["run", "ff-supervised", "--preset", "fast", "--device", spec, "--out", str(out), "--quiet"]) == 2
+    assert f"unknown device {spec!r}; valid: auto, cpu, cuda, cuda:N" in capsys.readouterr().err
+    assert not out.exists()

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from collections.abc import Iterable
@@ -38,10 +39,10 @@ def resolve_device(spec: str = "auto") -> torch.device:
     """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is an error."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
+    if spec != "cpu" and not re.fullmatch(r"cuda(:\d+)?", spec):  # a bad option: ConfigError, exit 2
+        raise cfgmod.ConfigError(f"unknown device {spec!r}; valid: auto, cpu, cuda, cuda:N")
+    if spec.startswith("cuda") and not torch.cuda.is_available():  # this machine: RunError, exit 1
         raise RunError("--device cuda was asked for but torch sees no CUDA GPU (use --device auto or cpu)")
-    if spec != "cpu" and not spec.startswith("cuda"):
-        raise RunError(f"unknown device {spec!r}; valid: auto, cpu, cuda, cuda:N")
     return torch.device(spec)
 
 
@@ -88,16 +89,16 @@ def run(
             raise RunError(f"{run_dir.path} does not exist: nothing to resume")
         exp, config, stored = _stored_config(run_dir)
         if experiment and exp.name != experiment:
-            raise RunError(f"{run_dir.path} is a run of {exp.name!r}, not {experiment!r}")
+            raise cfgmod.ConfigError(f"{run_dir.path} is a run of {exp.name!r}, not {experiment!r}")
         if overrides:
-            raise RunError("a resumed run keeps its stored config; --set is not allowed with --resume")
+            raise cfgmod.ConfigError("a resumed run keeps its stored config; --set is not allowed with --resume")
         asked = {"preset": preset, "seed": seed}
         for key in ("preset", "seed"):
             if asked[key] is not None and asked[key] != stored[key]:
-                raise RunError(f"{run_dir.path} is a run with {key} {stored[key]!r}; a resumed run keeps it "
-                               f"(drop --{key} {asked[key]})")
+                raise cfgmod.ConfigError(f"{run_dir.path} is a run with {key} {stored[key]!r}; a resumed run "
+                                         f"keeps it (drop --{key} {asked[key]})")
         if out is not None and Path(out).resolve() != run_dir.path.resolve():
-            raise RunError(f"a resumed run stays in its directory {run_dir.path}; drop --out {out}")
+            raise cfgmod.ConfigError(f"a resumed run stays in its directory {run_dir.path}; drop --out {out}")
         preset, seed = stored["preset"], stored["seed"]
         if run_dir.exists("summary.json") and run_dir.status().get("state") == "done":
             raise RunError(f"{run_dir.path} already finished; see its summary.json")
@@ -153,8 +154,9 @@ def run(
         err.resume_command = command  # for the CLI's message
         raise
     except (cfgmod.ConfigError, UnknownNameError, DataError) as err:
-        # a refused config (an unknown device preset included) or unreadable data before any training: leave no run behind, so the same
-        # --out works once fixed; after some training (a later model refused): keep the run
+        # a refused config (an unknown device preset included) or unreadable data before any training:
+        # leave no run behind, so the same --out works once fixed; after some training (a later model
+        # refused): keep the run
         if resuming or not _remove_unstarted_run(run_dir, created, already):
             run_dir.set_status("failed", error=f"{type(err).__name__}: {err}")
         raise

@@ -81,6 +81,7 @@ def _cmd_config(args) -> None:
 def _cmd_run(args) -> None:
     from mortalnet.api import run
     from mortalnet.config import ConfigError
+    from mortalnet.runs import RunError
 
     if args.resume is None and not args.experiment:
         raise SystemExit("mortalnet run: name an experiment (see `mortalnet list`) or give --resume DIR")
@@ -90,9 +91,9 @@ def _cmd_run(args) -> None:
     if args.seeds and args.out is not None:  # every seed's folder is checked before the first seed trains
         folders = [Path(args.out) / f"seed{s}" for s in seeds]
         taken = [str(f) for f in folders if (f / "config.json").exists()]
-        if taken:
-            raise ConfigError(f"{', '.join(taken)} already hold runs; continue one with --resume or choose "
-                              "another --out")
+        if taken:  # the state of the disk, as a single --out that holds a run: RunError, exit 1
+            raise RunError(f"{', '.join(taken)} already hold runs; continue one with --resume or choose "
+                           "another --out")
     for seed in seeds:
         out = args.out
         if out is not None and args.seeds:  # --seeds: always DIR/seed<k>, however many
