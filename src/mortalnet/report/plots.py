@@ -33,7 +33,7 @@ def learning_curves(history: Sequence[dict[str, Any]], path: Path, title: str = 
     """Train/validation error per epoch (left) and per-layer FF loss or training loss (right)."""
     plt = _plt()
     epochs = [r["epoch"] for r in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     keys = sorted({k for r in history for k in r if ("error" in k and not k.startswith("train/pair"))})
     for k in keys:
         pts = [(r["epoch"], r[k]) for r in history if r.get(k) is not None]
@@ -68,7 +68,7 @@ def goodness_histograms(pos: Sequence[np.ndarray], neg: Sequence[np.ndarray], th
     """
     plt = _plt()
     n = len(pos)
-    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2), squeeze=False, layout="constrained")
     for i, (ax, gp, gn, th) in enumerate(zip(axes[0], pos, neg, thresholds)):
         hi = np.percentile(np.concatenate([gp, gn]), 99.5)
         bins = np.linspace(0, max(hi, th * 1.2), 60)
@@ -110,7 +110,7 @@ def image_grid(images: np.ndarray, path: Path, titles: Sequence[str] = (), cols:
     plt = _plt()
     n = len(images)
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.45), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.45), squeeze=False, layout="constrained")
     for k, ax in enumerate(axes.ravel()):
         ax.axis("off")
         if k < n:
@@ -169,7 +169,8 @@ def soft_target_bars(images: np.ndarray, probs: dict[str, np.ndarray], path: Pat
     distribution in `probs` (name -> (N, C)); `log_scale[j]` puts row j on a log axis."""
     plt = _plt()
     n, names = len(images), list(probs)
-    fig, axes = plt.subplots(1 + len(names), n, figsize=(2.1 * n, 1.9 * (1 + len(names))), squeeze=False)
+    fig, axes = plt.subplots(1 + len(names), n, figsize=(2.1 * n, 1.9 * (1 + len(names))), squeeze=False,
+                             layout="constrained")
     for k in range(n):
         ax = axes[0, k]
         ax.imshow(np.asarray(images[k]).reshape(28, 28), cmap="gray", interpolation="nearest")
@@ -232,7 +233,7 @@ def series_panels(panels: Sequence[dict[str, Any]], path: Path, title: str = "")
     e.g. fitted power laws) and `hline` (a y value drawn dotted, e.g. 1.0).
     """
     plt = _plt()
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4), squeeze=False, layout="constrained")
     for ax, panel in zip(axes[0], panels):
         colors = {}
         for label, data in panel.get("series", {}).items():
