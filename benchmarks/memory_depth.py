@@ -22,6 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ff_throughput import positive_int  # noqa: E402  (the benchmarks' shared helpers)
 
+from mortalnet.runs import record_tag  # noqa: E402
+
 CHILD = r"""
 import gc, json, sys, torch
 from mortalnet.rules import create_rule
@@ -90,8 +92,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch", type=positive_int, default=1000)
     ap.add_argument("--steps", type=positive_int, default=2)
     ap.add_argument("--out", default="results/benchmarks")
-    from mortalnet.runs import record_tag
-
     ap.add_argument("--tag", default="", type=record_tag,
                     help="appended to the record's file name (memory_depth-cpu-<tag>.json), e.g. another host")
     args = ap.parse_args(argv)

@@ -293,8 +293,12 @@ def test_run_and_eval_refuse_bad_directories_and_stored_configs(capsys, tmp_path
     config = cfgmod.to_dict(preset_config("distill-mnist", "fast"))
     (run / "config.json").write_text(json.dumps({"experiment": "distill-mnist", "preset": "fast", "seed": 3,
                                                  "config": config}))
-    assert main(["eval", str(run)]) == 1
+    assert main(["eval", str(run)]) == 2  # a command the run's experiment does not offer: a usage error
     assert "has no stand-alone evaluation" in capsys.readouterr().err
+    assert main(["eval", str(run), "--refit-readout", "1"]) == 2
+    assert "trains several models" in capsys.readouterr().err
+    assert main(["run"]) == 2
+    assert "name an experiment (see `mortalnet list`) or give --resume DIR" in capsys.readouterr().err
     for flags, message in ((["--preset", "paper"], "preset 'fast'"), (["--seed", "7"], "seed 3"),
                            (["--out", str(tmp_path / "else")], "stays in its directory")):
         assert main(["run", "--resume", str(run), *flags]) == 2  # options that contradict the run: usage errors

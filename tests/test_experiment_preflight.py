@@ -61,6 +61,7 @@ def test_every_preset_passes_the_check(experiment, preset):
         ("distill-mnist", ["student.optimizer.lr=-1"], "the student: Invalid learning rate"),
         ("distill-mnist", ["student_hidden=0"], "the student: hidden widths must be positive"),
         ("community", ["agent.device.sigma=0"], "a mortal agent: sigma (perturbation scale) must be > 0"),
+        ("community", ["agent.hidden=0"], "hidden widths must be positive integers; got (0,)"),
         ("small-lr-equivalence", ["lrs=0.1,0"], "lrs must all be > 0"),
         ("perturbation-variance", ["widths=8,0"], "widths must be >= 1"),
         ("perturbation-variance", ["depths=2"], "depths needs at least two values"),

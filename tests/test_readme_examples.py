@@ -37,5 +37,5 @@ def test_the_writing_a_rule_example_registers_a_rule_that_fit_trains_to_the_erro
         assert error == pytest.approx(0.081, abs=0.006)  # the README says 8.1% (seed 0, 5 epochs)
         assert "{'error': 0.08" in capsys.readouterr().out
     finally:
-        RULES._entries.pop("delta", None)  # the other tests see only the library's rules
+        RULES.unregister("delta")  # the other tests see only the library's rules
         sys.modules.pop(module.__name__, None)

@@ -56,10 +56,20 @@ def test_different_seeds_give_different_networks(name):
 
 
 @pytest.mark.parametrize("name", RULES)
-@pytest.mark.parametrize("hidden", [(16, 0), (16, -3)])
+@pytest.mark.parametrize("hidden", [(16, 0), (16, -3), (16, 2.5), (16, True)])
 def test_a_hidden_width_below_one_is_refused_when_the_learner_is_built(name, hidden):
     from mortalnet.config import ConfigError
     from mortalnet.rules import RULES as REGISTRY
 
     with pytest.raises(ConfigError, match=r"hidden widths must be positive integers"):
         create_rule(name, REGISTRY.get(name).quick_config(), hidden=hidden, input_dim=784, num_classes=10)
+
+
+@pytest.mark.parametrize("name", RULES)
+def test_hidden_widths_may_be_numpy_integers(name):
+    import numpy as np
+    from mortalnet.rules import RULES as REGISTRY
+
+    learner = create_rule(name, REGISTRY.get(name).quick_config(), hidden=(np.int64(16), np.int32(16)), input_dim=784,
+                          num_classes=10)
+    assert learner.evaluate(torch.rand(4, 784), torch.arange(4))[learner.primary_metric] <= 1.0

@@ -288,7 +288,7 @@ def load_learner(run_path: str | Path, device: str = "auto", checkpoint: str | P
     then ``learner.evaluate(x, y)``. For experiments that train one learner (SupervisedExperiment)."""
     exp, config, ctx = _stored_run(run_path, device)
     if not hasattr(exp, "build_learner"):
-        raise RunError(f"{exp.name} trains several models; load its sub-runs' checkpoints instead")
+        raise cfgmod.ConfigError(f"{exp.name} trains several models; load its sub-runs' checkpoints instead")
     learner = exp.build_learner(config, ctx)
     ctx.run.load_into(learner, None if checkpoint is None else Path(checkpoint))
     return learner, config
@@ -306,7 +306,7 @@ def refit_readout(run_path: str | Path, epochs: int = 20, device: str = "auto") 
     exp, config, ctx = _stored_run(run_path, device)
     learner, _ = load_learner(run_path, device)
     if not hasattr(learner, "refit_readout"):
-        raise RunError(f"{exp.name}'s learner has no linear readout on frozen layers to refit")
+        raise cfgmod.ConfigError(f"{exp.name}'s learner has no linear readout on frozen layers to refit")
     data = exp.load_data(config)
     splits = {"valid": data.valid.tensors(ctx.device), "test": data.test.tensors(ctx.device)}
     before = {k: learner.evaluate(*xy)["error_softmax"] for k, xy in splits.items() if len(xy[1])}

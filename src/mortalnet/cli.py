@@ -33,13 +33,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="run directory (default runs/<experiment>/<preset>-s<seed>-<time>)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. training.epochs=3 (see `mortalnet config EXP`)")
-    r.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     r.add_argument("--resume", default=None, metavar="DIR", help="continue an interrupted run from its checkpoint")
     r.add_argument("--quiet", action="store_true", help="no progress output")
 
     e = sub.add_parser("eval", help="re-evaluate a saved run on the test set")
     e.add_argument("run_dir")
-    e.add_argument("--device", default="auto")
+    e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     e.add_argument("--snapshots", action="store_true",
                    help="evaluate every snapshot the run kept (training.snapshot_every): test error vs training time")
     e.add_argument("--refit-readout", type=int, default=0, metavar="EPOCHS",
@@ -84,7 +84,7 @@ def _cmd_run(args) -> None:
     from mortalnet.runs import RunError
 
     if args.resume is None and not args.experiment:
-        raise SystemExit("mortalnet run: name an experiment (see `mortalnet list`) or give --resume DIR")
+        raise ConfigError("name an experiment (see `mortalnet list`) or give --resume DIR")
     seeds = _parse_seeds(args.seeds) if args.seeds else [args.seed]
     if args.seeds and (args.resume is not None or args.seed is not None):
         raise ConfigError("--seeds runs one fresh run per seed: it goes with neither --seed nor --resume")

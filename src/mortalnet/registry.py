@@ -45,6 +45,10 @@ class Registry(Generic[T]):
 
         return decorate
 
+    def unregister(self, name: str) -> None:
+        """Remove `name` (a rule a notebook or a test registered for a while); absent names are ignored."""
+        self._entries.pop(name, None)
+
     def _load(self) -> None:
         if not self._loaded:
             self._loaded = True

@@ -18,7 +18,7 @@ from mortalnet.config import ConfigError
 from mortalnet.data.mnist import MnistData, load_mnist
 from mortalnet.registry import UnknownNameError
 from mortalnet.rules.base import Learner
-from mortalnet.runs import RunDir, RunError
+from mortalnet.runs import RunDir
 from mortalnet.training import TrainingConfig, fit
 
 
@@ -41,7 +41,7 @@ def building(model: str) -> Iterator[None]:
     name (a device preset), is re-raised as a ConfigError that names the model."""
     try:
         yield
-    except (ValueError, UnknownNameError) as err:  # ConfigError included; an unknown device preset
+    except (ValueError, ZeroDivisionError, UnknownNameError) as err:  # ConfigError included; a device preset
         raise ConfigError(f"{model}: {err}") from err
 
 
@@ -118,12 +118,12 @@ class Experiment:
 
     def evaluate(self, config: Any, ctx: RunContext) -> dict[str, Any]:
         """Re-evaluate a finished run (ctx.run) on the test set."""
-        raise RunError(f"{self.name} trains several models and has no stand-alone evaluation; "
+        raise ConfigError(f"{self.name} trains several models and has no stand-alone evaluation; "
                        "its summary.json holds the test results")
 
     def evaluate_snapshots(self, config: Any, ctx: RunContext) -> list[dict[str, Any]]:
         """Evaluate each snapshot of ctx.run (TrainingConfig.snapshot_every) on the test set."""
-        raise RunError(f"{self.name} keeps no snapshots")
+        raise ConfigError(f"{self.name} keeps no snapshots")
 
 
 class SupervisedExperiment(Experiment):

@@ -41,7 +41,7 @@ class MLP(nn.Module):
     def __init__(self, input_dim: int, hidden: tuple[int, ...], num_classes: int, dropout: float = 0.0,
                  input_dropout: float = 0.0, generator: torch.Generator | None = None, device=None):
         super().__init__()
-        dims = (input_dim, *hidden, num_classes)
+        dims = (input_dim, *check_widths(hidden), num_classes)  # also community's agents (agent.hidden)
         self.linears = nn.ModuleList(nn.Linear(a, b, device=device) for a, b in zip(dims[:-1], dims[1:]))
         self.dropout, self.input_dropout = dropout, input_dropout
         # uniform in ±sqrt(3 / fan_in), variance 1 / fan_in (LeCun-uniform), from our own generator (reproducible)
@@ -71,7 +71,6 @@ class BackpropLearner(Learner):
     def __init__(self, config: BackpropConfig = BackpropConfig(), hidden: tuple[int, ...] = (1000, 1000, 1000),
                  input_dim: int = 784, num_classes: int = 10, seed: int = 0, device: torch.device | str = "cpu"):
         super().__init__(seed, device)
-        hidden = check_widths(hidden)
         self.cfg = config
         self.net = MLP(input_dim, tuple(hidden), num_classes, config.dropout, config.input_dropout,
                        self.generator, self.device_)

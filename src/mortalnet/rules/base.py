@@ -7,7 +7,8 @@ A `Learner` owns its parameters, optimizers and random generator. The loop calls
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import operator
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -16,13 +17,17 @@ from mortalnet.config import ConfigError
 from mortalnet.optim import load_optimizer_tensors, optimizer_tensors, set_lr_scale
 
 
-def check_widths(hidden, field: str = "hidden") -> tuple[int, ...]:
-    """The hidden widths as a tuple; ConfigError unless each is a positive integer. A width of 0
-    otherwise builds a net that cannot learn (a layer with no units) or fails deep inside torch."""
-    widths = tuple(hidden)
-    bad = [w for w in widths if isinstance(w, bool) or not isinstance(w, int) or w < 1]
-    if bad:
-        raise ConfigError(f"{field} widths must be positive integers; got {widths}")
+def check_widths(hidden: Iterable[int]) -> tuple[int, ...]:
+    """The hidden widths as a tuple of ints; ConfigError unless each is a positive integer (a numpy
+    integer too; a bool or a float is not). A width of 0 otherwise builds a net that cannot learn (a
+    layer with no units) or fails deep inside torch."""
+    given = tuple(hidden)
+    try:
+        widths = tuple(operator.index(w) for w in given if not isinstance(w, bool))
+    except TypeError:
+        widths = ()
+    if len(widths) != len(given) or any(w < 1 for w in widths):
+        raise ConfigError(f"hidden widths must be positive integers; got {given}")
     return widths
 
 

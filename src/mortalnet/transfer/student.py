@@ -18,7 +18,7 @@ from mortalnet.config import ConfigError
 from mortalnet.optim import OptimizerConfig, make_optimizer
 from mortalnet.rules import register_rule
 from mortalnet.rules.backprop import MLP
-from mortalnet.rules.base import Learner, check_widths
+from mortalnet.rules.base import Learner
 from mortalnet.transfer.distill import DistillLossConfig, TransferTargets, distillation_loss
 
 
@@ -65,7 +65,6 @@ class DistillLearner(Learner):
                  input_dim: int = 784, num_classes: int = 10, seed: int = 0,
                  device: torch.device | str = "cpu") -> None:
         super().__init__(seed, device)
-        hidden = check_widths(hidden)
         self.cfg = config
         self.num_classes = num_classes
         self.net = MLP(input_dim, tuple(hidden), num_classes, config.dropout, config.input_dropout,
