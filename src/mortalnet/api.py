@@ -105,6 +105,7 @@ def run(
         _refuse_if_still_running(run_dir)
         earlier_seconds = checkpoint_train_seconds(run_dir.path)  # its own checkpoint, or its sub-runs'
         resuming = True  # the experiment continues each model that has a checkpoint (ctx.resumes)
+        created, already = False, set()  # a resumed run is never removed (see the failure branches)
     else:
         preset = "fast" if preset is None else preset
         seed = 0 if seed is None else seed
