@@ -624,3 +624,43 @@ def test_no_module_outside_the_hardware_package_reaches_the_physics():
             if isinstance(node, ast.Attribute) and node.attr in ("_token", "_physics"):
                 offenders.append(f"{path.relative_to(root)}:{node.lineno} uses .{node.attr}")
     assert not offenders, offenders
+
+
+def test_only_the_harness_rewinds_a_device():
+    """A device's sealed state goes out only when a learner is checkpointed (state_tensors) and comes
+    back only when one is restored (load_state_tensors); a learner's own methods call neither, so no
+    rule can try a write, measure, and rewind the device to undo what the write cost (wear, drift).
+    Restoring a learner is the harness's act: the checkpoint loader (runs.py) or an experiment."""
+    import ast
+    from pathlib import Path
+
+    import mortalnet
+
+    allowed_in = {"export_state": {"state_tensors"}, "restore_state": {"load_state_tensors"},
+                  "load_state_tensors": {"load_state_tensors"}}  # a subclass restoring its parent's part
+    harness = {"runs.py", "experiments"}  # where restoring a learner's checkpoint is allowed anywhere
+    root = Path(mortalnet.__file__).parent
+    offenders = []
+
+    class Calls(ast.NodeVisitor):
+        def __init__(self, where: str, part: str) -> None:
+            self.where, self.part, self.function = where, part, ""
+
+        def visit_FunctionDef(self, node):  # the innermost enclosing function names the call's context
+            outer, self.function = self.function, node.name
+            self.generic_visit(node)
+            self.function = outer
+
+        def visit_Call(self, node):
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else ""
+            if name in allowed_in and self.function not in allowed_in[name] and not (
+                    name == "load_state_tensors" and self.part in harness):
+                offenders.append(f"{self.where}:{node.lineno} calls .{name}() in {self.function or 'module'}")
+            self.generic_visit(node)
+
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if rel.parts[0] == "hardware":
+            continue
+        Calls(str(rel), rel.parts[0]).visit(ast.parse(path.read_text(), filename=str(path)))
+    assert not offenders, offenders
