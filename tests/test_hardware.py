@@ -630,15 +630,18 @@ def test_only_the_harness_rewinds_a_device():
     """A device's sealed state goes out only when a learner is checkpointed (state_tensors) and comes
     back only when one is restored (load_state_tensors); a learner's own methods call neither, so no
     rule can try a write, measure, and rewind the device to undo what the write cost (wear, drift).
-    Restoring a learner is the harness's act: the checkpoint loader (runs.py) or an experiment."""
+    Restoring a learner is the harness's act: the checkpoint loader (runs.py) or an experiment.
+    Likewise `isolated()` (which puts the noise stream back) serves evaluation only: perturbed passes
+    wrapped in it would see matched noise, a variance no physical device offers."""
     import ast
     from pathlib import Path
 
     import mortalnet
 
     allowed_in = {"export_state": {"state_tensors"}, "restore_state": {"load_state_tensors"},
-                  "load_state_tensors": {"load_state_tensors"}}  # a subclass restoring its parent's part
-    harness = {"runs.py", "experiments"}  # where restoring a learner's checkpoint is allowed anywhere
+                  "load_state_tensors": {"load_state_tensors"},  # a subclass restoring its parent's part
+                  "isolated": {"evaluate", "isolated"}}  # a learner's own isolated() wraps its device's
+    harness = {"runs.py", "experiments"}  # where the harness may restore a learner or evaluate anywhere
     root = Path(mortalnet.__file__).parent
     offenders = []
 
@@ -654,7 +657,7 @@ def test_only_the_harness_rewinds_a_device():
         def visit_Call(self, node):
             name = node.func.attr if isinstance(node.func, ast.Attribute) else ""
             if name in allowed_in and self.function not in allowed_in[name] and not (
-                    name == "load_state_tensors" and self.part in harness):
+                    name in ("load_state_tensors", "isolated") and self.part in harness):
                 offenders.append(f"{self.where}:{node.lineno} calls .{name}() in {self.function or 'module'}")
             self.generic_visit(node)
 
