@@ -640,7 +640,7 @@ def test_only_the_harness_rewinds_a_device():
 
     allowed_in = {"export_state": {"state_tensors"}, "restore_state": {"load_state_tensors"},
                   "load_state_tensors": {"load_state_tensors"},  # a subclass restoring its parent's part
-                  "isolated": {"evaluate", "isolated"}}  # a learner's own isolated() wraps its device's
+                  "isolated": {"evaluate", "isolated", "agent_isolated"}}  # wrappers of the device's
     harness = {"runs.py", "experiments"}  # where the harness may restore a learner or evaluate anywhere
     root = Path(mortalnet.__file__).parent
     offenders = []

@@ -55,10 +55,6 @@ def test_soft_gradient_is_t_times_q_minus_p_and_becomes_logit_matching_at_high_t
     matching = (z0 - v) / (c * b)  # the logit-matching limit (sec. 2.1)
     rel = {t: ((grad - matching).norm() / matching.norm()).item() for t, grad in grads.items()}
     assert rel[20.0] < 0.1 and rel[200.0] < 0.01 and rel[200.0] < rel[40.0] < rel[20.0], rel
-    # without the T^2 factor the gradient would be 1/T^2 of this: 400x smaller at T = 20
-    z = z0.clone().requires_grad_(True)
-    (soft_target_loss(z, soft_targets(v, 20.0), 20.0) / 400).backward()
-    assert z.grad.abs().max() < grads[20.0].abs().max() / 100
 
 
 def test_closed_form_logit_gradient_equals_autograd_with_unlabeled_rows():

@@ -86,6 +86,26 @@ def test_mortal_agents_live_on_different_devices_and_share_only_logits():
         MortalCommunityLearner(cfg, "digital", SimulatedGroup(1), torch.rand(4, 784), seed=0)
 
 
+def test_testing_a_mortal_community_does_not_change_how_it_trains():
+    """Evaluation passes run inside each device's isolated(): a community tested after every step
+    trains to the same weights and device state as one never tested (the exchanges still use the
+    devices)."""
+    cfg = AgentConfig(hidden=(16,), exchange_every=2, transfer_batch=8, burn_in_steps=0)
+    pool, x_test, y_test = torch.rand(20, 784), torch.rand(30, 784), torch.randint(0, 10, (30,))
+    tested, untested = (MortalCommunityLearner(cfg, "mortal", SimulatedGroup(2), pool, seed=0) for _ in range(2))
+    for learner, test in ((tested, True), (untested, False)):
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(4):
+            learner.train_batch(torch.rand(5, 2, 784, generator=gen), torch.randint(0, 10, (5, 2), generator=gen))
+            if test:
+                assert 0.0 <= learner.evaluate(x_test, y_test)["error"] <= 1.0
+    for (name, a), b in zip(tested.state_tensors().items(), untested.state_tensors().values()):
+        assert torch.equal(a, b), f"{name} differs: testing changed training"
+    for a, b in zip(tested.nets, untested.nets):
+        assert a.hardware.counts() == b.hardware.counts()  # training's own device work only
+        assert torch.equal(a.logits(x_test), b.logits(x_test))
+
+
 def _tiny_mortal(**kw) -> CommunityConfig:
     base = dict(data=MnistConfig(source="synthetic"),
                 agent=AgentConfig(hidden=(16,), exchange_every=5, transfer_batch=20, burn_in_steps=0),

@@ -70,6 +70,16 @@ def _death() -> CommunityConfig:
                            modes=ALL_MODES)
 
 
+def _total_ratio(summaries: list[dict], n: int) -> float | None:
+    """Bits sent per agent over a whole run by weight sharing over those sent by codistillation, at
+    community size n (means over the seeds); None when either mode is missing."""
+    sent = {mode: [c["bits_sent_per_agent"] for s in summaries for c in s["communities"]
+                   if c["mode"] == mode and c["n_agents"] == n] for mode in ("digital", "codistill")}
+    if not all(sent.values()) or not np.mean(sent["codistill"]):
+        return None
+    return float(np.mean(sent["digital"]) / np.mean(sent["codistill"]))
+
+
 @register_experiment("community")
 class Community(Experiment):
     name = "community"
@@ -214,6 +224,13 @@ class Community(Experiment):
                 lines += ["", f"Bits per exchange: weight sharing sends {d:,.0f} bits (all {d / FLOAT_BITS:,.0f} "
                           f"weights, float32); distillation sends {c:,.0f} bits ({c / FLOAT_BITS:,.0f} logits = "
                           f"examples x classes): a ratio of {d / c:,.0f} to 1 per exchange."]
+                totals = {n: _total_ratio(rs, n) for n in sorted({n for _, n in keys})}
+                totals = {n: r for n, r in totals.items() if r}
+                if totals:
+                    lines[-1] += (" Over a whole run, where weight sharing exchanges every step and codistillation "
+                                  "every k-th after its burn-in, weight sharing sent " +
+                                  ", ".join(f"{r:,.0f}x (N = {n})" for n, r in totals.items()) +
+                                  " the bits per agent.")
             dead = [c for s in rs for c in s["communities"] if c.get("survival")]
             if dead:
                 lines += ["", "Agent death: survivors' test error on the digits only the dead agent had "

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -308,10 +309,17 @@ class CommunityLearner(Learner):
         self.group.kill(rank)  # a real process does not return from this
 
     # -- testing -------------------------------------------------------------------------------
+    def agent_isolated(self, i: int) -> AbstractContextManager:
+        """Where local agent i's test passes run: digital agents have nothing to isolate."""
+        return nullcontext()
+
     @torch.no_grad()
-    def agent_logits(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        """Local agent i's logits (B, C)."""
-        return self.predict_batches(lambda xb: self._forward(i, xb), x)
+    def evaluate_logits(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Local agent i's logits (B, C) for a test, inside `agent_isolated(i)`: on a device the noise
+        stream and counters are put back, so how often a community is tested never changes how it
+        trains (the exchanges' passes, `_forward` in train_batch, are training and use the device)."""
+        with self.agent_isolated(i):
+            return self.predict_batches(lambda xb: self._forward(i, xb), x)
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -319,7 +327,7 @@ class CommunityLearner(Learner):
         out = {}
         for i, r in enumerate(self.ranks):
             if bool(self.alive[i]):
-                out[f"error_agent{r}"] = (self.agent_logits(i, x).argmax(1) != y).float().mean().item()
+                out[f"error_agent{r}"] = (self.evaluate_logits(i, x).argmax(1) != y).float().mean().item()
         out["error"] = float(np.mean(list(out.values()))) if out else float("nan")
         return out
 
@@ -338,6 +346,10 @@ class MortalCommunityLearner(CommunityLearner):
 
     def _forward(self, i: int, x: torch.Tensor) -> torch.Tensor:
         return self.nets[i].logits(x)  # measured outputs of its device (noisy on mild/harsh)
+
+    def agent_isolated(self, i: int) -> AbstractContextManager:
+        """Agent i's device passes for a test: its student's `isolated()` (`Device.isolated`)."""
+        return self.nets[i].isolated()
 
     def _agent_update(self, i, x, y, soft):
         m = self.nets[i].train_mixed((x, y), soft, self.cfg.temperature, soft_weight=self.cfg.distill_weight,
@@ -487,7 +499,7 @@ def train_community(config: CommunityConfig, mode: str, n_agents: int, group: Gr
         for i, r in enumerate(ranks):
             if not bool(learner.alive[i]):
                 continue
-            wrong = learner.agent_logits(i, d["x_test"]).argmax(1) != d["y_test"]
+            wrong = learner.evaluate_logits(i, d["x_test"]).argmax(1) != d["y_test"]
             per_class = torch.bincount(d["y_test"][wrong], minlength=learner.num_classes) / counts
             row = {"epoch": epoch, "step": int(learner.steps), "test_error": wrong.sum().item() / n_test,
                    "test_error_per_class": [round(v, 6) for v in per_class.tolist()],

@@ -165,7 +165,8 @@ class Teacher:
 
     @property
     def bits(self) -> int:
-        """Bits of soft-target information handed out so far (float32 logits)."""
+        """Payload bits handed out so far: every float32 logit sent (C per query; a softmax ignores a
+        shared shift, so the soft targets themselves hold C - 1 free numbers per query)."""
         return self.values * FLOAT_BITS
 
 
