@@ -20,7 +20,7 @@ import torch
 from mortalnet import config as cfgmod
 from mortalnet.data.mnist import DataError
 from mortalnet.experiments import get_experiment
-from mortalnet.experiments.base import RunContext
+from mortalnet.experiments.base import BUILD_REFUSALS, RunContext
 from mortalnet.registry import UnknownNameError
 from mortalnet.runs import (
     RunDir,
@@ -165,7 +165,7 @@ def run(
         # a value that only fails when the experiment builds its networks and optimizers (e.g. a
         # momentum of 2): before anything trained it is the config's fault, refused like a
         # ConfigError and leaving no run behind
-        built = isinstance(err, _BUILD_REFUSALS)
+        built = isinstance(err, BUILD_REFUSALS)
         if built and not resuming and _remove_unstarted_run(run_dir, created, already):
             raise _refused_while_building(err) from err
         run_dir.set_status("failed", error=f"{type(err).__name__}: {err}",
@@ -190,10 +190,6 @@ def run(
     return summary
 
 
-_BUILD_REFUSALS = (ValueError, ZeroDivisionError)
-"""What building an experiment's networks and optimizers raises for a bad value (e.g. a momentum of 2)."""
-
-
 def _refused_while_building(err: Exception) -> cfgmod.ConfigError:
     """The ConfigError for a value refused while the experiment was building its models."""
     return cfgmod.ConfigError(f"the config was refused while the experiment was being built: "
@@ -207,7 +203,7 @@ def _check_before_training(exp: Any, config: Any, ctx: RunContext) -> None:
         exp.check(config, ctx)
     except (cfgmod.ConfigError, UnknownNameError, DataError):
         raise
-    except _BUILD_REFUSALS as err:
+    except BUILD_REFUSALS as err:
         raise _refused_while_building(err) from err
 
 

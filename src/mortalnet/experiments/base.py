@@ -34,6 +34,11 @@ def check_models(models: tuple[str, ...], valid: tuple[str, ...], field: str = "
         raise ConfigError(f"{field} lists a model twice: {', '.join(models)}")
 
 
+BUILD_REFUSALS = (ValueError, ZeroDivisionError)
+"""What building an experiment's networks and optimizers raises for a bad value (e.g. a momentum of 2;
+a ConfigError is a ValueError)."""
+
+
 @contextmanager
 def building(model: str) -> Iterator[None]:
     """Build `model` inside the block (in `Experiment.check`): a setting it refuses, whether as a ConfigError,
@@ -41,7 +46,7 @@ def building(model: str) -> Iterator[None]:
     name (a device preset), is re-raised as a ConfigError that names the model."""
     try:
         yield
-    except (ValueError, ZeroDivisionError, UnknownNameError) as err:  # ConfigError included; a device preset
+    except (*BUILD_REFUSALS, UnknownNameError) as err:  # an unknown registry name: a device preset
         raise ConfigError(f"{model}: {err}") from err
 
 
