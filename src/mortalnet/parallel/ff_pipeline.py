@@ -37,7 +37,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -154,6 +154,68 @@ def _end_of_epoch(ckpt: RankCheckpoints | None, learner: FFLearner, rank: int, e
         ckpt.commit(epoch)
 
 
+class RankSchedule:
+    """What every rank of both trainers does around its own step: the epochs left after a resume
+    (`_checkpoints`), each epoch's minibatch indices exactly as `fit` draws them (the same on every
+    rank), spec["max_steps"], the fault-injection hook, steady-state timing and, after each epoch,
+    a checkpoint every rank has saved (`_end_of_epoch`).
+
+        schedule = RankSchedule(spec, rank, world, learner, n)
+        schedule.start()                      # barrier: every rank starts its clock together
+        for epoch, batches in schedule.epochs():
+            for idx in batches:               # (B,) int64 row indices of the training set
+                ...                           # the rank's step; `steps` counts it once it returns
+            schedule.end_epoch(epoch)
+        result = schedule.counters()
+    """
+
+    def __init__(self, spec: dict[str, Any], rank: int, world: int, learner: FFLearner, n: int) -> None:
+        self.spec, self.rank, self.learner, self.n = spec, rank, learner, n
+        self.ckpt, self.first_epoch, self.done = _checkpoints(spec, rank, world, learner)
+        self.steps = self.steps_before = int(self.done.get("steps", 0))
+        self.seconds_before = float(self.done.get("train_seconds", 0.0))
+        self.max_steps = int(spec.get("max_steps", 0))
+        self.batch = int(spec["batch_size"])
+        self.t0 = self.t_first = 0.0
+
+    def start(self) -> None:
+        dist.barrier()
+        self.t0 = self.t_first = time.perf_counter()
+
+    def epochs(self) -> Iterator[tuple[int, Iterator[torch.Tensor]]]:
+        """(epoch, its minibatches) for each epoch left, with the learning-rate schedule set."""
+        epochs = int(self.spec["epochs"])
+        for epoch in range(self.first_epoch, epochs + 1):
+            self.learner.set_lr_scale(schedule_factor(self.spec["schedule"], epoch, epochs))
+            yield epoch, self._batches(epoch)
+
+    def _batches(self, epoch: int) -> Iterator[torch.Tensor]:
+        for idx in _batches(self.n, self.batch, int(self.spec["seed"]), epoch, bool(self.spec.get("shuffle", True))):
+            if self.max_steps and self.steps >= self.max_steps:
+                return
+            if self.steps == self.steps_before + 1:
+                self.t_first = time.perf_counter()  # the first step's one-off costs are not timed
+            _fault_injection(self.rank, self.steps)
+            yield idx
+            self.steps += 1
+
+    def seconds(self) -> float:
+        """Training seconds so far, the resumed run's earlier epochs included."""
+        return self.seconds_before + time.perf_counter() - self.t0
+
+    def end_epoch(self, epoch: int, **counters: float) -> None:
+        """Checkpoint the epoch (with steps, train_seconds and the trainer's own counters)."""
+        _end_of_epoch(self.ckpt, self.learner, self.rank, epoch,
+                      {"steps": self.steps, "train_seconds": self.seconds(), **counters})
+
+    def counters(self) -> dict[str, Any]:
+        """steps, train_seconds and examples_per_s (`steady_rate` over this process's steps)."""
+        t_end = time.perf_counter()
+        return {"steps": self.steps, "train_seconds": self.seconds_before + t_end - self.t0,
+                "examples_per_s": steady_rate(self.steps - self.steps_before, self.batch, self.t0,
+                                              self.t_first, t_end)}
+
+
 def _weights_for_products(learner: FFLearner, i: int) -> torch.Tensor:
     w = learner.net.layers[i].weight
     lp = learner._low_precision()
@@ -192,22 +254,11 @@ def pipeline_rank(rank: int, world: int, spec: dict[str, Any]) -> dict[str, Any]
     in_width = 784 if rank == 0 else hidden[owned[0] - 1]
     recv_buf = torch.empty(2 * B, in_width)
     pending = None
-    ckpt, first_epoch, done = _checkpoints(spec, rank, world, learner)
-    steps, seconds_before = int(done.get("steps", 0)), float(done.get("train_seconds", 0.0))
-    max_steps = int(spec.get("max_steps", 0))
-    steps_before = steps
-    dist.barrier()
-    t0 = time.perf_counter()
-    t_first = t0
+    schedule = RankSchedule(spec, rank, world, learner, n)
+    schedule.start()
     try:
-        for epoch in range(first_epoch, int(spec["epochs"]) + 1):
-            learner.set_lr_scale(schedule_factor(spec["schedule"], epoch, int(spec["epochs"])))
-            for idx in _batches(n, B, seed, epoch, bool(spec.get("shuffle", True))):
-                if max_steps and steps >= max_steps:
-                    break
-                if steps == steps_before + 1:
-                    t_first = time.perf_counter()
-                _fault_injection(rank, steps)
+        for epoch, batches in schedule.epochs():
+            for idx in batches:
                 sink, metrics = learner.gradient_sink(), {}
                 if rank == 0:
                     xb, yb = x_train[idx], y_train[idx]
@@ -233,12 +284,10 @@ def pipeline_rank(rank: int, world: int, spec: dict[str, Any]) -> dict[str, Any]
                         pending.wait()
                     out = states.contiguous()
                     pending = dist.isend(out, dst=rank + 1)
-                steps += 1
-            if ckpt is not None and pending is not None:
+            if schedule.ckpt is not None and pending is not None:
                 pending.wait()  # the next rank has this epoch's last states before the barrier
                 pending = None
-            _end_of_epoch(ckpt, learner, rank, epoch,
-                          {"steps": steps, "train_seconds": seconds_before + time.perf_counter() - t0})
+            schedule.end_epoch(epoch)
         if pending is not None:
             pending.wait()
         dist.barrier()
@@ -246,10 +295,7 @@ def pipeline_rank(rank: int, world: int, spec: dict[str, Any]) -> dict[str, Any]
         raise
     except RuntimeError as err:  # gloo/nccl errors on a dead or stuck peer
         raise RankFailedError(describe_error(err, rank, rank - 1 if rank else rank + 1)) from None
-    t_end = time.perf_counter()
-    result: dict[str, Any] = {"rank": rank, "layers": owned, "steps": steps,
-                              "train_seconds": seconds_before + t_end - t0,
-                              "examples_per_s": steady_rate(steps - steps_before, B, t0, t_first, t_end)}
+    result: dict[str, Any] = {"rank": rank, "layers": owned, **schedule.counters()}
     _gather_layers(learner, owned, rank, world, hidden)
     if rank == 0 and spec.get("evaluate", True):
         tx, ty = data.test.tensors()
@@ -361,35 +407,19 @@ def data_parallel_rank(rank: int, world: int, spec: dict[str, Any]) -> dict[str,
     learner.generator.manual_seed(seed * 1009 + rank + 1)  # each rank its own negatives
     data = load_mnist(cfgmod.from_dict(MnistConfig, spec["data"]))
     x_train, y_train = data.train.tensors()
-    n, B = len(y_train), int(spec["batch_size"])
-    ckpt, first_epoch, done = _checkpoints(spec, rank, world, learner)
-    steps, seconds_before = int(done.get("steps", 0)), float(done.get("train_seconds", 0.0))
-    sent, max_steps = int(done.get("bytes_all_reduced", 0)), int(spec.get("max_steps", 0))
-    steps_before = steps
-    dist.barrier()
-    t0 = time.perf_counter()
-    t_first = t0
+    schedule = RankSchedule(spec, rank, world, learner, len(y_train))
+    sent = int(schedule.done.get("bytes_all_reduced", 0))
+    schedule.start()
     try:
-        for epoch in range(first_epoch, int(spec["epochs"]) + 1):
-            learner.set_lr_scale(schedule_factor(spec["schedule"], epoch, int(spec["epochs"])))
-            for idx in _batches(n, B, seed, epoch, bool(spec.get("shuffle", True))):
-                if max_steps and steps >= max_steps:
-                    break
-                if steps == steps_before + 1:
-                    t_first = time.perf_counter()
-                _fault_injection(rank, steps)
+        for epoch, batches in schedule.epochs():
+            for idx in batches:
                 mine = idx[rank::world]
                 sent += data_parallel_step(learner, x_train[mine], y_train[mine], len(idx))
-                steps += 1
-            _end_of_epoch(ckpt, learner, rank, epoch, {"steps": steps, "bytes_all_reduced": sent,
-                                                       "train_seconds": seconds_before + time.perf_counter() - t0})
+            schedule.end_epoch(epoch, bytes_all_reduced=sent)
         dist.barrier()
     except RuntimeError as err:
         raise RankFailedError(describe_error(err, rank)) from None
-    t_end = time.perf_counter()
-    result: dict[str, Any] = {"rank": rank, "steps": steps, "train_seconds": seconds_before + t_end - t0,
-                              "examples_per_s": steady_rate(steps - steps_before, B, t0, t_first, t_end),
-                              "bytes_all_reduced": sent}
+    result: dict[str, Any] = {"rank": rank, **schedule.counters(), "bytes_all_reduced": sent}
     if rank == 0 and spec.get("evaluate", True):
         tx, ty = data.test.tensors()
         result["test"] = learner.evaluate(tx, ty)
