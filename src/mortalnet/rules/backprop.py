@@ -61,31 +61,26 @@ class MLP(nn.Module):
         return self.linears[-1](x)
 
 
-@register_rule("backprop")
-class BackpropLearner(Learner):
-    """An MLP trained by backpropagation of the cross-entropy."""
+class BackpropClassifier(Learner):
+    """A learner whose `net` (an nn.Module) maps a batch of inputs to logits (B, C), trained end to
+    end by autograd: one cross-entropy step per minibatch (label smoothing `label_smoothing`), the
+    global gradient norm clipped to `grad_clip` when it is above 0, the test in batches with the
+    net in eval mode. Subclasses build `net` and `optimizers`."""
 
-    Config = BackpropConfig
     primary_metric = "error"
-
-    def __init__(self, config: BackpropConfig = BackpropConfig(), hidden: tuple[int, ...] = (1000, 1000, 1000),
-                 input_dim: int = 784, num_classes: int = 10, seed: int = 0, device: torch.device | str = "cpu"):
-        super().__init__(seed, device)
-        self.cfg = config
-        self.net = MLP(input_dim, tuple(hidden), num_classes, config.dropout, config.input_dropout,
-                       self.generator, self.device_)
-        weights = [lin.weight for lin in self.net.linears]
-        biases = [lin.bias for lin in self.net.linears]
-        self.optimizers = [make_optimizer(config.optimizer, weights, biases)]
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0
 
     def train_batch(self, x: torch.Tensor, y: torch.Tensor) -> Mapping[str, torch.Tensor]:
         self.net.train()
         # dropout masks come from torch's global generator; the loop seeds it per epoch
-        logits = self.net(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
+        logits = self.net(x)  # (B, C)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         opt = self.optimizers[0]
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip)
         opt.step()
         return {"loss": loss.detach(), "train_error": (logits.argmax(1) != y).float().mean().detach()}
 
@@ -98,3 +93,21 @@ class BackpropLearner(Learner):
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         out = self.predict_batches(self.logits, x)
         return {"error": (out.argmax(1) != y).float().mean().item()}
+
+
+@register_rule("backprop")
+class BackpropLearner(BackpropClassifier):
+    """An MLP trained by backpropagation of the cross-entropy."""
+
+    Config = BackpropConfig
+
+    def __init__(self, config: BackpropConfig = BackpropConfig(), hidden: tuple[int, ...] = (1000, 1000, 1000),
+                 input_dim: int = 784, num_classes: int = 10, seed: int = 0, device: torch.device | str = "cpu"):
+        super().__init__(seed, device)
+        self.cfg = config
+        self.label_smoothing = config.label_smoothing
+        self.net = MLP(input_dim, tuple(hidden), num_classes, config.dropout, config.input_dropout,
+                       self.generator, self.device_)
+        weights = [lin.weight for lin in self.net.linears]
+        biases = [lin.bias for lin in self.net.linears]
+        self.optimizers = [make_optimizer(config.optimizer, weights, biases)]
