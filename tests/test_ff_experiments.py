@@ -3,22 +3,8 @@ beats chance (10% accuracy for digits) by a clear margin."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from conftest import needs_mnist
-
-from mortalnet.api import run
-
-
-def _run(name, tmp_path, overrides=()):
-    out = tmp_path / name
-    summary = run(name, "fast", seed=0, overrides=list(overrides), out=out, progress=False)
-    stored = json.loads((out / "summary.json").read_text())
-    assert stored["test_error"] == summary["test_error"]
-    for plot in stored.get("plots", []):
-        assert (out / "plots" / plot).is_file()
-    return stored
+from conftest import needs_mnist, run_fast_preset
 
 
 @needs_mnist
@@ -29,7 +15,7 @@ def _run(name, tmp_path, overrides=()):
     ("ff-recurrent", 0.25),
 ])
 def test_fast_preset_on_real_mnist_beats_chance(name, bound, tmp_path):
-    s = _run(name, tmp_path)
+    s = run_fast_preset(name, tmp_path)
     assert s["test_error"] < bound, s["test_error"]
 
 
@@ -41,7 +27,7 @@ def test_sequence_fast_preset_on_the_builtin_text(tmp_path):
 
     from mortalnet.data.text import TextConfig, load_corpus, windows
 
-    s = _run("ff-sequence", tmp_path)
+    s = run_fast_preset("ff-sequence", tmp_path)
     models = s["models"]
     # the floors to beat: always the training text's most frequent character (82.4% test error), and
     # the add-one unigram code (4.20 bits/char; uniform: log2 30 = 4.91)
@@ -67,7 +53,7 @@ def test_sequence_fast_preset_on_the_builtin_text(tmp_path):
 
 @needs_mnist
 def test_blackbox_fast_preset(tmp_path):
-    s = _run("blackbox", tmp_path)
+    s = run_fast_preset("blackbox", tmp_path)
     m = s["models"]
     assert m["ff"]["test_error"] < 0.35 and m["ff-box"]["test_error"] < 0.35
     assert m["backprop-box"]["status"] == "failed" and "no derivative" in m["backprop-box"]["error"]
@@ -76,7 +62,7 @@ def test_blackbox_fast_preset(tmp_path):
 
 
 def test_cifar10_fast_preset_on_generated_images(tmp_path):
-    s = _run("ff-cifar10", tmp_path)
+    s = run_fast_preset("ff-cifar10", tmp_path)
     assert s["data_source"] == "synthetic"
     assert s["models"]["ff-2"]["test_error"] < 0.6 and s["models"]["backprop-2"]["test_error"] < 0.6
     assert "test_error_softmax" in s["models"]["ff-2"]
@@ -115,7 +101,7 @@ def test_speed_30_is_the_speed_recipe_with_30_epochs():
 
 def test_blackbox_headline_is_a_model_that_trained(tmp_path):
     """With backprop-box first and no ff-box, the record said 100% test error (the failed model's default)."""
-    s = _run("blackbox", tmp_path, ["data.source=synthetic", "models=backprop-box,ff", "hidden=64,64",
+    s = run_fast_preset("blackbox", tmp_path, ["data.source=synthetic", "models=backprop-box,ff", "hidden=64,64",
                                     "training.epochs=1", "backprop_training.epochs=1"])
     assert s["headline_model"] == "ff" and s["test_error"] == s["models"]["ff"]["test_error"] < 0.9
     assert s["models"]["backprop-box"]["status"] == "failed"
@@ -131,6 +117,6 @@ def test_blackbox_with_no_model_that_can_train_is_an_error(tmp_path, capsys):
 
 def test_hybrid_figure_with_a_small_training_set(tmp_path):
     """Fewer than 16 training images crashed the plot after training."""
-    s = _run("ff-unsupervised", tmp_path, ["data.source=synthetic", "data.train_subset=12", "hidden=32,32,32",
+    s = run_fast_preset("ff-unsupervised", tmp_path, ["data.source=synthetic", "data.train_subset=12", "hidden=32,32,32",
                                            "training.epochs=1"])
     assert "hybrid_images.png" in s["plots"]
