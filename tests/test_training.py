@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from mortalnet.rules.backprop import BackpropLearner
+from mortalnet.rules.base import NonFiniteError, sample_rows
 from mortalnet.rules.forward_forward import FFConfig, FFLearner
 from mortalnet.runs import RunDir, RunError, checkpoint_train_seconds, record_digest
-from mortalnet.training import DivergedError, TrainingConfig, fit
+from mortalnet.training import DivergedError, TrainingConfig, _params_finite, fit
 
 
 def _learner(kind: str, seed: int = 0):
@@ -115,8 +116,36 @@ def test_nan_reaching_the_hard_negatives_stops_with_location_not_a_traceback(tmp
 
     learner.train_batch = step
     cfg = TrainingConfig(epochs=2, batch_size=100, finite_check_every=50, progress=False, tensorboard=False)
-    with pytest.raises(DivergedError, match=r"became non-finite in epoch 1 by step 2/\d+ \(RuntimeError"):
+    with pytest.raises(DivergedError, match=r"parameter net.layers.0.weight became non-finite in epoch 1 by step 2/\d+ "
+                                            r"\(NonFiniteError: the probabilities labels are sampled from"):
         fit(learner, tiny_data.train.tensors(), None, cfg, seed=0, run=run)
+
+
+def test_logits_overflowing_from_finite_weights_stop_as_a_divergence(tmp_path, tiny_data):
+    """Readout weights that are finite but large enough for the logits to overflow float32 (what
+    `--set rule.optimizer.lr=1e9` does to ff-supervised on MNIST within a few steps): the hard
+    negatives' sampler meets NaN probabilities, and the run stops with a DivergedError naming epoch
+    and step (it was torch.multinomial's traceback)."""
+    learner = FFLearner(FFConfig(), (64, 64), seed=0)
+    with torch.no_grad():
+        for w in learner.net.readout:
+            w.fill_(1e38)  # every logit sums 1e38 times positive states: inf
+    cfg = TrainingConfig(epochs=2, batch_size=100, finite_check_every=50, progress=False, tensorboard=False)
+    with pytest.raises(DivergedError, match=r"sampled from became non-finite in epoch 1 at step 1/20 with every "
+                                            r"parameter finite \(values overflowed\)"):
+        fit(learner, tiny_data.train.tensors(), None, cfg, seed=0, run=RunDir(tmp_path))
+    assert _params_finite(learner) is None  # the parameters alone would not have told
+
+
+def test_sample_rows_refuses_only_non_finite_probabilities():
+    g = torch.Generator().manual_seed(0)
+    probs = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    assert sample_rows(probs, g).tolist() == [1, 0]
+    with pytest.raises(NonFiniteError, match="non-finite"):
+        sample_rows(torch.tensor([[float("nan"), 1.0, 0.0]]), g)
+    with pytest.raises(RuntimeError, match="probability tensor") as err:
+        sample_rows(torch.tensor([[-1.0, 1.0, 0.0]]), g)  # finite but negative: torch's own error
+    assert not isinstance(err.value, NonFiniteError)
 
 
 def _cli(args, env=None, cwd=None):

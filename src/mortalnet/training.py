@@ -19,7 +19,7 @@ import torch
 
 from mortalnet.config import ConfigError
 from mortalnet.optim import schedule_factor
-from mortalnet.rules.base import Learner
+from mortalnet.rules.base import Learner, NonFiniteError
 from mortalnet.runs import RunDir
 
 
@@ -220,19 +220,24 @@ def _fault_injection(epoch: int) -> None:
 
 def _train_step(learner: Learner, xb: torch.Tensor, yb: torch.Tensor, epoch: int, step: int, batches: int):
     """learner.train_batch(xb, yb); an error it raises once its parameters are NaN/inf (e.g.
-    torch.multinomial refusing the hard negatives' non-finite probabilities) is a DivergedError
-    naming the epoch and step, like the periodic check's, not a traceback."""
+    torch.multinomial refusing the hard negatives' non-finite probabilities), or a NonFiniteError
+    (a value computed from finite but overflowing parameters), is a DivergedError naming the epoch
+    and step, like the periodic check's, not a traceback."""
     try:
         return learner.train_batch(xb, yb)
     except (RuntimeError, ValueError) as err:
         if isinstance(err, DivergedError):
             raise
         bad = _params_finite(learner)
-        if bad is None:
-            raise
-        raise DivergedError(f"parameter {bad} became non-finite in epoch {epoch} by step {step}/{batches} "
-                            f"({type(err).__name__}: {str(err)[:120]}); the last good checkpoint is kept "
-                            "(lower the learning rate?)") from err
+        if bad is not None:
+            raise DivergedError(f"parameter {bad} became non-finite in epoch {epoch} by step {step}/{batches} "
+                                f"({type(err).__name__}: {str(err)[:120]}); the last good checkpoint is kept "
+                                "(lower the learning rate?)") from err
+        if isinstance(err, NonFiniteError):  # finite weights, overflowing values
+            raise DivergedError(f"{err} in epoch {epoch} at step {step}/{batches} with every parameter finite "
+                                "(values overflowed); the last good checkpoint is kept (lower the learning "
+                                "rate?)") from err
+        raise
 
 
 def _check_finite(sums: Mapping[str, torch.Tensor], epoch: int, step: int, batches: int) -> None:

@@ -33,6 +33,7 @@ from mortalnet.optim import OptimizerConfig
 from mortalnet.report import plots
 from mortalnet.report.tables import mean_sd_text, runs_by_preset
 from mortalnet.rules.backprop import BackpropConfig, BackpropLearner
+from mortalnet.rules.base import sample_rows
 from mortalnet.rules.forward_forward import FFConfig, FFLearner
 from mortalnet.rules.ff_sequence import FFSequenceLearner, check_self_generated_rule, sequence_inputs
 from mortalnet.training import TrainingConfig, fit
@@ -200,7 +201,7 @@ class FFSequence(Experiment):
                     logits = learner.logits(one_hot_context(ctx_sym, C))
                 else:
                     logits = learner.softmax_logits(sequence_inputs(ctx_sym, C))
-                out[:, j] = torch.multinomial(torch.softmax(logits, 1), 1, generator=g).squeeze(1)
+                out[:, j] = sample_rows(torch.softmax(logits, 1), g)
         return [decode(s) for s in out.cpu()]
 
     @staticmethod

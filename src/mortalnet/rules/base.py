@@ -17,6 +17,24 @@ from mortalnet.config import ConfigError
 from mortalnet.optim import load_optimizer_tensors, optimizer_tensors, set_lr_scale
 
 
+class NonFiniteError(RuntimeError):
+    """A value a rule computed from finite parameters became NaN or inf (logits that overflowed
+    after a step that was too large). `fit` reports it as a divergence, with the epoch and step,
+    and keeps the last good checkpoint."""
+
+
+def sample_rows(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One index per row of probs (B, C), drawn by torch.multinomial: (B,) int64. Probabilities
+    that are NaN or inf are a NonFiniteError rather than torch's bare RuntimeError; they are
+    only looked at when torch refuses them."""
+    try:
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    except RuntimeError:
+        if bool(torch.isfinite(probs).all()):
+            raise
+        raise NonFiniteError("the probabilities labels are sampled from became non-finite") from None
+
+
 def check_widths(hidden: Iterable[int]) -> tuple[int, ...]:
     """The hidden widths as a tuple of ints; ConfigError unless each is a positive integer (a numpy
     integer too; a bool or a float is not). A width of 0 otherwise builds a net that cannot learn (a

@@ -33,7 +33,7 @@ from mortalnet.nets.ff import embed_label, neutral_label, normalize_rows, one_ho
 from mortalnet.optim import make_optimizer
 from mortalnet.rules import register_rule
 from mortalnet.rules.base import Learner, check_widths
-from mortalnet.rules.ff_passes import ff_layer_signal
+from mortalnet.rules.ff_passes import ff_layer_signal, sample_wrong_labels
 from mortalnet.rules.forward_forward import FFConfig, FFLearner
 
 
@@ -206,11 +206,7 @@ class FFDeviceLearner(Learner):
 
     def _negative_labels(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """A wrong label per row, from softmax(logits) with the true label masked (ffnew.m), or uniform."""
-        if self.ff.negatives == "random":
-            offset = torch.randint(1, self.num_classes, y.shape, generator=self.generator, device=y.device)
-            return (y + offset) % self.num_classes
-        probs = torch.softmax(logits - 1000.0 * F.one_hot(y, self.num_classes), dim=1)
-        return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+        return sample_wrong_labels(logits, y, self.num_classes, self.ff.negatives, self.generator)
 
     # ------------------------------------------------------------------------------------------
     # Training

@@ -43,7 +43,7 @@ from mortalnet.nets.local import LocallyConnected2d
 from mortalnet.optim import OptimizerConfig, make_optimizer, schedule_factor, set_lr_scale
 from mortalnet.rules import register_rule
 from mortalnet.rules.base import Learner, check_widths
-from mortalnet.rules.ff_passes import ff_layer_signal, goodness_sign
+from mortalnet.rules.ff_passes import ff_layer_signal, goodness_sign, sample_wrong_labels
 from mortalnet.rules.forward_forward import FFObjectiveConfig
 
 BlackBox = Callable[[torch.Tensor], torch.Tensor]
@@ -311,11 +311,7 @@ class FFLayerwiseLearner(Learner):
         return logits, [h.T @ delta for h in normed]
 
     def _negative_labels(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.cfg.negatives == "random":
-            offset = torch.randint(1, self.num_classes, y.shape, generator=self.generator, device=y.device)
-            return (y + offset) % self.num_classes
-        probs = torch.softmax(logits - 1000.0 * F.one_hot(y, self.num_classes), 1)  # true label excluded
-        return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+        return sample_wrong_labels(logits, y, self.num_classes, self.cfg.negatives, self.generator)
 
     def _upper_layer_grads(self, h: torch.Tensor, start: int, batch: int, metrics: dict, grads: list):
         """FF updates of layers start.. from their inputs h (2B, D) (rows [0, B) positive); returns states."""

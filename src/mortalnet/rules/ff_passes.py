@@ -10,6 +10,7 @@ negative rows [B, 2B) of a (2B, H) array.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from mortalnet.config import ConfigError
 from mortalnet.nets.ff import (
@@ -21,6 +22,20 @@ from mortalnet.nets.ff import (
     round_activity_rows,
     round_signal_columns,
 )
+from mortalnet.rules.base import sample_rows
+
+
+def sample_wrong_labels(logits: torch.Tensor | None, y: torch.Tensor, num_classes: int, negatives: str,
+                        generator: torch.Generator) -> torch.Tensor:
+    """A wrong label per row for the negative pass: (B,) int64. negatives="hard": drawn from
+    softmax(logits) (B, C) with the true label masked out (ffnew.m's `labinothers`: logits - 1000 at
+    the true label), so labels the net confuses with the true one come up more often; "random":
+    uniform over the other C - 1 labels (logits unused)."""
+    if negatives == "random":
+        offset = torch.randint(1, num_classes, y.shape, generator=generator, device=y.device)
+        return (y + offset) % num_classes
+    probs = torch.softmax(logits - 1000.0 * F.one_hot(y, num_classes), dim=1)
+    return sample_rows(probs, generator)
 
 
 def goodness_sign(goodness: str) -> float:

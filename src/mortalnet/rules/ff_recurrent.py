@@ -35,7 +35,7 @@ from mortalnet.nets.recurrent import RecurrentFFNet
 from mortalnet.optim import OptimizerConfig, make_optimizer
 from mortalnet.rules import register_rule
 from mortalnet.rules.base import Learner, check_widths
-from mortalnet.rules.ff_passes import ff_layer_signal, goodness_sign
+from mortalnet.rules.ff_passes import ff_layer_signal, goodness_sign, sample_wrong_labels
 from mortalnet.rules.forward_forward import FFObjectiveConfig
 
 
@@ -131,11 +131,7 @@ class FFRecurrentLearner(Learner):
         return sum(normalize_rows(s) @ w for s, w in zip(states, self.readout))
 
     def _negative_labels(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.cfg.negatives == "random":
-            offset = torch.randint(1, self.num_classes, y.shape, generator=self.generator, device=y.device)
-            return (y + offset) % self.num_classes
-        probs = torch.softmax(logits - 1000.0 * F.one_hot(y, self.num_classes), 1)
-        return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+        return sample_wrong_labels(logits, y, self.num_classes, self.cfg.negatives, self.generator)
 
     @torch.no_grad()
     def train_batch(self, x: torch.Tensor, y: torch.Tensor) -> Mapping[str, torch.Tensor]:

@@ -25,6 +25,7 @@ import torch
 from mortalnet.config import ConfigError
 from mortalnet.data.text import one_hot_context, windows
 from mortalnet.nets.ff import embed_label, neutral_label, normalize_rows, one_hot
+from mortalnet.rules.base import sample_rows
 from mortalnet.rules.forward_forward import FFConfig, FFLearner
 
 
@@ -83,7 +84,7 @@ class FFSequenceLearner(FFLearner):
         out[:, : self.context] = prompts[:, : self.context]
         for j in range(self.context, length):
             probs = self.next_symbol_probs(out[:, j - self.context : j])
-            out[:, j] = torch.multinomial(probs, 1, generator=g).squeeze(1)
+            out[:, j] = sample_rows(probs, g)
         return out
 
     @torch.no_grad()

@@ -66,6 +66,7 @@ from mortalnet.rules.ff_passes import (
     lowp_layer_states,
     lowp_signal_pass,
     pair_metrics,
+    sample_wrong_labels,
 )
 from mortalnet.rules.ff_update import GradientSink
 
@@ -222,12 +223,7 @@ class FFLearner(Learner):
 
     def _sample_negative_labels(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """A wrong label per row: from softmax(logits) with the true label masked, or uniform."""
-        if self.cfg.negatives == "random":
-            offset = torch.randint(1, self.num_classes, y.shape, generator=self.generator, device=y.device)
-            return (y + offset) % self.num_classes
-        masked = logits - 1000.0 * F.one_hot(y, self.num_classes)  # ffnew.m: labinothers
-        probs = torch.softmax(masked, dim=1)
-        return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+        return sample_wrong_labels(logits, y, self.num_classes, self.cfg.negatives, self.generator)
 
     def _readout_step(self, normed: list[torch.Tensor], y: torch.Tensor):
         """Softmax on the neutral pass: descent gradients for the readout, and its logits."""
