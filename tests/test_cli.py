@@ -81,6 +81,14 @@ def test_config_refused_by_the_learner_is_a_clear_error_and_leaves_no_run(capsys
         ("ff-supervised", ["rule.readout_from=10"], "refused while the experiment was being built"),
         ("ff-supervised", ["rule.optimizer.lr=-1"], "the learning rate must be >= 0, got -1"),
         ("ff-device", ["rule.hardware=medium"], "unknown device preset 'medium'; valid: harsh, ideal, mild"),
+        # a negative subset took all but the last few images; a shift of a whole side, an empty frame
+        ("ff-supervised", ["data.test_subset=-3"], "data.test_subset must be >= 0 (0: all), got -3"),
+        ("ff-supervised", ["max_shift=28"], "max_shift must be between 0 and 27 pixels"),
+        ("ff-jitter", ["max_shift=-1"], "max_shift must be between 0 and 27 pixels"),
+        ("distill-mnist", ["jitter=30"], "jitter must be between 0 and 27 pixels"),
+        # a section's own check names the section it sits in (it said training.batch_size)
+        ("distill-mnist", ["teacher_training.batch_size=0"], "teacher_training.batch_size must be >= 1, got 0"),
+        ("ff-sequence", ["data.string_length=5"], "data.string_length (5) must exceed context (10)"),
     ],
 )
 def test_refused_settings_of_other_rules_are_clear_errors(experiment, settings, message, capsys, tmp_path):

@@ -92,3 +92,20 @@ def test_jitter_draws_all_25_shifts_and_keeps_shapes():
     assert dy.abs().max() <= 2 and dx.abs().max() <= 2
     assert len(set(zip(dy.tolist(), dx.tolist()))) == 25
     assert torch.equal(jitter(0)(x, g), x)
+
+
+def test_distill_jitter_draws_dy_then_dx_and_shifts_like_shift_images():
+    """distill-mnist's teacher jitter keeps its own draws (two (B, 1) draws, dy then dx: the order its
+    records were made with) and shifts through shift_images."""
+    from mortalnet.experiments.distill_mnist import jitter as distill_jitter
+
+    x = torch.zeros(500, 784)
+    x[:, 14 * 28 + 14] = 1.0
+    out = distill_jitter(x, torch.Generator().manual_seed(3), 2)
+    g = torch.Generator().manual_seed(3)
+    dy = torch.randint(-2, 3, (500, 1), generator=g)[:, 0]
+    dx = torch.randint(-2, 3, (500, 1), generator=g)[:, 0]
+    pos = out.argmax(1)
+    assert torch.equal(pos // 28 - 14, dy) and torch.equal(pos % 28 - 14, dx)
+    assert torch.equal(out.sum(1), torch.ones(500))
+    assert distill_jitter(x, g, 0) is x

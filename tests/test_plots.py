@@ -1,4 +1,4 @@
-"""The figures' layout: a figure title never covers the panels' own titles."""
+"""The figures: a figure title never covers the panels' own titles; an empty history still draws."""
 
 from __future__ import annotations
 
@@ -50,3 +50,14 @@ def test_the_figure_title_does_not_overlap_a_panel_title(name, tmp_path, monkeyp
     # goodness_histograms' "layer 2" sat under its figure title before constrained layout; the other
     # figures had room by their sizes alone, and keep it whatever their titles
     assert all(not suptitle.overlaps(t) for t in titles)
+
+
+def test_learning_curves_of_a_run_with_no_epochs_draw_without_a_warning(tmp_path):
+    """training.epochs=0 (the untrained net's test error) leaves no curve: the figure is still
+    written, and matplotlib is not asked for a legend of nothing (it warned on the terminal)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        name = plots.learning_curves([], tmp_path / "lc.png", "no epochs")
+    assert (tmp_path / name).stat().st_size > 0

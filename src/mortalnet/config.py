@@ -149,7 +149,14 @@ def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
             kwargs[name] = from_dict(tp, value, prefix + name + ".")
         else:
             kwargs[name] = _coerce(value, tp, prefix + name)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        # a section's own check names its field ("batch_size must be >= 1"); say which section
+        # it sits in (training.batch_size, teacher_training.batch_size, ...)
+        if prefix and str(err).split(" ", 1)[0] in names:
+            raise ConfigError(prefix + str(err)) from None
+        raise
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

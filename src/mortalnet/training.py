@@ -51,12 +51,12 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
-            raise ConfigError(f"training.epochs must be >= 0, got {self.epochs}")
+            raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
         for name in ("batch_size", "eval_every", "checkpoint_every", "finite_check_every"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"training.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.snapshot_every < 0:
-            raise ConfigError(f"training.snapshot_every must be >= 0 (0: no snapshots), got {self.snapshot_every}")
+            raise ConfigError(f"snapshot_every must be >= 0 (0: no snapshots), got {self.snapshot_every}")
 
 
 class DivergedError(RuntimeError):

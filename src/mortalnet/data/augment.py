@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import torch
 
+from mortalnet.config import ConfigError
+
 
 def shift_images(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, side: int = 28) -> torch.Tensor:
     """Shift each image (B, side*side) by integer offsets dy, dx (B,); zeros come in at the border.
@@ -30,10 +32,16 @@ def shift_images(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, side:
     return padded[b, rows[:, :, None], cols[:, None, :]].reshape(B, side * side)
 
 
+def check_shift(max_shift: int, name: str = "max_shift", side: int = 28) -> None:
+    """ConfigError unless 0 <= max_shift < side: a shift of a whole side moves the digit out of
+    the frame (and the padded copy grows with the shift)."""
+    if not 0 <= max_shift < side:
+        raise ConfigError(f"{name} must be between 0 and {side - 1} pixels (0: no jitter), got {max_shift}")
+
+
 def jitter(max_shift: int = 2, side: int = 28) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
     """A `fit` transform: shift every image by a uniform random (dy, dx) in [-max_shift, max_shift]^2."""
-    if max_shift < 0:
-        raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+    check_shift(max_shift, side=side)
 
     def transform(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if max_shift == 0:

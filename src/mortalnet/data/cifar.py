@@ -28,6 +28,7 @@ from typing import Literal
 
 import numpy as np
 
+from mortalnet.config import ConfigError
 from mortalnet.data.mnist import DataError, MnistData, Split, default_cache_dir, digest_problem, file_digest
 from mortalnet.data.safe_pickle import UnsafePickleError, load_numpy_pickle
 from mortalnet.runs import atomic_write_bytes
@@ -67,6 +68,12 @@ class CifarConfig:
     """Use only the first N training images (0 = all)."""
     test_subset: int = 0
     """Evaluate on only the first N test images (0 = all 10k)."""
+
+    def __post_init__(self) -> None:
+        for name in ("valid_size", "train_subset", "test_subset"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (0: {'none' if name == 'valid_size' else 'all'}), "
+                                  f"got {getattr(self, name)}")
 
 
 def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:

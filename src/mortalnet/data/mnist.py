@@ -38,6 +38,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from mortalnet.config import ConfigError
 from mortalnet.data.safe_pickle import UnsafePickleError, load_numpy_pickle
 from mortalnet.runs import atomic_write_bytes
 
@@ -99,6 +100,11 @@ class MnistConfig:
     """Use only the first N validation examples (0 = all)."""
     test_subset: int = 0
     """Evaluate on only the first N test examples (0 = all 10k); fast presets only."""
+
+    def __post_init__(self) -> None:
+        for name in ("train_subset", "valid_subset", "test_subset"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (0: all), got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

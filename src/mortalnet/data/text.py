@@ -91,14 +91,14 @@ class TextConfig:
     def __post_init__(self) -> None:
         for name in ("string_length", "context"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("train_strings", "valid_strings"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.test_strings < 0:
-            raise ConfigError(f"data.test_strings must be >= 0 (0 = all that remain), got {self.test_strings}")
+            raise ConfigError(f"test_strings must be >= 0 (0 = all that remain), got {self.test_strings}")
         if self.string_length <= self.context:
-            raise ConfigError(f"data.string_length ({self.string_length}) must exceed data.context ({self.context})")
+            raise ConfigError(f"string_length ({self.string_length}) must exceed context ({self.context})")
 
 
 @dataclass(frozen=True)

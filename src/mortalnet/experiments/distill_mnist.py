@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mortalnet.config import ConfigError
+from mortalnet.data.augment import check_shift, shift_images
 from mortalnet.data.mnist import MnistConfig, Split, load_mnist
 from mortalnet.experiments import register_experiment
 from mortalnet.experiments.base import Experiment, Reference, RunContext, building
@@ -99,6 +99,7 @@ def check_config(config: DistillMnistConfig) -> None:
     check_regularization(config.teacher, "teacher")
     check_regularization(config.student, "student")
     check_loss_config(config.student.loss, "student.loss")  # the teacher learns from hard labels only
+    check_shift(config.jitter, "jitter")
     if not -1 <= config.omitted_class <= 9:
         raise ConfigError(f"omitted_class must be a digit 0..9 or -1 (skip that stage), got {config.omitted_class}")
     if config.omitted_class >= 0:
@@ -113,17 +114,15 @@ def check_config(config: DistillMnistConfig) -> None:
 
 
 def jitter(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
-    """Shift each 28x28 image of x (B, 784) by (dy, dx), each uniform in [-s, s], filling with 0."""
+    """Shift each 28x28 image of x (B, 784) by (dy, dx), each uniform in [-s, s], filling with 0.
+    The offsets are drawn as two (B, 1) draws, dy then dx (the recorded runs' order); the shift
+    itself is `shift_images`."""
     b, s = x.shape[0], max_shift
     if s <= 0:
         return x
-    img = F.pad(x.view(b, 28, 28), (s, s, s, s))  # (B, 28 + 2s, 28 + 2s)
     dy = torch.randint(-s, s + 1, (b, 1), generator=generator, device=x.device)
     dx = torch.randint(-s, s + 1, (b, 1), generator=generator, device=x.device)
-    ar = torch.arange(28, device=x.device)
-    rows = (ar + s - dy)[:, :, None]  # (B, 28, 1): output row r reads padded row r + s - dy
-    cols = (ar + s - dx)[:, None, :]  # (B, 1, 28)
-    return img[torch.arange(b, device=x.device)[:, None, None], rows, cols].reshape(b, 784)
+    return shift_images(x, dy[:, 0], dx[:, 0])
 
 
 def _errors(logits: torch.Tensor, y: torch.Tensor) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mortalnet.data.augment import check_shift
 from mortalnet.data.mnist import MnistConfig
 from mortalnet.experiments import register_experiment
 from mortalnet.experiments.curves import LearningCurveMixin
@@ -43,6 +44,9 @@ class FFJitterConfig:
     """Largest shift in pixels, each direction: (2 s + 1)^2 shifts (25 for s = 2); 0 = no jitter."""
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(epochs=100, eval_every=10))
     """Epochs, batch size, schedule (the paper: 500 epochs)."""
+
+    def __post_init__(self) -> None:
+        check_shift(self.max_shift)
 
 
 def _fast() -> FFJitterConfig:

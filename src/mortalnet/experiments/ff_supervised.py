@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from mortalnet.data.augment import jitter
+from mortalnet.data.augment import check_shift, jitter
 from mortalnet.data.mnist import MnistConfig, MnistData
 from mortalnet.experiments import register_experiment
 from mortalnet.experiments.base import Reference, RunContext, SupervisedExperiment
@@ -35,6 +35,9 @@ class FFSupervisedConfig:
     """Jitter the training images by a random shift of up to this many pixels each way (0: none; ff-jitter uses 2)."""
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(epochs=60))
     """Epochs, batch size, schedule."""
+
+    def __post_init__(self) -> None:
+        check_shift(self.max_shift)
 
 
 def _fast() -> FFSupervisedConfig:

@@ -35,15 +35,18 @@ def learning_curves(history: Sequence[dict[str, Any]], path: Path, title: str = 
     epochs = [r["epoch"] for r in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     keys = sorted({k for r in history for k in r if ("error" in k and not k.startswith("train/pair"))})
+    plotted = False
     for k in keys:
         pts = [(r["epoch"], r[k]) for r in history if r.get(k) is not None]
         if pts:
             ax1.plot(*zip(*pts), label=k, marker="." if len(pts) < 30 else None)
+            plotted = True
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("error rate")
     ax1.set_yscale("log")
     ax1.grid(True, which="both", alpha=0.3)
-    ax1.legend(fontsize=8)
+    if plotted:  # training.epochs=0 leaves nothing to plot (and matplotlib warns about an empty legend)
+        ax1.legend(fontsize=8)
     ax1.set_title("error")
     loss_keys = sorted({k for r in history for k in r if "loss" in k})
     for k in loss_keys:

@@ -79,11 +79,11 @@ class AgentConfig:
     def __post_init__(self) -> None:
         for name in ("exchange_every", "transfer_batch"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"agent.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.burn_in_steps < 0:
-            raise ConfigError(f"agent.burn_in_steps must be >= 0, got {self.burn_in_steps}")
+            raise ConfigError(f"burn_in_steps must be >= 0, got {self.burn_in_steps}")
         if self.temperature <= 0:
-            raise ConfigError(f"agent.temperature must be > 0, got {self.temperature}")
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
 
 
 class CommunityLearner(Learner):
