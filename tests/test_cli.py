@@ -89,6 +89,11 @@ def test_config_refused_by_the_learner_is_a_clear_error_and_leaves_no_run(capsys
         # a section's own check names the section it sits in (it said training.batch_size)
         ("distill-mnist", ["teacher_training.batch_size=0"], "teacher_training.batch_size must be >= 1, got 0"),
         ("ff-sequence", ["data.string_length=5"], "data.string_length (5) must exceed context (10)"),
+        # trained without a word before, learning nothing (or a ValueError from torch at the first step)
+        ("ff-supervised", ["rule.temperature=0"], "rule.temperature must be > 0, got 0.0"),
+        ("ff-supervised", ["rule.peer_norm=-1"], "rule.peer_norm must be >= 0, got -1.0"),
+        ("ff-device", ["rule.ff.peer_decay=1"], "rule.ff.peer_decay must be in [0, 1), got 1.0"),
+        ("backprop-mlp", ["rule.dropout=1.5"], "rule.dropout must be in [0, 1), got 1.5"),
     ],
 )
 def test_refused_settings_of_other_rules_are_clear_errors(experiment, settings, message, capsys, tmp_path):

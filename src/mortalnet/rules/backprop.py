@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mortalnet.config import ConfigError
 from mortalnet.optim import OptimizerConfig, make_optimizer
 from mortalnet.rules import register_rule
 from mortalnet.rules.base import Learner, check_widths
@@ -33,6 +34,11 @@ class BackpropConfig:
     """Dropout probability on input pixels (0 = none)."""
     label_smoothing: float = 0.0
     """Label smoothing of the cross-entropy targets."""
+
+    def __post_init__(self) -> None:
+        for name in ("dropout", "input_dropout", "label_smoothing"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
 
 class MLP(nn.Module):

@@ -23,6 +23,7 @@ better), and `activation` picks the nonlinearity (`nets.ff.ACTIVATIONS`). The de
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -98,6 +99,17 @@ class FFObjectiveConfig:
     """sum-squares: positive data has G > theta (ffnew.m); neg-sum-squares: positive data has G < theta (paper sec. 2)."""
     activation: Activation = "relu"
     """Hidden nonlinearity: relu (paper) | leaky-relu | softplus."""
+
+    def __post_init__(self) -> None:
+        # each would train without a word and learn nothing (T = 0 divides by zero inside the
+        # logistic; a negative peer-normalization strength pushes units apart)
+        if not self.temperature > 0 or math.isinf(self.temperature):
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        for name in ("peer_norm", "readout_lr", "readout_weight_cost"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.peer_decay < 1.0:
+            raise ConfigError(f"peer_decay must be in [0, 1), got {self.peer_decay}")
 
 
 @dataclass(frozen=True)
