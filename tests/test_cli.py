@@ -94,6 +94,9 @@ def test_config_refused_by_the_learner_is_a_clear_error_and_leaves_no_run(capsys
         ("ff-supervised", ["rule.peer_norm=-1"], "rule.peer_norm must be >= 0, got -1.0"),
         ("ff-device", ["rule.ff.peer_decay=1"], "rule.ff.peer_decay must be in [0, 1), got 1.0"),
         ("backprop-mlp", ["rule.dropout=1.5"], "rule.dropout must be in [0, 1), got 1.5"),
+        ("fast-weights", ["grad_clip=-1"], "grad_clip must be >= 0 (0: no clipping), got -1.0"),
+        ("perturbation-variance", ["samples=0"], "samples and batch_size must be >= 1, got 0 and 50"),
+        ("perturbation-variance", ["sigma=0"], "sigma (perturbation scale) must be > 0, got 0.0"),
     ],
 )
 def test_refused_settings_of_other_rules_are_clear_errors(experiment, settings, message, capsys, tmp_path):

@@ -156,6 +156,10 @@ class PerturbationVariance(Experiment):
             if len(values) < 2:
                 raise ConfigError(f"{name} needs at least two values: each sweep's exponent is a slope fitted "
                                   f"to its points, got {values}")
+        if config.samples < 1 or config.batch_size < 1:
+            raise ConfigError(f"samples and batch_size must be >= 1, got {config.samples} and {config.batch_size}")
+        if not config.sigma > 0:
+            raise ConfigError(f"sigma (perturbation scale) must be > 0, got {config.sigma}")
         for name in ("widths", "depths", "width_sweep_depth", "depth_sweep_width"):
             value = getattr(config, name)
             if min(value if isinstance(value, tuple) else (value,)) < 1:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mortalnet.config import ConfigError
 from mortalnet.optim import OptimizerConfig, make_optimizer
 from mortalnet.rules.backprop import BackpropClassifier
 
@@ -27,6 +28,8 @@ class SequenceBackpropLearner(BackpropClassifier):
     def __init__(self, net: nn.Module, optimizer: OptimizerConfig, grad_clip: float = 0.0, seed: int = 0,
                  device: torch.device | str = "cpu"):
         super().__init__(seed, device)
+        if not grad_clip >= 0:
+            raise ConfigError(f"grad_clip must be >= 0 (0: no clipping), got {grad_clip}")
         self.net = net.to(self.device_)
         self.grad_clip = grad_clip
         params = list(self.net.parameters())
