@@ -288,6 +288,16 @@ def test_a_late_refusal_keeps_any_file_the_experiment_wrote_and_never_the_users_
     assert "refused before writing anything" in capsys.readouterr().err
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["notes", "notes/plan.txt"]
 
+    def fail_from_torch(self, config, ctx):  # a ValueError, not ours, before anything was written
+        raise ValueError("momentum must be in [0, 1)")
+
+    monkeypatch.setattr(FFSupervised, "run", fail_from_torch)
+    out = tmp_path / "bare"
+    assert main(["run", "ff-supervised", "--preset", "fast", "--out", str(out), "--quiet"]) == 2
+    assert ("the config was refused before the run wrote anything (its folder is removed): ValueError: momentum"
+            in capsys.readouterr().err)
+    assert not out.exists()
+
 
 def test_run_and_eval_refuse_bad_directories_and_stored_configs(capsys, tmp_path):
     from mortalnet import config as cfgmod
