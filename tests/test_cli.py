@@ -294,7 +294,7 @@ def test_a_late_refusal_keeps_any_file_the_experiment_wrote_and_never_the_users_
     monkeypatch.setattr(FFSupervised, "run", fail_from_torch)
     out = tmp_path / "bare"
     assert main(["run", "ff-supervised", "--preset", "fast", "--out", str(out), "--quiet"]) == 2
-    assert ("the config was refused before the run wrote anything (its folder is removed): ValueError: momentum"
+    assert ("the config was refused while the experiment was being built: ValueError: momentum"
             in capsys.readouterr().err)
     assert not out.exists()
 

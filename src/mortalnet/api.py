@@ -167,8 +167,7 @@ def run(
         # ConfigError and leaving no run behind
         built = isinstance(err, BUILD_REFUSALS)
         if built and not resuming and _remove_unstarted_run(run_dir, created, already):
-            raise cfgmod.ConfigError(f"the config was refused before the run wrote anything (its folder is "
-                                     f"removed): {type(err).__name__}: {err}") from err
+            raise _refused_while_building(err) from err
         run_dir.set_status("failed", error=f"{type(err).__name__}: {err}",
                           resume=f"mortalnet run {exp.name} --resume {run_dir.path}")
         raise
