@@ -32,7 +32,7 @@ def sample_rows(probs: torch.Tensor, generator: torch.Generator | None) -> torch
     except RuntimeError:
         if bool(torch.isfinite(probs).all()):
             raise
-        raise NonFiniteError("the probabilities labels are sampled from became non-finite") from None
+        raise NonFiniteError("the probabilities sampled from (labels or symbols) became non-finite") from None
 
 
 def check_widths(hidden: Iterable[int]) -> tuple[int, ...]:
