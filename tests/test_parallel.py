@@ -246,6 +246,51 @@ def test_steady_rate_leaves_out_the_first_step():
     assert steady_rate(1, 10, t0=0.0, t_first=0.0, t_end=2.0) == 5.0
 
 
+
+@pytest.mark.parametrize("max_steps, resumed", [(0, None), (7, None), (0, (2, {"steps": 4, "train_seconds": 9.0}))])
+def test_rank_schedule_walks_fits_batches_counts_steps_and_checkpoints_each_epoch(monkeypatch, max_steps, resumed):
+    """RankSchedule, what both trainers share, without processes: the epochs left (after a resume,
+    from the next one), each epoch's batches exactly as fit draws them, max_steps over the whole run,
+    the fault hook at every step, and a checkpoint per epoch with the run's counters."""
+    import mortalnet.parallel.ff_pipeline as fp
+
+    calls = {"fault": [], "saved": [], "lr": []}
+    first_epoch, done = (1, {}) if resumed is None else (resumed[0] + 1, resumed[1])
+    monkeypatch.setattr(fp.dist, "barrier", lambda: None)
+    monkeypatch.setattr(fp, "_checkpoints", lambda spec, rank, world, learner: ("ckpt", first_epoch, done))
+    monkeypatch.setattr(fp, "_fault_injection", lambda rank, step: calls["fault"].append(step))
+    monkeypatch.setattr(fp, "_end_of_epoch", lambda ckpt, learner, rank, epoch, counters:
+                        calls["saved"].append((epoch, dict(counters))))
+
+    class Learner:
+        def set_lr_scale(self, scale):
+            calls["lr"].append(scale)
+
+    spec = {"epochs": 4, "batch_size": 30, "seed": 5, "shuffle": True, "schedule": "half-then-linear",
+            "max_steps": max_steps}
+    schedule = fp.RankSchedule(spec, 0, 2, Learner(), n=100)  # 4 batches an epoch (30, 30, 30, 10)
+    schedule.start()
+    seen = []
+    for epoch, batches in schedule.epochs():
+        for idx in batches:
+            seen.append((epoch, idx))
+        schedule.end_epoch(epoch, extra=1.0)
+    epochs = list(range(first_epoch, 5))
+    expected = [(e, idx) for e in epochs for idx in _batches(100, 30, 5, e, True)]
+    start = done.get("steps", 0)
+    if max_steps:
+        expected = expected[: max_steps - start]
+    assert [e for e, _ in seen] == [e for e, _ in expected]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(seen, expected))
+    assert calls["fault"] == list(range(start, start + len(expected)))  # the step number of each step
+    assert calls["lr"] == [schedule_factor("half-then-linear", e, 4) for e in epochs]
+    assert [e for e, _ in calls["saved"]] == epochs  # every epoch checkpointed, even past max_steps
+    assert calls["saved"][-1][1]["steps"] == start + len(expected) and calls["saved"][-1][1]["extra"] == 1.0
+    counters = schedule.counters()
+    assert counters["steps"] == start + len(expected)
+    assert counters["train_seconds"] >= done.get("train_seconds", 0.0)
+
+
 def test_device_auto_runs_the_cpu_only_pipeline_on_the_cpu_where_a_gpu_is_visible(monkeypatch, tmp_path):
     """`--device auto` (the default) on a GPU machine stopped ff-pipeline with "run it with --device cpu"."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
