@@ -97,6 +97,10 @@ def test_config_refused_by_the_learner_is_a_clear_error_and_leaves_no_run(capsys
         ("fast-weights", ["grad_clip=-1"], "grad_clip must be >= 0 (0: no clipping), got -1.0"),
         ("perturbation-variance", ["samples=0"], "samples and batch_size must be >= 1, got 0 and 50"),
         ("perturbation-variance", ["sigma=0"], "sigma (perturbation scale) must be > 0, got 0.0"),
+        ("ff-supervised", ["data.sha256=abc"], "data.sha256 must be 64 hex digits (or empty), got 'abc'"),
+        ("ff-unsupervised", ["rule.blur_steps=-1"], "rule.blur_steps must be >= 0, got -1"),
+        ("mortality", ["drift_times=0,0"], "drift_times must be increasing (each time once)"),
+        ("label-noise", ["agreement_subset=-1"], "agreement_subset must be >= 0 (0: all test images), got -1"),
     ],
 )
 def test_refused_settings_of_other_rules_are_clear_errors(experiment, settings, message, capsys, tmp_path):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import tarfile
 import urllib.request
 from dataclasses import dataclass
@@ -70,6 +71,8 @@ class CifarConfig:
     """Evaluate on only the first N test images (0 = all 10k)."""
 
     def __post_init__(self) -> None:
+        if self.sha256 and not re.fullmatch(r"[0-9a-fA-F]{64}", self.sha256.strip()):
+            raise ConfigError(f"sha256 must be 64 hex digits (or empty), got {self.sha256!r}")
         for name in ("valid_size", "train_subset", "test_subset"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0 (0: {'none' if name == 'valid_size' else 'all'}), "

@@ -26,6 +26,7 @@ import io
 import json
 import math
 import os
+import re
 import pickle
 import struct
 import urllib.error
@@ -102,6 +103,8 @@ class MnistConfig:
     """Evaluate on only the first N test examples (0 = all 10k); fast presets only."""
 
     def __post_init__(self) -> None:
+        if self.sha256 and not re.fullmatch(r"[0-9a-fA-F]{64}", self.sha256.strip()):
+            raise ConfigError(f"sha256 must be 64 hex digits (or empty), got {self.sha256!r}")
         for name in ("train_subset", "valid_subset", "test_subset"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0 (0: all), got {getattr(self, name)}")

@@ -131,6 +131,8 @@ class LabelNoise(Experiment):
     def check(self, config: LabelNoiseConfig, ctx: RunContext) -> None:
         """Each rule's learner built once (the noise rate does not change it): forward-forward's settings
         are refused before backprop trains at the first rate."""
+        if config.agreement_subset < 0:
+            raise ConfigError(f"agreement_subset must be >= 0 (0: all test images), got {config.agreement_subset}")
         for rule in config.rules:
             with building(f"the {rule} learner"):
                 self._learner(rule, config, ctx)

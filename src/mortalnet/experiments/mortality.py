@@ -124,8 +124,9 @@ class Mortality(Experiment):
     def run(self, config: MortalityConfig, ctx: RunContext) -> dict[str, Any]:
         if config.copies < 1 or config.eval_images < 1 or not config.drift_times:
             raise ConfigError("mortality needs copies >= 1, eval_images >= 1 and at least one drift time")
-        if list(config.drift_times) != sorted(config.drift_times) or config.drift_times[0] < 0:
-            raise ConfigError(f"drift_times must be increasing and >= 0, got {config.drift_times}")
+        times = list(config.drift_times)
+        if times != sorted(set(times)) or times[0] < 0:
+            raise ConfigError(f"drift_times must be increasing (each time once) and >= 0, got {config.drift_times}")
         if config.relearn_batches < 1 or not config.relearn_lr_scale > 0:
             raise ConfigError(f"relearn_batches must be >= 1 and relearn_lr_scale > 0, got {config.relearn_batches} "
                               f"and {config.relearn_lr_scale}")

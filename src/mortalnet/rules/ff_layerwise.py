@@ -120,6 +120,8 @@ class FFLayerwiseLearner(Learner):
             raise ConfigError("an FF network needs at least one hidden layer")
         if config.readout_layers < 1:
             raise ConfigError(f"rule.readout_layers must be >= 1, got {config.readout_layers}")
+        if config.blur_steps < 0:
+            raise ConfigError(f"rule.blur_steps must be >= 0, got {config.blur_steps}")
         if config.precision not in ("float32", "bfloat16"):
             raise ConfigError(f"rule.precision={config.precision!r} is not one of 'float32', 'bfloat16'")
         if config.precision == "bfloat16" and config.layer != "dense":
